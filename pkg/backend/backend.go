@@ -1,0 +1,87 @@
+// Package backend defines what a storage pool on a node can do. Implementations
+// (lvm, pmem) keep their state of record on the devices themselves.
+package backend
+
+import (
+	"context"
+	"errors"
+)
+
+// Sentinel errors; implementations wrap them with %w and callers test with errors.Is.
+var (
+	// ErrNotFound: no volume with that id in the pool.
+	ErrNotFound = errors.New("volume not found")
+	// ErrNotOwned: a device with that id exists but carve does not own it.
+	ErrNotOwned = errors.New("device exists but is not owned by carve")
+	// ErrNoSpace: the pool has no room for the request.
+	ErrNoSpace = errors.New("insufficient free space in pool")
+	// ErrExists: the id is taken by a volume with another CSI name.
+	ErrExists = errors.New("volume id already in use")
+	// ErrUnavailable: the pool itself cannot be read (missing VG, tool failing).
+	ErrUnavailable = errors.New("pool unavailable")
+)
+
+// Volume is one carve-owned device in a pool.
+type Volume struct {
+	ID         string // device name (LV name / namespace name) = CSI volume id
+	Name       string // CSI volume name it was created for
+	Pool       string
+	SizeBytes  int64
+	DevicePath string // e.g. /dev/vg/lv; may not exist when the LV is inactive
+	Ephemeral  bool   // CSI inline ephemeral volume
+	TargetPath string // inline volumes: the pod's target path, to find orphans after a restart
+}
+
+// CreateRequest asks for a new volume. SizeBytes is already aligned by the caller
+// (see Capacity.AlignBytes).
+type CreateRequest struct {
+	ID         string
+	Name       string
+	SizeBytes  int64
+	Ephemeral  bool
+	TargetPath string
+}
+
+// Capacity of a pool.
+type Capacity struct {
+	TotalBytes     int64
+	FreeBytes      int64
+	MaxVolumeBytes int64 // largest single volume that can still be created
+	AlignBytes     int64 // volume sizes are multiples of this
+}
+
+// Backend is one pool's storage.
+type Backend interface {
+	// Type is "lvm" or "pmem".
+	Type() string
+	// Create makes the volume. If a device named req.ID already exists it returns
+	// ErrExists and leaves it alone; the caller decides whether it is compatible.
+	Create(ctx context.Context, req CreateRequest) (*Volume, error)
+	// Delete removes a carve-owned volume; ErrNotFound when absent.
+	Delete(ctx context.Context, id string) error
+	// Expand grows the volume to at least sizeBytes (aligned by the caller).
+	Expand(ctx context.Context, id string, sizeBytes int64) (*Volume, error)
+	// Get returns ErrNotFound or ErrNotOwned when the id is not a carve volume.
+	Get(ctx context.Context, id string) (*Volume, error)
+	// List returns carve-owned volumes only.
+	List(ctx context.Context) ([]Volume, error)
+	Capacity(ctx context.Context) (Capacity, error)
+	// Activate makes the volume's device node available (no-op where not needed).
+	Activate(ctx context.Context, id string) (string, error)
+}
+
+// AlignUp rounds size up to a multiple of align.
+func AlignUp(size, align int64) int64 {
+	if align <= 1 {
+		return size
+	}
+	return (size + align - 1) / align * align
+}
+
+// AlignDown rounds size down to a multiple of align.
+func AlignDown(size, align int64) int64 {
+	if align <= 1 {
+		return size
+	}
+	return size / align * align
+}

@@ -1,0 +1,66 @@
+// Package names maps CSI volume names to device names that are valid everywhere
+// carve uses them: LVM LV names, ndctl namespace names and Kubernetes object names.
+package names
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"regexp"
+	"strings"
+)
+
+const (
+	prefix      = "carve-"
+	maxReadable = 40
+	hashLen     = 16
+	// MaxLen bounds every id: 6 + 40 + 1 + 16. ndctl names hold 63 bytes, LVM 127,
+	// Kubernetes object names 253.
+	MaxLen = len(prefix) + maxReadable + 1 + hashLen
+)
+
+var idPattern = regexp.MustCompile(`^carve-([a-z0-9]+(-[a-z0-9]+)*-)?[0-9a-f]{16}$`)
+
+// VolumeID derives the device name for a CSI volume name. It is stable across
+// versions (tests pin golden values), injective up to a 64-bit hash, and
+// contains only [a-z0-9-], starting with a letter.
+func VolumeID(csiName string) string {
+	sum := sha256.Sum256([]byte(csiName))
+	readable := readablePart(csiName)
+	id := prefix
+	if readable != "" {
+		id += readable + "-"
+	}
+	return id + hex.EncodeToString(sum[:hashLen/2])
+}
+
+// IsVolumeID reports whether s has the shape of an id VolumeID produces.
+// It says nothing about whether the volume exists.
+func IsVolumeID(s string) bool {
+	return len(s) <= MaxLen && idPattern.MatchString(s)
+}
+
+// readablePart keeps a human-recognizable piece of the name: lowercase
+// alphanumerics, runs of anything else collapsed to one '-', bounded length.
+func readablePart(name string) string {
+	var b strings.Builder
+	dash := false
+	for _, r := range strings.ToLower(name) {
+		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') {
+			need := 1
+			if dash && b.Len() > 0 {
+				need = 2
+			}
+			if b.Len()+need > maxReadable {
+				break
+			}
+			if need == 2 {
+				b.WriteByte('-')
+			}
+			dash = false
+			b.WriteRune(r)
+			continue
+		}
+		dash = true
+	}
+	return strings.Trim(b.String(), "-")
+}
