@@ -13,7 +13,7 @@
 // and global_filter), does not consult udev, a devices file or hints, and
 // keeps no metadata backups or archives, so nothing is written under /etc/lvm
 // and the host's own volume groups are invisible to the test. Commands find it
-// through LVM_SYSTEM_DIR, which exec.Host passes through.
+// through LVM_SYSTEM_DIR, which exec.Host passes through (see Env).
 package lvmtest
 
 import (
@@ -60,8 +60,13 @@ func WriteConfig(dir, loopDev string) error {
 	return os.WriteFile(filepath.Join(dir, "lvm.conf"), []byte(fmt.Sprintf(ConfigTemplate, loopDev)), 0o644)
 }
 
-// Env is the environment entry that points lvm2 at a config dir from WriteConfig.
-func Env(dir string) string { return "LVM_SYSTEM_DIR=" + dir }
+// Env is the environment that points lvm2 at a config dir from WriteConfig.
+// It also sets LVM_SUPPRESS_FD_WARNINGS=1: lvm warns on stderr about every
+// open descriptor it inherits ("File descriptor 10 (/dev/null) leaked on lvm
+// invocation"), and test runners and shells often pass some down to go test.
+func Env(dir string) []string {
+	return []string{"LVM_SYSTEM_DIR=" + dir, "LVM_SUPPRESS_FD_WARNINGS=1"}
+}
 
 // DeviceMapperAvailable reports whether the kernel has device-mapper. The
 // control node may exist and still fail to open with ENODEV, so open it.
@@ -120,7 +125,7 @@ func NewVGInfo(t testing.TB, sizeBytes int64, name string) *VG {
 		Name:      name,
 		LoopDev:   dev,
 		ConfigDir: dir,
-		Runner:    &exec.Host{Env: []string{Env(dir)}},
+		Runner:    &exec.Host{Env: Env(dir)},
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -1,0 +1,632 @@
+// Package lvm is carve's lvm2 backend: one volume group is one pool, one
+// logical volume is one volume. It runs the lvm binary through exec.Runner
+// (never a shell), reads only JSON reports (`--reportformat json --units b
+// --nosuffix` with explicit columns), and keeps everything a restart needs in
+// LV tags:
+//
+//	carve.owner=<driver name>          every carve LV; nothing else is touched
+//	carve.name=<base64url(CSI name)>   the CSI volume name (RawURLEncoding)
+//	carve.ephemeral=true               CSI inline ephemeral volumes only
+//	carve.target=<base64url(path)>     inline volumes: the pod's target path
+//
+// A value whose tag would exceed LVM's documented 1024-character tag limit is
+// split into carve.name.0=..., carve.name.1=... (likewise carve.target.N=).
+// Base64url keeps values inside LVM's tag charset [A-Za-z0-9_+.-/=!:&#].
+package lvm
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/carve-csi/carve/pkg/backend"
+	"github.com/carve-csi/carve/pkg/exec"
+	"github.com/carve-csi/carve/pkg/names"
+)
+
+// Type is what Backend.Type returns.
+const Type = "lvm"
+
+// Tag keys. A tag is "<key>=<value>".
+const (
+	TagOwner     = "carve.owner"
+	TagName      = "carve.name"
+	TagEphemeral = "carve.ephemeral"
+	TagTarget    = "carve.target"
+
+	// MaxTagLen is LVM's documented limit on one tag (lvm(8), "Tags").
+	MaxTagLen = 1024
+)
+
+// Report options shared by every lvs/vgs call.
+var reportArgs = []string{"--reportformat", "json", "--units", "b", "--nosuffix"}
+
+const (
+	lvColumns = "lv_name,vg_name,lv_size,lv_tags,lv_path"
+	vgColumns = "vg_name,vg_size,vg_free,vg_extent_size,vg_free_count"
+)
+
+// cleanupTimeout bounds the removal of a half-made LV after a failed lvcreate;
+// it runs on a context detached from the (possibly cancelled) caller's.
+const cleanupTimeout = 30 * time.Second
+
+// Owner tags go into selections (`lv_tags={carve.owner=X}`), so they are held
+// to the CSI driver-name charset, which has no selection operators.
+var ownerPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// VG names as lvm accepts them (lvm(8): [a-zA-Z0-9+_.-], not starting with '-').
+var vgPattern = regexp.MustCompile(`^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$`)
+
+// Backend is one LVM volume group used as a carve pool. It is safe for
+// concurrent use; lvm serializes commands on the VG with its own lock.
+// Callers serialize operations on one volume id (see Create's cleanup).
+type Backend struct {
+	runner      exec.Runner
+	pool        string
+	vg          string
+	owner       string // the full owner tag, "carve.owner=<driver>"
+	extentBytes int64
+
+	// devExists reports whether a device node exists; tests replace it.
+	devExists func(string) bool
+}
+
+var _ backend.Backend = (*Backend)(nil)
+
+// New returns the backend for volume group vg, used as pool `pool` and
+// claiming LVs tagged carve.owner=<ownerTag> (ownerTag is the driver name,
+// e.g. carve.csi.dev). It checks that the VG exists with one `lvm vgs` and
+// caches its extent size. A missing or unreadable VG gives an error wrapping
+// backend.ErrUnavailable.
+func New(ctx context.Context, runner exec.Runner, pool, vg, ownerTag string) (*Backend, error) {
+	if runner == nil {
+		return nil, errors.New("lvm: nil runner")
+	}
+	if !vgPattern.MatchString(vg) {
+		return nil, fmt.Errorf("lvm: invalid volume group name %q", vg)
+	}
+	if !ownerPattern.MatchString(ownerTag) {
+		return nil, fmt.Errorf("lvm: invalid owner tag %q: want a driver name ([A-Za-z0-9._-], at most 63 characters)", ownerTag)
+	}
+	if pool == "" {
+		pool = vg
+	}
+	b := &Backend{
+		runner:    runner,
+		pool:      pool,
+		vg:        vg,
+		owner:     TagOwner + "=" + ownerTag,
+		devExists: fileExists,
+	}
+	row, err := b.vgs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ext, err := row.ExtentSize.int()
+	if err != nil || ext <= 0 {
+		return nil, fmt.Errorf("lvm: volume group %q: bad extent size %q: %w", vg, row.ExtentSize, backend.ErrUnavailable)
+	}
+	b.extentBytes = ext
+	return b, nil
+}
+
+// Type implements backend.Backend.
+func (b *Backend) Type() string { return Type }
+
+// VG returns the volume group name.
+func (b *Backend) VG() string { return b.vg }
+
+// AlignBytes implements backend.Backend: the VG's extent size, read once by
+// New (it never changes for a VG), so callers align sizes without a command.
+func (b *Backend) AlignBytes() int64 { return b.extentBytes }
+
+// OwnerTag returns the full owner tag, "carve.owner=<driver>".
+func (b *Backend) OwnerTag() string { return b.owner }
+
+// Create implements backend.Backend with a single lvcreate on success.
+func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backend.Volume, error) {
+	if err := checkID(req.ID); err != nil {
+		return nil, err
+	}
+	if req.SizeBytes <= 0 {
+		return nil, fmt.Errorf("lvm: create %s: size must be positive, got %d", req.ID, req.SizeBytes)
+	}
+	size := backend.AlignUp(req.SizeBytes, b.extentBytes)
+	tags := Tags(b.owner, req.Name, req.Ephemeral, req.TargetPath)
+	args := []string{"lvcreate", "-n", req.ID, "-L", strconv.FormatInt(size, 10) + "b", "-W", "y", "-y"}
+	for _, t := range tags {
+		args = append(args, "--addtag", t)
+	}
+	args = append(args, b.vg)
+	if _, err := b.runner.Run(ctx, "lvm", args...); err != nil {
+		err = b.mapError("create", req.ID, err)
+		if errors.Is(err, backend.ErrExists) || errors.Is(err, backend.ErrNoSpace) {
+			// lvm refused before allocating anything: nothing of ours to undo,
+			// and an existing LV is never ours to remove here.
+			return nil, err
+		}
+		// lvcreate may have committed the LV before failing (killed by the
+		// context, crashed, metadata write error): remove it if it is there
+		// and carries our tags, so no half-made volume is left.
+		if cerr := b.removeHalfMade(ctx, req.ID, tags); cerr != nil {
+			return nil, errors.Join(err, cerr)
+		}
+		return nil, err
+	}
+	return &backend.Volume{
+		ID:         req.ID,
+		Name:       req.Name,
+		Pool:       b.pool,
+		SizeBytes:  size,
+		DevicePath: b.devicePath(req.ID),
+		Ephemeral:  req.Ephemeral,
+		TargetPath: req.TargetPath,
+	}, nil
+}
+
+func (b *Backend) removeHalfMade(ctx context.Context, id string, tags []string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	// Owner and the first name tag: an LV with this id and these tags can only
+	// come from a create for the same CSI name.
+	sel := "lv_name=" + id + " && lv_tags={" + tags[0]
+	if len(tags) > 1 && strings.HasPrefix(tags[1], TagName) {
+		sel += "," + tags[1]
+	}
+	sel += "}"
+	out, err := b.runner.Run(ctx, "lvm", "lvremove", "-f", "-S", sel, b.vg)
+	if err != nil {
+		return fmt.Errorf("lvm: create %s failed; removing what it may have left: %w", id, err)
+	}
+	if removed(out, id) {
+		klog.InfoS("Removed half-made logical volume after failed lvcreate", "vg", b.vg, "lv", id)
+	}
+	return nil
+}
+
+// Delete implements backend.Backend. On the common path it is a single
+// `lvremove -f -S 'lv_name=<id> && lv_tags={carve.owner=<driver>}' <vg>`: the
+// selection makes lvm itself refuse LVs that are not ours. When nothing
+// matched (lvremove exits 0 and prints nothing), a Get tells ErrNotFound from
+// ErrNotOwned.
+func (b *Backend) Delete(ctx context.Context, id string) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
+	sel := "lv_name=" + id + " && lv_tags={" + b.owner + "}"
+	out, err := b.runner.Run(ctx, "lvm", "lvremove", "-f", "-S", sel, b.vg)
+	if err != nil {
+		return b.mapError("delete", id, err)
+	}
+	if removed(out, id) {
+		return nil
+	}
+	_, err = b.Get(ctx, id)
+	switch {
+	case err == nil:
+		return fmt.Errorf("lvm: delete %s/%s: lvremove selected nothing, yet the LV exists with our tags", b.vg, id)
+	case errors.Is(err, backend.ErrNotOwned):
+		return fmt.Errorf("lvm: delete %s/%s: refusing: %w", b.vg, id, err)
+	default:
+		return err
+	}
+}
+
+// removed reports whether lvremove's stdout says it removed the LV: lvm
+// prints `Logical volume "<id>" successfully removed.` for each LV it removes
+// and nothing when the selection matched nothing.
+func removed(stdout []byte, id string) bool {
+	return strings.Contains(string(stdout), `"`+id+`"`)
+}
+
+// Expand implements backend.Backend: Get (ownership and current size), then
+// lvextend when the LV is smaller than sizeBytes.
+func (b *Backend) Expand(ctx context.Context, id string, sizeBytes int64) (*backend.Volume, error) {
+	vol, err := b.Get(ctx, id)
+	if err != nil {
+		if errors.Is(err, backend.ErrNotOwned) {
+			return nil, fmt.Errorf("lvm: expand %s/%s: refusing: %w", b.vg, id, err)
+		}
+		return nil, err
+	}
+	size := backend.AlignUp(sizeBytes, b.extentBytes)
+	if vol.SizeBytes >= size {
+		return vol, nil
+	}
+	if _, err := b.runner.Run(ctx, "lvm", "lvextend", "-L", strconv.FormatInt(size, 10)+"b", b.vg+"/"+id); err != nil {
+		return nil, b.mapError("expand", id, err)
+	}
+	vol.SizeBytes = size
+	return vol, nil
+}
+
+// Get implements backend.Backend.
+func (b *Backend) Get(ctx context.Context, id string) (*backend.Volume, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	args := append([]string{"lvs", "-o", lvColumns}, reportArgs...)
+	out, err := b.runner.Run(ctx, "lvm", append(args, b.vg+"/"+id)...)
+	if err != nil {
+		return nil, b.mapError("get", id, err)
+	}
+	rows, err := parseLVs(out)
+	if err != nil {
+		return nil, fmt.Errorf("lvm: get %s/%s: %w", b.vg, id, err)
+	}
+	for _, r := range rows {
+		if r.Name != id {
+			continue
+		}
+		if !hasTag(r.Tags, b.owner) {
+			return nil, fmt.Errorf("lvm: logical volume %s/%s (tags %q) lacks tag %s: %w", b.vg, id, r.Tags, b.owner, backend.ErrNotOwned)
+		}
+		vol, err := b.volume(r)
+		if err != nil {
+			return nil, fmt.Errorf("lvm: get %s/%s: %w", b.vg, id, err)
+		}
+		return vol, nil
+	}
+	return nil, fmt.Errorf("lvm: logical volume %s/%s: %w", b.vg, id, backend.ErrNotFound)
+}
+
+// List implements backend.Backend with one lvs over the VG, selecting our
+// owner tag (and filtering again here).
+func (b *Backend) List(ctx context.Context) ([]backend.Volume, error) {
+	args := append([]string{"lvs", "-o", lvColumns}, reportArgs...)
+	args = append(args, "-S", "lv_tags={"+b.owner+"}", b.vg)
+	out, err := b.runner.Run(ctx, "lvm", args...)
+	if err != nil {
+		return nil, b.mapError("list", "", err)
+	}
+	rows, err := parseLVs(out)
+	if err != nil {
+		return nil, fmt.Errorf("lvm: list %s: %w", b.vg, err)
+	}
+	vols := []backend.Volume{}
+	for _, r := range rows {
+		if !hasTag(r.Tags, b.owner) || r.VG != b.vg {
+			continue
+		}
+		vol, err := b.volume(r)
+		if err != nil {
+			// Keep listing: one damaged tag must not hide the other volumes
+			// (or this one: it still counts as ours and can be deleted).
+			klog.ErrorS(err, "Listing carve logical volume with undecodable tags", "vg", b.vg, "lv", r.Name)
+			if vol == nil {
+				continue
+			}
+		}
+		vols = append(vols, *vol)
+	}
+	return vols, nil
+}
+
+// Capacity implements backend.Backend with one vgs. Space used by LVs that
+// are not carve's is simply not free.
+func (b *Backend) Capacity(ctx context.Context) (backend.Capacity, error) {
+	row, err := b.vgs(ctx)
+	if err != nil {
+		return backend.Capacity{}, err
+	}
+	total, err1 := row.Size.int()
+	free, err2 := row.Free.int()
+	ext, err3 := row.ExtentSize.int()
+	count, err4 := row.FreeCount.int()
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
+		return backend.Capacity{}, fmt.Errorf("lvm: vgs %s: %w", b.vg, err)
+	}
+	maxVol := backend.AlignDown(free, ext)
+	if c := count * ext; c < maxVol {
+		maxVol = c
+	}
+	return backend.Capacity{TotalBytes: total, FreeBytes: free, MaxVolumeBytes: maxVol, AlignBytes: ext}, nil
+}
+
+// Activate implements backend.Backend: when /dev/<vg>/<id> is missing it
+// activates the LV (owned LVs only) with `lvchange -ay -K`.
+func (b *Backend) Activate(ctx context.Context, id string) (string, error) {
+	if err := checkID(id); err != nil {
+		return "", err
+	}
+	dev := b.devicePath(id)
+	if b.devExists(dev) {
+		return dev, nil
+	}
+	if _, err := b.Get(ctx, id); err != nil {
+		if errors.Is(err, backend.ErrNotOwned) {
+			return "", fmt.Errorf("lvm: activate %s/%s: refusing: %w", b.vg, id, err)
+		}
+		return "", err
+	}
+	if _, err := b.runner.Run(ctx, "lvm", "lvchange", "-ay", "-K", b.vg+"/"+id); err != nil {
+		return "", b.mapError("activate", id, err)
+	}
+	if !b.devExists(dev) {
+		return "", fmt.Errorf("lvm: activate %s/%s: lvchange -ay succeeded but %s does not exist (activation disabled or no device-mapper?): %w",
+			b.vg, id, dev, backend.ErrUnavailable)
+	}
+	return dev, nil
+}
+
+func (b *Backend) devicePath(id string) string { return "/dev/" + b.vg + "/" + id }
+
+func (b *Backend) vgs(ctx context.Context) (*vgRow, error) {
+	args := append([]string{"vgs", "-o", vgColumns}, reportArgs...)
+	out, err := b.runner.Run(ctx, "lvm", append(args, b.vg)...)
+	if err != nil {
+		return nil, fmt.Errorf("lvm: volume group %q: %w: %w", b.vg, backend.ErrUnavailable, err)
+	}
+	var rep struct {
+		Report []struct {
+			VG []vgRow `json:"vg"`
+		} `json:"report"`
+	}
+	if err := json.Unmarshal(out, &rep); err != nil {
+		return nil, fmt.Errorf("lvm: volume group %q: parsing vgs report: %w: %w", b.vg, backend.ErrUnavailable, err)
+	}
+	for _, r := range rep.Report {
+		for i := range r.VG {
+			if r.VG[i].Name == b.vg {
+				return &r.VG[i], nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("lvm: volume group %q not in vgs report: %w", b.vg, backend.ErrUnavailable)
+}
+
+// mapError turns a failed lvm command into an error wrapping the matching
+// backend sentinel and the *exec.Error (command line, exit code, stderr).
+// lvm exits 5 for all of these, so the (C-locale) message decides:
+//
+//	lvcreate: Volume group "vg" has insufficient free space (470 extents): 1280 required.
+//	lvextend: Insufficient free space: 25596 extents needed, but only 482 available
+//	lvcreate: Logical Volume "x" already exists in volume group "vg"
+//	lvs:      Failed to find logical volume "vg/x"
+//	lvextend: Logical volume x not found in volume group vg.
+//	any:      Volume group "vg" not found
+func (b *Backend) mapError(op, id string, err error) error {
+	what := b.vg
+	if id != "" {
+		what += "/" + id
+	}
+	stderr := strings.ToLower(exec.Stderr(err))
+	var sentinel error
+	switch {
+	case strings.Contains(stderr, "insufficient free space"):
+		sentinel = backend.ErrNoSpace
+	case strings.Contains(stderr, "already exists"):
+		sentinel = backend.ErrExists
+	case strings.Contains(stderr, "failed to find logical volume"),
+		strings.Contains(stderr, "not found in volume group"):
+		sentinel = backend.ErrNotFound
+	case strings.Contains(stderr, `volume group "`+strings.ToLower(b.vg)+`" not found`):
+		sentinel = backend.ErrUnavailable
+	}
+	if sentinel == nil {
+		return fmt.Errorf("lvm: %s %s: %w", op, what, err)
+	}
+	return fmt.Errorf("lvm: %s %s: %w: %w", op, what, sentinel, err)
+}
+
+func checkID(id string) error {
+	if !names.IsVolumeID(id) {
+		return fmt.Errorf("lvm: invalid volume id %q: not a carve volume id (carve-<name>-<16 hex>, [a-z0-9-], at most %d characters)", id, names.MaxLen)
+	}
+	return nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// Tags returns the LV tags that record a volume: the owner tag first, then
+// name, ephemeral and target (each omitted when empty/false).
+func Tags(ownerTag, csiName string, ephemeral bool, targetPath string) []string {
+	tags := []string{ownerTag}
+	tags = append(tags, encodeTag(TagName, csiName)...)
+	if ephemeral {
+		tags = append(tags, TagEphemeral+"=true")
+	}
+	tags = append(tags, encodeTag(TagTarget, targetPath)...)
+	return tags
+}
+
+// encodeTag encodes value as key=<base64url>, split into key.N=<chunk> tags
+// when one tag would exceed MaxTagLen.
+func encodeTag(key, value string) []string {
+	if value == "" {
+		return nil
+	}
+	enc := base64.RawURLEncoding.EncodeToString([]byte(value))
+	if len(key)+1+len(enc) <= MaxTagLen {
+		return []string{key + "=" + enc}
+	}
+	var tags []string
+	for i := 0; enc != ""; i++ {
+		k := key + "." + strconv.Itoa(i) + "="
+		n := min(MaxTagLen-len(k), len(enc))
+		tags = append(tags, k+enc[:n])
+		enc = enc[n:]
+	}
+	return tags
+}
+
+// TagInfo is what carve's tags on one LV say.
+type TagInfo struct {
+	Owner      string // driver name from carve.owner=, "" when absent
+	Name       string
+	Ephemeral  bool
+	TargetPath string
+}
+
+// ParseTags decodes a comma-separated lv_tags field (commas cannot occur in
+// tags). Unknown tags are ignored. On a malformed value it returns what it
+// could decode and an error.
+func ParseTags(lvTags string) (TagInfo, error) {
+	var info TagInfo
+	chunks := map[string]map[int]string{}
+	whole := map[string]string{}
+	for _, t := range strings.Split(lvTags, ",") {
+		k, v, ok := strings.Cut(t, "=")
+		if !ok {
+			continue
+		}
+		switch k {
+		case TagOwner:
+			info.Owner = v
+		case TagEphemeral:
+			info.Ephemeral = v == "true"
+		case TagName, TagTarget:
+			whole[k] = v
+		default:
+			for _, key := range []string{TagName, TagTarget} {
+				if n, ok := strings.CutPrefix(k, key+"."); ok {
+					i, err := strconv.Atoi(n)
+					if err != nil || i < 0 {
+						continue
+					}
+					if chunks[key] == nil {
+						chunks[key] = map[int]string{}
+					}
+					chunks[key][i] = v
+				}
+			}
+		}
+	}
+	var errs []error
+	decode := func(key string) string {
+		enc, ok := whole[key]
+		if !ok && len(chunks[key]) > 0 {
+			idx := make([]int, 0, len(chunks[key]))
+			for i := range chunks[key] {
+				idx = append(idx, i)
+			}
+			sort.Ints(idx)
+			var sb strings.Builder
+			for want, i := range idx {
+				if i != want {
+					errs = append(errs, fmt.Errorf("tag %s.%d missing", key, want))
+					return ""
+				}
+				sb.WriteString(chunks[key][i])
+			}
+			enc = sb.String()
+		}
+		raw, err := base64.RawURLEncoding.DecodeString(enc)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("tag %s: %w", key, err))
+			return ""
+		}
+		return string(raw)
+	}
+	info.Name = decode(TagName)
+	info.TargetPath = decode(TagTarget)
+	return info, errors.Join(errs...)
+}
+
+// hasTag reports whether the comma-separated lv_tags contains tag exactly.
+func hasTag(lvTags, tag string) bool {
+	for _, t := range strings.Split(lvTags, ",") {
+		if t == tag {
+			return true
+		}
+	}
+	return false
+}
+
+// volume builds a Volume from an lvs row; on undecodable tags it returns the
+// Volume with the fields it could decode and an error.
+func (b *Backend) volume(r lvRow) (*backend.Volume, error) {
+	size, err := r.Size.int()
+	if err != nil {
+		return nil, fmt.Errorf("lv_size of %s: %w", r.Name, err)
+	}
+	dev := r.Path
+	if dev == "" {
+		dev = path.Join("/dev", r.VG, r.Name)
+	}
+	info, err := ParseTags(r.Tags)
+	vol := &backend.Volume{
+		ID:         r.Name,
+		Name:       info.Name,
+		Pool:       b.pool,
+		SizeBytes:  size,
+		DevicePath: dev,
+		Ephemeral:  info.Ephemeral,
+		TargetPath: info.TargetPath,
+	}
+	if err != nil {
+		return vol, fmt.Errorf("tags of %s/%s: %w", r.VG, r.Name, err)
+	}
+	return vol, nil
+}
+
+type lvRow struct {
+	Name string `json:"lv_name"`
+	VG   string `json:"vg_name"`
+	Size num    `json:"lv_size"`
+	Tags string `json:"lv_tags"`
+	Path string `json:"lv_path"`
+}
+
+type vgRow struct {
+	Name       string `json:"vg_name"`
+	Size       num    `json:"vg_size"`
+	Free       num    `json:"vg_free"`
+	ExtentSize num    `json:"vg_extent_size"`
+	FreeCount  num    `json:"vg_free_count"`
+}
+
+func parseLVs(out []byte) ([]lvRow, error) {
+	var rep struct {
+		Report []struct {
+			LV []lvRow `json:"lv"`
+		} `json:"report"`
+	}
+	if err := json.Unmarshal(out, &rep); err != nil {
+		return nil, fmt.Errorf("parsing lvs report: %w", err)
+	}
+	var rows []lvRow
+	for _, r := range rep.Report {
+		rows = append(rows, r.LV...)
+	}
+	return rows, nil
+}
+
+// num is a number in an lvm JSON report: a string ("1073741824") with
+// --reportformat json, a bare number with json_std. Both are accepted.
+type num string
+
+func (n *num) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		*n = num(s)
+		return nil
+	}
+	*n = num(b)
+	return nil
+}
+
+func (n num) int() (int64, error) {
+	v, err := strconv.ParseInt(string(n), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("lvm report number %q: %w", string(n), err)
+	}
+	return v, nil
+}
