@@ -1,0 +1,469 @@
+// Package mounter holds the node's filesystem operations for carve: format and
+// mount a logical volume at its staging path, bind-publish it to pods (as a
+// filesystem or as a raw block device), unmount, report usage and grow a
+// filesystem. It wraps k8s.io/mount-utils so carve formats, fscks and mounts
+// exactly the way kubelet and other CSI drivers do.
+//
+// Every operation is idempotent so that a retried CSI call converges, but the
+// Mounter does no locking: the CSI layer serializes calls per volume ID.
+package mounter
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+	mount "k8s.io/mount-utils"
+	utilexec "k8s.io/utils/exec"
+)
+
+// Filesystems carve formats. ext4 is the default, as in kubelet and mount-utils.
+const (
+	FSTypeExt4    = "ext4"
+	FSTypeXFS     = "xfs"
+	DefaultFSType = FSTypeExt4
+)
+
+// Sentinel errors, matched with errors.Is, so the CSI layer can choose the
+// gRPC code without parsing messages.
+var (
+	// ErrNotFound: the path (target, device or source) does not exist.
+	// Errors wrapping it also wrap fs.ErrNotExist.
+	ErrNotFound = errors.New("path does not exist")
+	// ErrNotMounted: the path exists but is not a mount point.
+	ErrNotMounted = errors.New("not a mount point")
+	// ErrMountedElsewhere: the target is already a mount point, but of a
+	// different device or directory than the one requested.
+	ErrMountedElsewhere = errors.New("target is already mounted from a different source")
+	// ErrIncompatibleMount: the target is already a mount of the requested
+	// source, but read-only where read-write was asked or the reverse.
+	ErrIncompatibleMount = errors.New("target is already mounted with a different read-only setting")
+	// ErrFilesystemMismatch: the device already holds a filesystem (or a
+	// partition table) other than the requested one. carve never reformats.
+	ErrFilesystemMismatch = errors.New("device holds a different filesystem")
+	// ErrUnsupportedFilesystem: the requested fsType is not ext4 or xfs.
+	ErrUnsupportedFilesystem = errors.New("unsupported filesystem type")
+	// ErrNotBlockDevice: a path that must be a block device node is not one.
+	ErrNotBlockDevice = errors.New("not a block device")
+	// ErrStaleMount: the path is a mount point whose filesystem no longer
+	// answers (ENOTCONN, ESTALE, EIO, ...). Unmount clears it.
+	ErrStaleMount = errors.New("stale or corrupted mount")
+)
+
+const (
+	dirMode  = 0o750
+	fileMode = 0o640
+	// maxStackedMounts bounds the unmount loop: a target mounted several
+	// times over needs one umount per layer.
+	maxStackedMounts = 16
+)
+
+// Mounter performs format, mount, unmount, stats and resize on the node.
+// The zero value is not usable; call New.
+type Mounter struct {
+	sfm      *mount.SafeFormatAndMount
+	resizer  *mount.ResizeFs
+	procInfo string // mountinfo file, /proc/self/mountinfo
+}
+
+// New returns a Mounter that runs the host's mount, umount, blkid, mkfs.*,
+// fsck, resize2fs and xfs_growfs.
+func New() *Mounter {
+	e := utilexec.New()
+	return &Mounter{
+		sfm:      &mount.SafeFormatAndMount{Interface: mount.New(""), Exec: e},
+		resizer:  mount.NewResizeFs(e),
+		procInfo: "/proc/self/mountinfo",
+	}
+}
+
+// MountOptions builds the option list for a mount: flags in order without
+// empty entries and duplicates, "ro"/"rw" removed from them and "ro" appended
+// when readOnly is set or flags asked for "ro" (read-only wins a conflict).
+// Unknown flags such as "dax" pass through untouched.
+func MountOptions(readOnly bool, flags []string) []string {
+	out := make([]string, 0, len(flags)+1)
+	for _, f := range flags {
+		switch {
+		case f == "":
+		case f == "ro":
+			readOnly = true
+		case f == "rw":
+		case slices.Contains(out, f):
+		default:
+			out = append(out, f)
+		}
+	}
+	if readOnly {
+		out = append(out, "ro")
+	}
+	return out
+}
+
+// FormatAndMount mounts the filesystem on device at target (a directory,
+// created 0750 if missing), first formatting the device with fsType ("" means
+// ext4) if blkid finds nothing on it. options are passed to mount(8); "ro"
+// among them mounts read-only (and an unformatted device is then an error, as
+// it cannot be formatted). It never reformats: an existing filesystem of
+// another type is ErrFilesystemMismatch.
+//
+// Idempotent: if target is already a mount of device, it returns nil (or
+// ErrIncompatibleMount on a read-only mismatch); if it is a mount of anything
+// else, ErrMountedElsewhere. A stale mount at target is unmounted first.
+func (m *Mounter) FormatAndMount(device, target, fsType string, options []string) error {
+	fsType, err := normalizeFSType(fsType)
+	if err != nil {
+		return err
+	}
+	devStat, err := statBlockDevice(device)
+	if err != nil {
+		return err
+	}
+	readOnly := slices.Contains(options, "ro")
+
+	mounted, err := m.prepareTarget(target, true)
+	if err != nil {
+		return err
+	}
+	if mounted {
+		mi, err := m.mountInfo(target)
+		if err != nil {
+			return err
+		}
+		// Compare device numbers, not names: the same LV is /dev/vg/lv,
+		// /dev/mapper/vg-lv and /dev/dm-N.
+		if mi.Root != "/" || uint32(mi.Major) != unix.Major(devStat.Rdev) || uint32(mi.Minor) != unix.Minor(devStat.Rdev) {
+			return fmt.Errorf("%w: %s is a %s mount of %s (%d:%d, root %s), not of %s",
+				ErrMountedElsewhere, target, mi.FsType, mi.Source, mi.Major, mi.Minor, mi.Root, device)
+		}
+		if isReadOnly(mi) != readOnly {
+			return fmt.Errorf("%w: %s is mounted from %s with read-only=%t, requested read-only=%t",
+				ErrIncompatibleMount, target, device, isReadOnly(mi), readOnly)
+		}
+		klog.V(4).InfoS("Already mounted", "device", device, "target", target)
+		return nil
+	}
+
+	// mount-utils only warns when the existing filesystem differs and then
+	// mounts it anyway; carve refuses, so a wrong fsType is never silently
+	// accepted (and a device with data is never handed to mkfs).
+	existing, err := m.sfm.GetDiskFormat(device)
+	if err != nil {
+		return fmt.Errorf("probe filesystem on %s: %w", device, err)
+	}
+	if existing != "" && existing != fsType {
+		return fmt.Errorf("%w: %s holds %q, requested %q; refusing to mount or reformat it",
+			ErrFilesystemMismatch, device, existing, fsType)
+	}
+	if existing == "" && !readOnly {
+		klog.InfoS("Formatting device", "device", device, "fsType", fsType)
+	}
+	// Cloned: mount-utils appends "defaults" to the slice it is given.
+	if err := m.sfm.FormatAndMount(device, target, fsType, slices.Clone(options)); err != nil {
+		return fmt.Errorf("format and mount %s at %s as %s: %w", device, target, fsType, err)
+	}
+	klog.InfoS("Mounted filesystem", "device", device, "target", target, "fsType", fsType, "options", options, "formatted", existing == "")
+	return nil
+}
+
+// BindMount publishes the mounted filesystem at source (the staging path) at
+// target, a directory created 0750 if missing. readOnly makes the bind
+// read-only: mount-utils binds, then remounts with "bind,remount,ro", which
+// makes only this bind read-only, not the staging mount. source must itself be
+// a mount point (ErrNotMounted otherwise), so an unstaged volume is never
+// replaced by the empty directory under it.
+//
+// Idempotent like FormatAndMount: the same source already bound at target is
+// nil, a read-only mismatch is ErrIncompatibleMount, another source is
+// ErrMountedElsewhere.
+func (m *Mounter) BindMount(source, target string, readOnly bool, options []string) error {
+	srcMounted, err := m.IsMountPoint(source)
+	if err != nil {
+		return fmt.Errorf("bind source: %w", err)
+	}
+	if !srcMounted {
+		return fmt.Errorf("%w: bind source %s", ErrNotMounted, source)
+	}
+	srcStat, err := os.Stat(source)
+	if err != nil {
+		return fmt.Errorf("bind source: %w", pathError(source, err))
+	}
+	if !srcStat.IsDir() {
+		return fmt.Errorf("bind source %s is not a directory", source)
+	}
+
+	mounted, err := m.prepareTarget(target, true)
+	if err != nil {
+		return err
+	}
+	if mounted {
+		// A bind mount's root is the source directory itself: same st_dev
+		// and inode.
+		tgtStat, err := os.Stat(target)
+		if err != nil {
+			return fmt.Errorf("stat target %s: %w", target, err)
+		}
+		if !os.SameFile(srcStat, tgtStat) {
+			return fmt.Errorf("%w: %s is mounted, but is not a bind mount of %s", ErrMountedElsewhere, target, source)
+		}
+		return m.checkReadOnly(target, source, readOnly)
+	}
+
+	opts := MountOptions(readOnly, append(slices.Clone(options), "bind"))
+	if err := m.sfm.Mount(source, target, "", opts); err != nil {
+		m.undoPartialMount(target)
+		return fmt.Errorf("bind mount %s at %s: %w", source, target, err)
+	}
+	klog.InfoS("Bind mounted", "source", source, "target", target, "readOnly", readOnly, "options", opts)
+	return nil
+}
+
+// BindBlock publishes a raw block device: it creates target as an empty file
+// (and its parent directory, 0750) and bind mounts the device node onto it.
+// Idempotent: the same device already bound at target is nil; another device
+// or file is ErrMountedElsewhere; a read-only mismatch is ErrIncompatibleMount.
+//
+// readOnly marks the bind read-only, but the kernel does not check mount
+// flags when a device node is opened for writing, so it does NOT stop writes
+// to the device through target; enforcement has to come from elsewhere
+// (container runtime device permissions).
+func (m *Mounter) BindBlock(device, target string, readOnly bool) error {
+	devStat, err := statBlockDevice(device)
+	if err != nil {
+		return err
+	}
+	mounted, err := m.prepareTarget(target, false)
+	if err != nil {
+		return err
+	}
+	if mounted {
+		var st unix.Stat_t
+		if err := unix.Stat(target, &st); err != nil {
+			return fmt.Errorf("stat target %s: %w", target, err)
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFBLK || st.Rdev != devStat.Rdev {
+			return fmt.Errorf("%w: %s is mounted, but is not a bind mount of block device %s", ErrMountedElsewhere, target, device)
+		}
+		return m.checkReadOnly(target, device, readOnly)
+	}
+
+	opts := MountOptions(readOnly, []string{"bind"})
+	if err := m.sfm.Mount(device, target, "", opts); err != nil {
+		m.undoPartialMount(target)
+		return fmt.Errorf("bind mount block device %s at %s: %w", device, target, err)
+	}
+	klog.InfoS("Bind mounted block device", "device", device, "target", target, "readOnly", readOnly)
+	return nil
+}
+
+// Unmount unmounts target (every layer, if mounted more than once, and also
+// when the mount is stale) and then removes it: the directory or, for a raw
+// block target, the file. A missing target is success. A directory that is
+// still not empty after unmounting is an error: it is left in place rather
+// than deleting data that was written under an unmounted path.
+func (m *Mounter) Unmount(target string) error {
+	for i := 0; ; i++ {
+		mounted, err := m.IsMountPoint(target)
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		stale := errors.Is(err, ErrStaleMount)
+		if err != nil && !stale {
+			return err
+		}
+		if !mounted {
+			break
+		}
+		if i == maxStackedMounts {
+			return fmt.Errorf("%s is still mounted after %d unmounts", target, maxStackedMounts)
+		}
+		if err := m.sfm.Unmount(target); err != nil {
+			return fmt.Errorf("unmount %s: %w", target, err)
+		}
+		klog.InfoS("Unmounted", "target", target, "stale", stale)
+	}
+	if err := os.Remove(target); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove unmounted target %s: %w", target, err)
+	}
+	return nil
+}
+
+// IsMountPoint reports whether path is a mount point, bind mounts included.
+// A missing path is (false, ErrNotFound). A mount point whose filesystem does
+// not answer may be (true, ErrStaleMount).
+func (m *Mounter) IsMountPoint(path string) (bool, error) {
+	mounted, err := m.sfm.IsMountPoint(path)
+	switch {
+	case err == nil:
+		return mounted, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return false, notFound(path, err)
+	case isStale(err):
+		return true, fmt.Errorf("%w: %s: %w", ErrStaleMount, path, err)
+	default:
+		return false, fmt.Errorf("check mount point %s: %w", path, err)
+	}
+}
+
+// IsBlockDevice reports whether path is a block device node (following
+// symlinks, so /dev/vg/lv counts). A missing path is ErrNotFound.
+func (m *Mounter) IsBlockDevice(path string) (bool, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return false, pathError(path, err)
+	}
+	return st.Mode&unix.S_IFMT == unix.S_IFBLK, nil
+}
+
+// Resize grows the filesystem on device, mounted at mountPath, to the size of
+// the device: resize2fs for ext4 (online), xfs_growfs for xfs. It is a no-op
+// when there is nothing to grow. mountPath must be a mount of device
+// (ErrNotMounted / ErrMountedElsewhere otherwise).
+func (m *Mounter) Resize(device, mountPath string) error {
+	devStat, err := statBlockDevice(device)
+	if err != nil {
+		return err
+	}
+	mi, err := m.mountInfo(mountPath)
+	if err != nil {
+		return err
+	}
+	if uint32(mi.Major) != unix.Major(devStat.Rdev) || uint32(mi.Minor) != unix.Minor(devStat.Rdev) {
+		return fmt.Errorf("%w: %s is a mount of %s (%d:%d), not of %s", ErrMountedElsewhere, mountPath, mi.Source, mi.Major, mi.Minor, device)
+	}
+	klog.InfoS("Resizing filesystem", "device", device, "mountPath", mountPath, "fsType", mi.FsType)
+	if _, err := m.resizer.Resize(device, mountPath); err != nil {
+		return fmt.Errorf("resize %s filesystem on %s mounted at %s: %w", mi.FsType, device, mountPath, err)
+	}
+	klog.InfoS("Resized filesystem", "device", device, "mountPath", mountPath)
+	return nil
+}
+
+// prepareTarget makes sure target exists (a directory if dir, else a file in
+// a directory), unmounts a stale mount found there, and reports whether it is
+// a mount point.
+func (m *Mounter) prepareTarget(target string, dir bool) (bool, error) {
+	st, err := os.Stat(target)
+	if err != nil && isStale(err) {
+		// As kubelet does: a dead mount is cleared and the mount redone.
+		klog.InfoS("Unmounting stale mount", "target", target, "err", err)
+		if err := m.sfm.Unmount(target); err != nil {
+			return false, fmt.Errorf("%w: unmount %s: %w", ErrStaleMount, target, err)
+		}
+		st, err = os.Stat(target)
+	}
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if dir {
+			if err := os.MkdirAll(target, dirMode); err != nil {
+				return false, fmt.Errorf("create target directory: %w", err)
+			}
+			return false, nil
+		}
+		if err := os.MkdirAll(filepath.Dir(target), dirMode); err != nil {
+			return false, fmt.Errorf("create target parent directory: %w", err)
+		}
+		f, err := os.OpenFile(target, os.O_CREATE|os.O_WRONLY, fileMode)
+		if err != nil {
+			return false, fmt.Errorf("create target file: %w", err)
+		}
+		if err := f.Close(); err != nil {
+			return false, fmt.Errorf("create target file: %w", err)
+		}
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("stat target %s: %w", target, err)
+	case dir && !st.IsDir():
+		return false, fmt.Errorf("target %s exists and is not a directory", target)
+	case !dir && st.IsDir():
+		return false, fmt.Errorf("target %s exists and is a directory, a raw block target must be a file", target)
+	}
+	return m.IsMountPoint(target)
+}
+
+// checkReadOnly compares the read-only state of the mount at target with the
+// requested one, for the idempotent paths.
+func (m *Mounter) checkReadOnly(target, source string, readOnly bool) error {
+	mi, err := m.mountInfo(target)
+	if err != nil {
+		return err
+	}
+	if isReadOnly(mi) != readOnly {
+		return fmt.Errorf("%w: %s is bound from %s with read-only=%t, requested read-only=%t",
+			ErrIncompatibleMount, target, source, isReadOnly(mi), readOnly)
+	}
+	klog.V(4).InfoS("Already bind mounted", "source", source, "target", target)
+	return nil
+}
+
+// undoPartialMount removes what a failed bind left behind: mount-utils binds
+// first and applies the options in a second remount, so a failed remount
+// leaves a read-write bind that must not stay published.
+func (m *Mounter) undoPartialMount(target string) {
+	if mounted, _ := m.IsMountPoint(target); mounted {
+		if err := m.sfm.Unmount(target); err != nil {
+			klog.ErrorS(err, "Failed to undo partial mount", "target", target)
+			return
+		}
+		klog.InfoS("Unmounted partial mount", "target", target)
+	}
+}
+
+func normalizeFSType(fsType string) (string, error) {
+	switch fsType {
+	case "":
+		return DefaultFSType, nil
+	case FSTypeExt4, FSTypeXFS:
+		return fsType, nil
+	}
+	return "", fmt.Errorf("%w: %q (supported: %s, %s)", ErrUnsupportedFilesystem, fsType, FSTypeExt4, FSTypeXFS)
+}
+
+func statBlockDevice(device string) (*unix.Stat_t, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(device, &st); err != nil {
+		return nil, pathError(device, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return nil, fmt.Errorf("%w: %s", ErrNotBlockDevice, device)
+	}
+	return &st, nil
+}
+
+func isReadOnly(mi *mount.MountInfo) bool {
+	return slices.Contains(mi.MountOptions, "ro")
+}
+
+// isStale reports errors that a dead mount returns for any access, the same
+// set as mount.IsCorruptedMnt minus EACCES/EWOULDBLOCK, which an ordinary
+// permission problem or lock also produces.
+func isStale(err error) bool {
+	for _, e := range []syscall.Errno{unix.ENOTCONN, unix.ESTALE, unix.EIO, unix.EHOSTDOWN, unix.ENODEV} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+func notFound(path string, err error) error {
+	return fmt.Errorf("%w: %s: %w", ErrNotFound, path, err)
+}
+
+// pathError maps a stat error: missing -> ErrNotFound, dead mount ->
+// ErrStaleMount, anything else wrapped as is.
+func pathError(path string, err error) error {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return notFound(path, err)
+	case isStale(err):
+		return fmt.Errorf("%w: %s: %w", ErrStaleMount, path, err)
+	}
+	return fmt.Errorf("stat %s: %w", path, err)
+}
