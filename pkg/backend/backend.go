@@ -54,6 +54,9 @@ type Capacity struct {
 type Backend interface {
 	// Type is "lvm" or "pmem".
 	Type() string
+	// AlignBytes is the size granularity (LVM extent size, PMEM alignment),
+	// known without running a tool so that CreateVolume costs one command.
+	AlignBytes() int64
 	// Create makes the volume. If a device named req.ID already exists it returns
 	// ErrExists and leaves it alone; the caller decides whether it is compatible.
 	Create(ctx context.Context, req CreateRequest) (*Volume, error)

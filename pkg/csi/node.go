@@ -1,0 +1,471 @@
+package csi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/klog/v2"
+
+	"github.com/carve-csi/carve/pkg/backend"
+	"github.com/carve-csi/carve/pkg/keylock"
+	"github.com/carve-csi/carve/pkg/mounter"
+	"github.com/carve-csi/carve/pkg/names"
+	"github.com/carve-csi/carve/pkg/volume"
+)
+
+// Inline ephemeral volume attributes.
+const (
+	ephemeralKey = reservedPrefix + "ephemeral"
+	attrSize     = "size"
+	attrFSType   = "fsType"
+	defaultFS    = "ext4"
+)
+
+// Mounter is what the node needs from the filesystem (see pkg/mounter).
+type Mounter interface {
+	FormatAndMount(device, target, fsType string, options []string) error
+	BindMount(source, target string, readOnly bool, options []string) error
+	BindBlock(device, target string, readOnly bool) error
+	Unmount(target string) error
+	IsMountPoint(path string) (bool, error)
+	Stats(path string) (mounter.Stats, error)
+	Resize(device, mountPath string) error
+}
+
+// Node serves the CSI Node service.
+type Node struct {
+	csi.UnimplementedNodeServer
+	Vols   *volume.Manager
+	Mount  Mounter
+	NodeID string
+	Locks  *keylock.Locks
+	// KubeletDir bounds every path the node mounts on (symlinks resolved).
+	KubeletDir string
+	// AllowInlinePool lets pod authors pick the pool of inline volumes.
+	AllowInlinePool bool
+}
+
+func (n *Node) lock(ctx context.Context, id string) (func(), error) {
+	unlock, err := n.Locks.Lock(ctx, id)
+	if err != nil {
+		return nil, status.Errorf(codes.Aborted, "waiting for another operation on volume %s: %v", id, err)
+	}
+	return unlock, nil
+}
+
+// checkPath makes sure p is absolute and, after resolving symlinks of the part
+// that exists, inside the kubelet directory.
+func (n *Node) checkPath(what, p string) error {
+	if p == "" {
+		return invalid("%s is missing", what)
+	}
+	if !filepath.IsAbs(p) {
+		return invalid("%s %q is not absolute", what, p)
+	}
+	if n.KubeletDir == "" {
+		return nil
+	}
+	root, err := filepath.EvalSymlinks(n.KubeletDir)
+	if err != nil {
+		return status.Errorf(codes.Internal, "kubelet directory %q: %v", n.KubeletDir, err)
+	}
+	resolved, err := resolveExisting(filepath.Clean(p))
+	if err != nil {
+		return status.Errorf(codes.Internal, "%s %q: %v", what, p, err)
+	}
+	if resolved != root && !strings.HasPrefix(resolved, root+string(filepath.Separator)) {
+		return invalid("%s %q is outside the kubelet directory %q", what, p, n.KubeletDir)
+	}
+	return nil
+}
+
+// resolveExisting resolves symlinks in the longest existing prefix of p.
+func resolveExisting(p string) (string, error) {
+	rest := ""
+	for cur := p; ; {
+		r, err := filepath.EvalSymlinks(cur)
+		if err == nil {
+			return filepath.Join(r, rest), nil
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			return "", err
+		}
+		parent := filepath.Dir(cur)
+		if parent == cur {
+			return p, nil
+		}
+		rest = filepath.Join(filepath.Base(cur), rest)
+		cur = parent
+	}
+}
+
+func (n *Node) findActive(ctx context.Context, id string) (*backend.Volume, string, error) {
+	v, err := n.Vols.Find(ctx, id)
+	if err != nil {
+		return nil, "", toStatus(err)
+	}
+	dev, err := n.Vols.Activate(ctx, v)
+	if err != nil {
+		return nil, "", toStatus(fmt.Errorf("activate volume %s: %w", id, err))
+	}
+	return v, dev, nil
+}
+
+func fsTypeOf(c *csi.VolumeCapability) string {
+	if fs := c.GetMount().GetFsType(); fs != "" {
+		return fs
+	}
+	return defaultFS
+}
+
+func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalid("volume id is missing")
+	}
+	if err := n.checkPath("staging target path", req.GetStagingTargetPath()); err != nil {
+		return nil, err
+	}
+	if err := checkCapability(req.GetVolumeCapability()); err != nil {
+		return nil, invalid("%v", err)
+	}
+	unlock, err := n.lock(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	_, dev, err := n.findActive(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	if isBlock(req.GetVolumeCapability()) {
+		return &csi.NodeStageVolumeResponse{}, nil // published straight from the device node
+	}
+	c := req.GetVolumeCapability()
+	if err := n.Mount.FormatAndMount(dev, req.GetStagingTargetPath(), fsTypeOf(c), c.GetMount().GetMountFlags()); err != nil {
+		return nil, toStatus(fmt.Errorf("stage volume %s: %w", req.GetVolumeId(), err))
+	}
+	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalid("volume id is missing")
+	}
+	if err := n.checkPath("staging target path", req.GetStagingTargetPath()); err != nil {
+		return nil, err
+	}
+	unlock, err := n.lock(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if err := n.Mount.Unmount(req.GetStagingTargetPath()); err != nil {
+		return nil, toStatus(fmt.Errorf("unstage volume %s: %w", req.GetVolumeId(), err))
+	}
+	return &csi.NodeUnstageVolumeResponse{}, nil
+}
+
+func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalid("volume id is missing")
+	}
+	if err := n.checkPath("target path", req.GetTargetPath()); err != nil {
+		return nil, err
+	}
+	c := req.GetVolumeCapability()
+	if err := checkCapability(c); err != nil {
+		return nil, invalid("%v", err)
+	}
+	readOnly := req.GetReadonly() || readOnlyMode(c)
+	if req.GetVolumeContext()[ephemeralKey] == "true" {
+		return n.publishInline(ctx, req, readOnly)
+	}
+	if !isBlock(c) {
+		if err := n.checkPath("staging target path", req.GetStagingTargetPath()); err != nil {
+			return nil, err
+		}
+	}
+	unlock, err := n.lock(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	_, dev, err := n.findActive(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	if isBlock(c) {
+		err = n.Mount.BindBlock(dev, req.GetTargetPath(), readOnly)
+	} else {
+		err = n.Mount.BindMount(req.GetStagingTargetPath(), req.GetTargetPath(), readOnly, c.GetMount().GetMountFlags())
+	}
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("publish volume %s: %w", req.GetVolumeId(), err))
+	}
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// inlineRequest is a validated inline ephemeral volume.
+type inlineRequest struct {
+	size   int64
+	fsType string
+	pool   string
+}
+
+func (n *Node) parseInline(attrs map[string]string) (inlineRequest, error) {
+	r := inlineRequest{size: volume.DefaultSizeBytes, fsType: defaultFS}
+	for k, v := range attrs {
+		switch {
+		case k == attrSize:
+			q, err := resource.ParseQuantity(v)
+			if err != nil {
+				return r, invalid("inline volume attribute %s=%q is not a quantity: %v", attrSize, v, err)
+			}
+			if q.Sign() <= 0 {
+				return r, invalid("inline volume attribute %s=%q must be positive", attrSize, v)
+			}
+			r.size = q.Value()
+		case k == attrFSType:
+			if v == "" || !supportedFSTypes[v] {
+				return r, invalid("inline volume attribute %s=%q is not supported (ext4, xfs)", attrFSType, v)
+			}
+			r.fsType = v
+		case k == ParamPool && n.AllowInlinePool:
+			r.pool = v
+		case strings.HasPrefix(k, reservedPrefix): // set by kubelet, not by the pod author
+		default:
+			allowed := attrSize + ", " + attrFSType
+			if n.AllowInlinePool {
+				allowed += ", " + ParamPool
+			}
+			return r, invalid("inline volume attribute %q is not allowed (allowed: %s)", k, allowed)
+		}
+	}
+	return r, nil
+}
+
+func (n *Node) publishInline(ctx context.Context, req *csi.NodePublishVolumeRequest, readOnly bool) (*csi.NodePublishVolumeResponse, error) {
+	c := req.GetVolumeCapability()
+	if isBlock(c) {
+		return nil, invalid("inline ephemeral volumes are filesystem volumes; block access is not supported")
+	}
+	ir, err := n.parseInline(req.GetVolumeContext())
+	if err != nil {
+		return nil, err
+	}
+	if fs := c.GetMount().GetFsType(); fs != "" && req.GetVolumeContext()[attrFSType] == "" {
+		ir.fsType = fs
+	}
+	id := names.VolumeID(req.GetVolumeId())
+	unlock, err := n.lock(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	v, err := n.Vols.Create(ctx, volume.CreateRequest{
+		Name: req.GetVolumeId(), Pool: ir.pool, Range: volume.Range{RequiredBytes: ir.size},
+		Ephemeral: true, TargetPath: req.GetTargetPath(),
+	})
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("inline volume %s: %w", req.GetVolumeId(), err))
+	}
+	if v.TargetPath != req.GetTargetPath() {
+		return nil, status.Errorf(codes.AlreadyExists, "inline volume %s is already published at %q", req.GetVolumeId(), v.TargetPath)
+	}
+	dev, err := n.Vols.Activate(ctx, v)
+	if err == nil {
+		opts := append([]string(nil), c.GetMount().GetMountFlags()...)
+		if readOnly {
+			opts = append(opts, "ro")
+		}
+		err = n.Mount.FormatAndMount(dev, req.GetTargetPath(), ir.fsType, opts)
+	}
+	if err != nil {
+		// Nothing half-made: a volume nobody mounted would leak.
+		n.removeInline(ctx, v)
+		return nil, toStatus(fmt.Errorf("inline volume %s: %w", req.GetVolumeId(), err))
+	}
+	klog.InfoS("Inline volume published", "volumeID", req.GetVolumeId(), "device", v.ID, "target", req.GetTargetPath(), "bytes", v.SizeBytes)
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// removeInline unmounts and deletes an inline volume, logging what it cannot do.
+func (n *Node) removeInline(ctx context.Context, v *backend.Volume) error {
+	if v.TargetPath != "" {
+		if err := n.Mount.Unmount(v.TargetPath); err != nil {
+			klog.ErrorS(err, "Cannot unmount inline volume", "device", v.ID, "target", v.TargetPath)
+			return err
+		}
+	}
+	if err := n.Vols.Delete(ctx, v.ID); err != nil {
+		klog.ErrorS(err, "Cannot delete inline volume", "device", v.ID)
+		return err
+	}
+	return nil
+}
+
+func (n *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalid("volume id is missing")
+	}
+	if err := n.checkPath("target path", req.GetTargetPath()); err != nil {
+		return nil, err
+	}
+	// Persistent volume ids are carve ids; kubelet names inline volumes itself.
+	lockID, inline := req.GetVolumeId(), !names.IsVolumeID(req.GetVolumeId())
+	if inline {
+		lockID = names.VolumeID(req.GetVolumeId())
+	}
+	unlock, err := n.lock(ctx, lockID)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if err := n.Mount.Unmount(req.GetTargetPath()); err != nil {
+		return nil, toStatus(fmt.Errorf("unpublish volume %s: %w", req.GetVolumeId(), err))
+	}
+	if inline {
+		v, err := n.Vols.Find(ctx, lockID)
+		switch {
+		case errors.Is(err, backend.ErrNotFound):
+		case err != nil:
+			return nil, toStatus(err)
+		case v.Ephemeral && v.Name == req.GetVolumeId():
+			if err := n.Vols.Delete(ctx, v.ID); err != nil {
+				return nil, toStatus(fmt.Errorf("delete inline volume %s: %w", req.GetVolumeId(), err))
+			}
+			klog.InfoS("Inline volume removed", "volumeID", req.GetVolumeId(), "device", v.ID)
+		}
+	}
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+func (n *Node) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalid("volume id is missing")
+	}
+	if req.GetVolumePath() == "" {
+		return nil, invalid("volume path is missing")
+	}
+	id := req.GetVolumeId()
+	if !names.IsVolumeID(id) {
+		id = names.VolumeID(id) // an inline volume
+	}
+	if _, err := n.Vols.Find(ctx, id); err != nil {
+		return nil, toStatus(err)
+	}
+	st, err := n.Mount.Stats(req.GetVolumePath())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, status.Errorf(codes.NotFound, "volume path %q does not exist", req.GetVolumePath())
+	}
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: st.TotalBytes}}}
+	if !st.IsBlock {
+		resp.Usage[0].Available, resp.Usage[0].Used = st.AvailableBytes, st.UsedBytes
+		resp.Usage = append(resp.Usage, &csi.VolumeUsage{Unit: csi.VolumeUsage_INODES,
+			Total: st.TotalInodes, Available: st.FreeInodes, Used: st.UsedInodes})
+	}
+	return resp, nil
+}
+
+func (n *Node) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalid("volume id is missing")
+	}
+	if req.GetVolumePath() == "" {
+		return nil, invalid("volume path is missing")
+	}
+	if c := req.GetVolumeCapability(); c != nil {
+		if err := checkCapability(c); err != nil {
+			return nil, invalid("%v", err)
+		}
+	}
+	unlock, err := n.lock(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	v, dev, err := n.findActive(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	if need := req.GetCapacityRange().GetRequiredBytes(); need > v.SizeBytes {
+		return nil, status.Errorf(codes.OutOfRange, "volume %s has %d bytes, %d requested: expand it through the controller first", v.ID, v.SizeBytes, need)
+	}
+	if _, err := os.Stat(req.GetVolumePath()); err != nil {
+		return nil, status.Errorf(codes.NotFound, "volume path %q: %v", req.GetVolumePath(), err)
+	}
+	if !isBlock(req.GetVolumeCapability()) {
+		st, err := n.Mount.Stats(req.GetVolumePath())
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		if !st.IsBlock {
+			if err := n.Mount.Resize(dev, req.GetVolumePath()); err != nil {
+				return nil, toStatus(fmt.Errorf("grow filesystem of volume %s: %w", v.ID, err))
+			}
+		}
+	}
+	return &csi.NodeExpandVolumeResponse{CapacityBytes: v.SizeBytes}, nil
+}
+
+func (n *Node) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	var caps []*csi.NodeServiceCapability
+	for _, t := range []csi.NodeServiceCapability_RPC_Type{
+		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+		csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
+		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	} {
+		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: t}}})
+	}
+	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+func (n *Node) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	return &csi.NodeGetInfoResponse{
+		NodeId:             n.NodeID,
+		AccessibleTopology: &csi.Topology{Segments: map[string]string{TopologyKey: n.NodeID}},
+	}, nil
+}
+
+// CleanupOrphans removes inline volumes whose target path is no longer
+// mounted: their pod is gone, and nothing else would ever delete them.
+func (n *Node) CleanupOrphans(ctx context.Context) error {
+	vols, err := n.Vols.List(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for i := range vols {
+		v := &vols[i]
+		if !v.Ephemeral {
+			continue
+		}
+		unlock, err := n.Locks.Lock(ctx, v.ID)
+		if err != nil {
+			return err
+		}
+		mounted, err := n.Mount.IsMountPoint(v.TargetPath)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("inline volume %s at %q: %w", v.ID, v.TargetPath, err))
+		} else if !mounted {
+			klog.InfoS("Removing orphaned inline volume", "device", v.ID, "volumeID", v.Name, "target", v.TargetPath)
+			if err := n.removeInline(ctx, v); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		unlock()
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,279 @@
+// Package volume holds the node's volume logic on top of its pools: choosing
+// the pool, sizing within a capacity range, idempotent create by name, and
+// finding volumes by id across pools. It knows nothing about gRPC.
+package volume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+
+	"k8s.io/klog/v2"
+
+	"github.com/carve-csi/carve/pkg/backend"
+	"github.com/carve-csi/carve/pkg/names"
+)
+
+// DefaultSizeBytes is used when a request gives no size.
+const DefaultSizeBytes = 1 << 30
+
+var (
+	// ErrUnknownPool: the request names a pool this node does not have.
+	ErrUnknownPool = errors.New("unknown pool")
+	// ErrOutOfRange: no aligned size fits the requested range.
+	ErrOutOfRange = errors.New("no volume size fits the capacity range")
+	// ErrIncompatible: a volume with that name exists with other properties.
+	ErrIncompatible = errors.New("volume exists with incompatible properties")
+)
+
+// Pool is a named backend.
+type Pool struct {
+	Name    string
+	Backend backend.Backend
+}
+
+// Manager serves volumes from a node's pools. It does not lock: callers
+// serialize per volume id.
+type Manager struct {
+	pools       []Pool
+	defaultPool string
+}
+
+// NewManager takes the pools in order; the default pool must be among them.
+func NewManager(pools []Pool, defaultPool string) (*Manager, error) {
+	if len(pools) == 0 {
+		return nil, errors.New("no pools configured")
+	}
+	m := &Manager{pools: pools, defaultPool: defaultPool}
+	if _, err := m.pool(defaultPool); err != nil {
+		return nil, fmt.Errorf("default pool %q: %w", defaultPool, err)
+	}
+	return m, nil
+}
+
+// Pools returns the configured pools.
+func (m *Manager) Pools() []Pool { return append([]Pool(nil), m.pools...) }
+
+// DefaultPool returns the default pool's name.
+func (m *Manager) DefaultPool() string { return m.defaultPool }
+
+func (m *Manager) pool(name string) (Pool, error) {
+	if name == "" {
+		name = m.defaultPool
+	}
+	for _, p := range m.pools {
+		if p.Name == name {
+			return p, nil
+		}
+	}
+	return Pool{}, fmt.Errorf("%w %q", ErrUnknownPool, name)
+}
+
+// Range is a CSI capacity range; 0 means unset.
+type Range struct {
+	RequiredBytes int64
+	LimitBytes    int64
+}
+
+// Contains reports whether size satisfies the range.
+func (r Range) Contains(size int64) bool {
+	return size >= r.RequiredBytes && (r.LimitBytes == 0 || size <= r.LimitBytes)
+}
+
+// SizeFor picks the smallest aligned size that satisfies r.
+func SizeFor(r Range, align int64) (int64, error) {
+	if r.RequiredBytes < 0 || r.LimitBytes < 0 {
+		return 0, fmt.Errorf("%w: negative size", ErrOutOfRange)
+	}
+	if r.LimitBytes > 0 && r.LimitBytes < r.RequiredBytes {
+		return 0, fmt.Errorf("%w: limit %d below required %d", ErrOutOfRange, r.LimitBytes, r.RequiredBytes)
+	}
+	want := r.RequiredBytes
+	if want == 0 {
+		want = DefaultSizeBytes
+		if r.LimitBytes > 0 && r.LimitBytes < want {
+			want = r.LimitBytes
+		}
+	}
+	size := backend.AlignUp(want, align)
+	if r.LimitBytes > 0 && size > r.LimitBytes {
+		return 0, fmt.Errorf("%w: %d bytes rounded up to the pool's %d-byte granularity is %d, above the limit %d",
+			ErrOutOfRange, want, align, size, r.LimitBytes)
+	}
+	return size, nil
+}
+
+// CreateRequest asks for a volume by CSI name.
+type CreateRequest struct {
+	Name       string
+	Pool       string // "" = default
+	Range      Range
+	Ephemeral  bool
+	TargetPath string
+}
+
+// Create makes the volume or returns the existing compatible one with that name.
+func (m *Manager) Create(ctx context.Context, req CreateRequest) (*backend.Volume, error) {
+	p, err := m.pool(req.Pool)
+	if err != nil {
+		return nil, err
+	}
+	id := names.VolumeID(req.Name)
+	size, err := SizeFor(req.Range, p.Backend.AlignBytes())
+	if err != nil {
+		return nil, err
+	}
+	if len(m.pools) > 1 {
+		// The same name in another pool is the same volume asked for elsewhere.
+		if other, err := m.findIn(ctx, id, p.Name); err == nil {
+			return nil, fmt.Errorf("%w: volume %q exists in pool %q, not %q", ErrIncompatible, req.Name, other.Pool, p.Name)
+		} else if !errors.Is(err, backend.ErrNotFound) {
+			return nil, err
+		}
+	}
+	vol, err := p.Backend.Create(ctx, backend.CreateRequest{
+		ID: id, Name: req.Name, SizeBytes: size, Ephemeral: req.Ephemeral, TargetPath: req.TargetPath,
+	})
+	if err == nil {
+		klog.InfoS("Volume created", "name", req.Name, "id", id, "pool", p.Name, "bytes", size, "ephemeral", req.Ephemeral)
+		return vol, nil
+	}
+	if !errors.Is(err, backend.ErrExists) {
+		return nil, err
+	}
+	existing, err := p.Backend.Get(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("volume id %q is taken: %w", id, err)
+	}
+	switch {
+	case existing.Name != req.Name:
+		return nil, fmt.Errorf("%w: id %q belongs to volume %q", backend.ErrExists, id, existing.Name)
+	case !req.Range.Contains(existing.SizeBytes):
+		return nil, fmt.Errorf("%w: volume %q has %d bytes, outside the requested range [%d, %d]",
+			ErrIncompatible, req.Name, existing.SizeBytes, req.Range.RequiredBytes, req.Range.LimitBytes)
+	case existing.Ephemeral != req.Ephemeral:
+		return nil, fmt.Errorf("%w: volume %q ephemeral=%v", ErrIncompatible, req.Name, existing.Ephemeral)
+	}
+	return existing, nil
+}
+
+// Find returns the carve volume with that id from whichever pool has it.
+func (m *Manager) Find(ctx context.Context, id string) (*backend.Volume, error) {
+	return m.findIn(ctx, id, "")
+}
+
+// findIn searches all pools except skip.
+func (m *Manager) findIn(ctx context.Context, id, skip string) (*backend.Volume, error) {
+	if !names.IsVolumeID(id) {
+		return nil, fmt.Errorf("%w: %q is not a carve volume id", backend.ErrNotFound, id)
+	}
+	for _, p := range m.pools {
+		if p.Name == skip {
+			continue
+		}
+		v, err := p.Backend.Get(ctx, id)
+		if err == nil {
+			return v, nil
+		}
+		if !errors.Is(err, backend.ErrNotFound) {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("%w: %q", backend.ErrNotFound, id)
+}
+
+// Delete removes the volume; a volume that does not exist is not an error.
+func (m *Manager) Delete(ctx context.Context, id string) error {
+	if !names.IsVolumeID(id) {
+		return nil // never ours, so nothing to delete
+	}
+	for _, p := range m.pools {
+		err := p.Backend.Delete(ctx, id)
+		if err == nil {
+			klog.InfoS("Volume deleted", "id", id, "pool", p.Name)
+			return nil
+		}
+		if errors.Is(err, backend.ErrNotOwned) {
+			klog.InfoS("Not deleting a device carve does not own", "id", id, "pool", p.Name)
+			return nil
+		}
+		if !errors.Is(err, backend.ErrNotFound) {
+			return err
+		}
+	}
+	return nil
+}
+
+// Expand grows the volume to fit r; returns the new size.
+func (m *Manager) Expand(ctx context.Context, id string, r Range) (*backend.Volume, error) {
+	v, err := m.Find(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	p, err := m.pool(v.Pool)
+	if err != nil {
+		return nil, err
+	}
+	if v.SizeBytes >= r.RequiredBytes && r.Contains(v.SizeBytes) {
+		return v, nil
+	}
+	size, err := SizeFor(Range{RequiredBytes: max(r.RequiredBytes, 1), LimitBytes: r.LimitBytes}, p.Backend.AlignBytes())
+	if err != nil {
+		return nil, err
+	}
+	if size < v.SizeBytes {
+		return nil, fmt.Errorf("%w: volume has %d bytes, shrinking to %d is not supported", ErrOutOfRange, v.SizeBytes, size)
+	}
+	nv, err := p.Backend.Expand(ctx, id, size)
+	if err != nil {
+		return nil, err
+	}
+	klog.InfoS("Volume expanded", "id", id, "pool", p.Name, "from", v.SizeBytes, "to", nv.SizeBytes)
+	return nv, nil
+}
+
+// Capacity of a pool; an unknown pool has none.
+func (m *Manager) Capacity(ctx context.Context, pool string) (backend.Capacity, error) {
+	p, err := m.pool(pool)
+	if errors.Is(err, ErrUnknownPool) {
+		return backend.Capacity{}, nil
+	}
+	if err != nil {
+		return backend.Capacity{}, err
+	}
+	return p.Backend.Capacity(ctx)
+}
+
+// List returns every carve volume on the node, sorted by id.
+func (m *Manager) List(ctx context.Context) ([]backend.Volume, error) {
+	var all []backend.Volume
+	for _, p := range m.pools {
+		vs, err := p.Backend.List(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("pool %q: %w", p.Name, err)
+		}
+		all = append(all, vs...)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].ID < all[j].ID })
+	return all, nil
+}
+
+// Activate makes the volume's device node available and returns its path.
+func (m *Manager) Activate(ctx context.Context, v *backend.Volume) (string, error) {
+	p, err := m.pool(v.Pool)
+	if err != nil {
+		return "", err
+	}
+	return p.Backend.Activate(ctx, v.ID)
+}
+
+// Check reads every pool once; it is the readiness probe.
+func (m *Manager) Check(ctx context.Context) error {
+	for _, p := range m.pools {
+		if _, err := p.Backend.Capacity(ctx); err != nil {
+			return fmt.Errorf("pool %q: %w", p.Name, err)
+		}
+	}
+	return nil
+}
