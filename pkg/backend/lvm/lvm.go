@@ -225,7 +225,12 @@ func (b *Backend) Delete(ctx context.Context, id string) error {
 
 // removed reports whether lvremove's stdout says it removed the LV: lvm
 // prints `Logical volume "<id>" successfully removed.` for each LV it removes
-// and nothing when the selection matched nothing.
+// and nothing when the selection matched nothing (exit code 0 either way; the
+// JSON command log, `--reportformat json --config log/report_command_log=1`,
+// would be the structured alternative but makes lvremove 2.03.16 segfault).
+// Only the quoted id is looked for; should the wording ever lose it, Delete
+// falls back to Get and reports ErrNotFound for an LV it did remove, which
+// idempotent callers treat as success.
 func removed(stdout []byte, id string) bool {
 	return strings.Contains(string(stdout), `"`+id+`"`)
 }
@@ -335,7 +340,11 @@ func (b *Backend) Capacity(ctx context.Context) (backend.Capacity, error) {
 }
 
 // Activate implements backend.Backend: when /dev/<vg>/<id> is missing it
-// activates the LV (owned LVs only) with `lvchange -ay -K`.
+// activates the LV (owned LVs only) with `lvchange -ay -K`. When the node
+// exists it returns at once without a command (ids are carve-shaped and
+// hash-suffixed, so an existing node with that name is ours in practice). An
+// LV that lvm activates without a node appearing (activation = 0, no
+// device-mapper) is an error wrapping backend.ErrUnavailable.
 func (b *Backend) Activate(ctx context.Context, id string) (string, error) {
 	if err := checkID(id); err != nil {
 		return "", err

@@ -127,7 +127,7 @@ func TestReal(t *testing.T) {
 	// Inline ephemeral volume with a target path long enough to need chunked tags.
 	nameB := "csi-0123456789abcdef0123456789abcdef"
 	idB := names.VolumeID(nameB)
-	target := "/var/lib/kubelet/pods/" + string(make([]byte, 0)) + "0f3c9a52-7f0e-4d8e-9d2a-3b5a6c7d8e9f/volumes/kubernetes.io~csi/"
+	target := "/var/lib/kubelet/pods/0f3c9a52-7f0e-4d8e-9d2a-3b5a6c7d8e9f/volumes/kubernetes.io~csi/"
 	for len(target) < 1500 {
 		target += "nested-dir-é/"
 	}
