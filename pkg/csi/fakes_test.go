@@ -180,4 +180,3 @@ func withMode(c *csi.VolumeCapability, m csi.VolumeCapability_AccessMode_Mode) *
 	c.AccessMode.Mode = m
 	return c
 }
-

@@ -32,8 +32,11 @@ type Error struct {
 
 func (e *Error) Error() string {
 	msg := strings.TrimSpace(e.Stderr)
-	if msg == "" {
+	switch {
+	case msg == "":
 		msg = e.Err.Error()
+	case e.ExitCode == -1: // killed or never started: the cause matters more than stray stderr
+		msg = e.Err.Error() + ": " + msg
 	}
 	return fmt.Sprintf("%s: exit code %d: %s", strings.Join(e.Cmd, " "), e.ExitCode, msg)
 }

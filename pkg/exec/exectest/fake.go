@@ -38,11 +38,16 @@ type Fake struct {
 
 var _ exec.Runner = (*Fake)(nil)
 
-// Expect queues a call.
+// Expect queues a call given as space-separated words.
 func (f *Fake) Expect(argv string, r Response) *Fake {
+	return f.ExpectArgv(strings.Fields(argv), r)
+}
+
+// ExpectArgv queues a call whose arguments may contain spaces.
+func (f *Fake) ExpectArgv(argv []string, r Response) *Fake {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.calls = append(f.calls, Call{Argv: strings.Fields(argv), Response: r})
+	f.calls = append(f.calls, Call{Argv: argv, Response: r})
 	return f
 }
 
