@@ -85,6 +85,9 @@ func parseFlags(args []string) (*options, error) {
 	if len(o.pools) == 0 {
 		return nil, errors.New("at least one --pool=name=lvm:<volume group> is required")
 	}
+	if st, err := os.Stat(o.kubeletDir); err != nil || !st.IsDir() {
+		return nil, fmt.Errorf("--kubelet-dir %q is not a directory", o.kubeletDir)
+	}
 	if o.defaultPool == "" {
 		o.defaultPool = o.pools[0].Name
 	}

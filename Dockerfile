@@ -1,0 +1,17 @@
+# Multi-stage: a static carve-csi on a small Debian runtime with the storage tools.
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+ARG VERSION=dev
+RUN CGO_ENABLED=0 go build -ldflags "-s -w -X main.version=${VERSION}" -o /carve-csi ./cmd/carve-csi
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends lvm2 ndctl e2fsprogs xfsprogs util-linux mount \
+ && rm -rf /var/lib/apt/lists/*
+# No udev and no metadata backups inside the container; see the file for why.
+COPY deploy/image/lvm.conf /etc/lvm/lvm.conf
+COPY --from=build /carve-csi /usr/local/bin/carve-csi
+ENTRYPOINT ["/usr/local/bin/carve-csi"]

@@ -1,0 +1,36 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseFlags(t *testing.T) {
+	dir := t.TempDir()
+	o, err := parseFlags([]string{"--mode=node", "--nodeid=n1", "--pool=a=lvm:vg1", "--pool=b=lvm:vg2", "--kubelet-dir=" + dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.defaultPool != "a" || len(o.pools) != 2 || o.nodeID != "n1" {
+		t.Fatalf("options %+v", o)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--nodeid=n1", "--pool=a=lvm:vg"}, "--mode is required"},
+		{[]string{"--mode=server", "--nodeid=n1", "--pool=a=lvm:vg"}, `--mode="server" is not supported`},
+		{[]string{"--mode=node", "--pool=a=lvm:vg", "--kubelet-dir=" + dir}, "--nodeid"},
+		{[]string{"--mode=node", "--nodeid=n1", "--kubelet-dir=" + dir}, "at least one --pool"},
+		{[]string{"--mode=node", "--nodeid=n1", "--pool=a=zfs:tank"}, `unknown type "zfs"`},
+		{[]string{"--mode=node", "--nodeid=n1", "--pool=a=lvm:vg", "--kubelet-dir=/nonexistent/kubelet"}, "is not a directory"},
+		{[]string{"--mode=node", "--bogus"}, "flag provided but not defined"},
+		{[]string{"--mode=node", "extra"}, "unexpected arguments"},
+	} {
+		t.Setenv("NODE_NAME", "")
+		_, err := parseFlags(tc.args)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("parseFlags(%q) = %v, want an error containing %q", tc.args, err, tc.want)
+		}
+	}
+}
