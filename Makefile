@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 BIN := _output/carve-csi
 
-.PHONY: all build test test-unit test-lvm test-e2e bench fuzz demo image vet clean
+.PHONY: generate all build test test-unit test-lvm test-e2e bench fuzz demo image vet clean
 
 all: build
 
@@ -48,3 +48,8 @@ image:
 
 clean:
 	rm -rf _output
+
+CONTROLLER_GEN := $(GO) run sigs.k8s.io/controller-tools/cmd/controller-gen@v0.23.0
+# Deep-copy functions and CRD manifests from the Go types in pkg/apis.
+generate:
+	$(CONTROLLER_GEN) object crd paths=./pkg/apis/... output:crd:artifacts:config=deploy/kubernetes/base/crds

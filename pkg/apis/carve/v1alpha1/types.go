@@ -1,0 +1,149 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Finalizer is held by the node on every LocalVolume whose device may exist.
+const Finalizer = "carve.csi.dev/device"
+
+// LocalVolumePhase is where a LocalVolume is in its life.
+// +kubebuilder:validation:Enum=Pending;Ready;Failed
+type LocalVolumePhase string
+
+const (
+	// PhasePending: the node has not acted yet.
+	PhasePending LocalVolumePhase = "Pending"
+	// PhaseReady: the device exists with at least the requested size.
+	PhaseReady LocalVolumePhase = "Ready"
+	// PhaseFailed: the node could not create or expand the device; see code and message.
+	PhaseFailed LocalVolumePhase = "Failed"
+)
+
+// LocalVolumeSpec is what the controller asks of the node.
+type LocalVolumeSpec struct {
+	// VolumeName is the CSI volume name this volume was created for.
+	// +kubebuilder:validation:MinLength=1
+	VolumeName string `json:"volumeName"`
+	// NodeName is the node whose pool holds the device.
+	// +kubebuilder:validation:MinLength=1
+	NodeName string `json:"nodeName"`
+	// Pool on that node; empty means the node's default pool.
+	// +optional
+	Pool string `json:"pool,omitempty"`
+	// SizeBytes is the minimum size; the node rounds up to its pool's granularity.
+	// +kubebuilder:validation:Minimum=1
+	SizeBytes int64 `json:"sizeBytes"`
+	// LimitBytes, if set, is the largest acceptable size.
+	// +optional
+	LimitBytes int64 `json:"limitBytes,omitempty"`
+	// VolumeMode is a hint: Filesystem or Block.
+	// +optional
+	VolumeMode string `json:"volumeMode,omitempty"`
+	// FSType is a hint for Filesystem volumes.
+	// +optional
+	FSType string `json:"fsType,omitempty"`
+}
+
+// LocalVolumeStatus is what the node reports.
+type LocalVolumeStatus struct {
+	// +optional
+	Phase LocalVolumePhase `json:"phase,omitempty"`
+	// DevicePath on the node, e.g. /dev/vg/lv.
+	// +optional
+	DevicePath string `json:"devicePath,omitempty"`
+	// CurrentSizeBytes is the device's real size.
+	// +optional
+	CurrentSizeBytes int64 `json:"currentSizeBytes,omitempty"`
+	// Code is the gRPC code name of the last failure (e.g. ResourceExhausted).
+	// +optional
+	Code string `json:"code,omitempty"`
+	// Message explains the phase.
+	// +optional
+	Message string `json:"message,omitempty"`
+	// ObservedGeneration is the spec generation the status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+}
+
+// LocalVolume is one carve volume on one node.
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,shortName=lv;lvol
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.spec.nodeName`
+// +kubebuilder:printcolumn:name="Pool",type=string,JSONPath=`.spec.pool`
+// +kubebuilder:printcolumn:name="Size",type=integer,JSONPath=`.status.currentSizeBytes`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Volume",type=string,JSONPath=`.spec.volumeName`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type LocalVolume struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   LocalVolumeSpec   `json:"spec"`
+	Status LocalVolumeStatus `json:"status,omitempty"`
+}
+
+// LocalVolumeList is a list of LocalVolumes.
+// +kubebuilder:object:root=true
+type LocalVolumeList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []LocalVolume `json:"items"`
+}
+
+// PoolStatus is one pool's capacity.
+type PoolStatus struct {
+	Name string `json:"name"`
+	// +kubebuilder:validation:Enum=lvm;pmem
+	Type           string `json:"type"`
+	TotalBytes     int64  `json:"totalBytes"`
+	FreeBytes      int64  `json:"freeBytes"`
+	MaxVolumeBytes int64  `json:"maxVolumeBytes"`
+	Healthy        bool   `json:"healthy"`
+	// +optional
+	Message string `json:"message,omitempty"`
+}
+
+// NodeStorageStatus lists a node's pools.
+type NodeStorageStatus struct {
+	// DefaultPool is used when a request names none.
+	// +optional
+	DefaultPool string `json:"defaultPool,omitempty"`
+	// +optional
+	Pools []PoolStatus `json:"pools,omitempty"`
+	// +optional
+	UpdateTime metav1.Time `json:"updateTime,omitempty"`
+	// Free and Total of the default pool, for kubectl's columns.
+	// +optional
+	FreeBytes int64 `json:"freeBytes,omitempty"`
+	// +optional
+	TotalBytes int64 `json:"totalBytes,omitempty"`
+}
+
+// NodeStorage is one node's capacity; its name is the node's name.
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,shortName=nstor
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Default",type=string,JSONPath=`.status.defaultPool`
+// +kubebuilder:printcolumn:name="Free",type=integer,JSONPath=`.status.freeBytes`
+// +kubebuilder:printcolumn:name="Total",type=integer,JSONPath=`.status.totalBytes`
+// +kubebuilder:printcolumn:name="Updated",type=date,JSONPath=`.status.updateTime`
+type NodeStorage struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Status NodeStorageStatus `json:"status,omitempty"`
+}
+
+// NodeStorageList is a list of NodeStorages.
+// +kubebuilder:object:root=true
+type NodeStorageList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []NodeStorage `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&LocalVolume{}, &LocalVolumeList{}, &NodeStorage{}, &NodeStorageList{})
+}
