@@ -21,6 +21,8 @@
 #   122 building the VM image failed (kernel package, mirror, debootstrap)
 #   123 host prerequisites missing (qemu, debootstrap, ...)   2 usage error   130 interrupted
 # (126/127 are left to the guest shell: "not executable" / "command not found".)
+# Environment: CARVE_VM_CACHE (image cache), CARVE_VM_APPEND (extra kernel command line),
+# CARVE_VM_BUILD_TIMEOUT (seconds for build.sh, default 1800).
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -33,7 +35,7 @@ CACHE="${CARVE_VM_CACHE:-$REPO/.cache/vm}"
 T0=$(date +%s.%N)
 
 say() { printf '[vm] %s\n' "$*" >&2; }
-usage() { sed -n '2,24p' "$HERE/run.sh" | sed 's/^# \{0,1\}//' >&2; }
+usage() { sed -n '2,26p' "$HERE/run.sh" | sed 's/^# \{0,1\}//' >&2; }
 usage_err() { printf 'run.sh: FAIL: %s\n' "$*" >&2; usage; exit "$E_USAGE"; }
 # Serial output without CRs and the firmware's terminal escapes.
 clean() { sed -u -e 's/\x1b\[[0-9;?]*[a-zA-Z]//g' -e 's/\x1bc//g' -e 's/\r$//'; }
@@ -164,7 +166,7 @@ QEMU=(qemu-system-x86_64 -accel tcg -cpu max -smp "$SMP"
   -drive "file=$RUNDIR/disk.img,format=raw,if=virtio,cache=unsafe"
   -virtfs "local,path=$SHARE,mount_tag=share,security_model=none,id=share"
   -kernel "$CACHE/vmlinuz" -initrd "$CACHE/root.cpio"
-  -append "console=ttyS0 rdinit=/init panic=-1 quiet"
+  -append "console=ttyS0 rdinit=/init panic=-1 quiet ${CARVE_VM_APPEND:-}"
   -nographic -no-reboot -nic none)
 
 say "boot: mem ${MEM_MIB}M, disk ${DISK_MIB}M, nvdimm ${NVDIMM_MIB}M, share $SHARE, timeout ${TIMEOUT}s, log $LOG"

@@ -30,6 +30,14 @@ type LocalController struct {
 	Vols   *volume.Manager
 	NodeID string
 	Locks  *keylock.Locks
+	// Changed, if set, is called after a volume was created, deleted or expanded.
+	Changed func()
+}
+
+func (c *LocalController) changed() {
+	if c.Changed != nil {
+		c.Changed()
+	}
 }
 
 func (c *LocalController) topology() []*csi.Topology {
@@ -109,6 +117,7 @@ func (c *LocalController) CreateVolume(ctx context.Context, req *csi.CreateVolum
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	c.changed()
 	return &csi.CreateVolumeResponse{Volume: c.csiVolume(v)}, nil
 }
 
@@ -124,6 +133,7 @@ func (c *LocalController) DeleteVolume(ctx context.Context, req *csi.DeleteVolum
 	if err := c.Vols.Delete(ctx, req.GetVolumeId()); err != nil {
 		return nil, toStatus(err)
 	}
+	c.changed()
 	return &csi.DeleteVolumeResponse{}, nil
 }
 
@@ -152,6 +162,7 @@ func (c *LocalController) ControllerExpandVolume(ctx context.Context, req *csi.C
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	c.changed()
 	return &csi.ControllerExpandVolumeResponse{CapacityBytes: v.SizeBytes, NodeExpansionRequired: !isBlock(req.GetVolumeCapability())}, nil
 }
 

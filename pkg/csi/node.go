@@ -51,6 +51,15 @@ type Node struct {
 	KubeletDir string
 	// AllowInlinePool lets pod authors pick the pool of inline volumes.
 	AllowInlinePool bool
+	// Changed, if set, is called after a volume was created or deleted here,
+	// so that published capacity follows at once.
+	Changed func()
+}
+
+func (n *Node) changed() {
+	if n.Changed != nil {
+		n.Changed()
+	}
 }
 
 func (n *Node) lock(ctx context.Context, id string) (func(), error) {
@@ -293,6 +302,7 @@ func (n *Node) publishInline(ctx context.Context, req *csi.NodePublishVolumeRequ
 		n.removeInline(ctx, v)
 		return nil, toStatus(fmt.Errorf("inline volume %s: %w", req.GetVolumeId(), err))
 	}
+	n.changed()
 	klog.InfoS("Inline volume published", "volumeID", req.GetVolumeId(), "device", v.ID, "target", req.GetTargetPath(), "bytes", v.SizeBytes)
 	return &csi.NodePublishVolumeResponse{}, nil
 }
@@ -309,6 +319,7 @@ func (n *Node) removeInline(ctx context.Context, v *backend.Volume) error {
 		klog.ErrorS(err, "Cannot delete inline volume", "device", v.ID)
 		return err
 	}
+	n.changed()
 	return nil
 }
 
@@ -342,6 +353,7 @@ func (n *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVo
 			if err := n.Vols.Delete(ctx, v.ID); err != nil {
 				return nil, toStatus(fmt.Errorf("delete inline volume %s: %w", req.GetVolumeId(), err))
 			}
+			n.changed()
 			klog.InfoS("Inline volume removed", "volumeID", req.GetVolumeId(), "device", v.ID)
 		}
 	}
