@@ -20,7 +20,7 @@ log() { printf '[vm-build] %s\n' "$*" >&2; }
 die() { local code=$1; shift; printf '[vm-build] FAIL: %s\n' "$*" >&2; exit "$code"; }
 
 case "${1:-}" in
-  -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
   -*) die 2 "unknown flag $1 (usage: build.sh [CACHE_DIR])" ;;
 esac
 [ $# -le 1 ] || die 2 "too many arguments (usage: build.sh [CACHE_DIR])"

@@ -35,13 +35,14 @@ CACHE="${CARVE_VM_CACHE:-$REPO/.cache/vm}"
 T0=$(date +%s.%N)
 
 say() { printf '[vm] %s\n' "$*" >&2; }
-usage() { sed -n '2,26p' "$HERE/run.sh" | sed 's/^# \{0,1\}//' >&2; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$HERE/run.sh" >&2; }
 usage_err() { printf 'run.sh: FAIL: %s\n' "$*" >&2; usage; exit "$E_USAGE"; }
 # Serial output without CRs and the firmware's terminal escapes.
 clean() { sed -u -e 's/\x1b\[[0-9;?]*[a-zA-Z]//g' -e 's/\x1bc//g' -e 's/\r$//'; }
 since() { awk -v a="$1" -v b="${2:-$(date +%s.%N)}" 'BEGIN{printf "%.1f", b-a}'; }
 
 tail_log() {
+  [ -n "${BOOTED:-}" ] || return 0
   if [ -n "$LOG" ] && [ -s "$LOG" ]; then
     printf -- '----- last 50 lines of the serial log %s -----\n' "$LOG" >&2
     tail -n 50 "$LOG" | clean >&2
@@ -172,6 +173,7 @@ QEMU=(qemu-system-x86_64 -accel tcg -cpu max -smp "$SMP"
 say "boot: mem ${MEM_MIB}M, disk ${DISK_MIB}M, nvdimm ${NVDIMM_MIB}M, share $SHARE, timeout ${TIMEOUT}s, log $LOG"
 say "command: $*"
 T_BOOT=$(date +%s.%N)
+BOOTED=1
 timeout --kill-after=10 "$TIMEOUT" "${QEMU[@]}" </dev/null >>"$LOG" 2>&1 &
 QPID=$!
 if [ -z "$QUIET" ]; then
