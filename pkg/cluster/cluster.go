@@ -1,0 +1,363 @@
+// Package cluster is the controller's volume logic: it places volumes on nodes
+// from their published NodeStorage, and talks to the nodes only through
+// LocalVolume objects in the Kubernetes API. It never touches a device.
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/carve-csi/carve/pkg/apis/carve/v1alpha1"
+	"github.com/carve-csi/carve/pkg/backend"
+	"github.com/carve-csi/carve/pkg/names"
+	"github.com/carve-csi/carve/pkg/volume"
+)
+
+// NodeLabel on a LocalVolume names its node, so nodes and the release logic can select theirs.
+const NodeLabel = "carve.csi.dev/node"
+
+var (
+	// ErrNoRoom: no candidate node has room in the pool.
+	ErrNoRoom = errors.New("no node has room")
+	// ErrNoPool: the pool exists on none of the candidate nodes.
+	ErrNoPool = errors.New("pool exists on no candidate node")
+)
+
+// NodeFailure is a node's report that it could not do what a LocalVolume asks.
+type NodeFailure struct {
+	Node    string
+	Code    string // gRPC code name
+	Message string
+}
+
+func (e *NodeFailure) Error() string {
+	return fmt.Sprintf("node %s: %s: %s", e.Node, e.Code, e.Message)
+}
+
+// Volumes manages LocalVolumes.
+type Volumes struct {
+	Client client.Client
+	// Poll is how often a waiting call re-reads its LocalVolume.
+	Poll time.Duration
+}
+
+func (v *Volumes) poll() time.Duration {
+	if v.Poll > 0 {
+		return v.Poll
+	}
+	return 100 * time.Millisecond
+}
+
+// CreateRequest asks for a volume somewhere in a topology.
+type CreateRequest struct {
+	Name       string
+	Pool       string
+	Range      volume.Range
+	Preferred  []string // node names, in order of preference
+	Requisite  []string // allowed nodes; empty = any
+	VolumeMode string
+	FSType     string
+}
+
+// Create places the volume and waits until its node reports it Ready or Failed.
+// A retry with the same name finds the same LocalVolume.
+func (v *Volumes) Create(ctx context.Context, req CreateRequest) (*v1alpha1.LocalVolume, error) {
+	id := names.VolumeID(req.Name)
+	size := req.Range.RequiredBytes
+	if size == 0 {
+		size = volume.DefaultSizeBytes
+		if req.Range.LimitBytes > 0 && req.Range.LimitBytes < size {
+			size = req.Range.LimitBytes
+		}
+	}
+	for {
+		lv := &v1alpha1.LocalVolume{}
+		err := v.Client.Get(ctx, types.NamespacedName{Name: id}, lv)
+		switch {
+		case apierrors.IsNotFound(err):
+			node, err := v.place(ctx, req, size)
+			if err != nil {
+				return nil, err
+			}
+			lv = &v1alpha1.LocalVolume{
+				ObjectMeta: metav1.ObjectMeta{Name: id, Labels: map[string]string{NodeLabel: node}},
+				Spec: v1alpha1.LocalVolumeSpec{VolumeName: req.Name, NodeName: node, Pool: req.Pool, SizeBytes: size,
+					LimitBytes: req.Range.LimitBytes, VolumeMode: req.VolumeMode, FSType: req.FSType},
+			}
+			if err := v.Client.Create(ctx, lv); err != nil && !apierrors.IsAlreadyExists(err) {
+				return nil, fmt.Errorf("create LocalVolume %s: %w", id, err)
+			}
+			klog.InfoS("LocalVolume created", "name", id, "volume", req.Name, "node", node, "pool", req.Pool, "bytes", size)
+			continue
+		case err != nil:
+			return nil, fmt.Errorf("get LocalVolume %s: %w", id, err)
+		case lv.DeletionTimestamp != nil:
+			// A failed attempt is being cleaned up; start over once it is gone.
+			if err := v.sleep(ctx); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err := compatible(lv, req); err != nil {
+			return nil, err
+		}
+		ready, err := v.waitSettled(ctx, id, 0)
+		if err != nil {
+			return nil, err
+		}
+		if ready.Status.Phase == v1alpha1.PhaseFailed {
+			failure := &NodeFailure{Node: ready.Spec.NodeName, Code: ready.Status.Code, Message: ready.Status.Message}
+			// Remove the failed attempt so that a retry can place it elsewhere.
+			if err := v.Client.Delete(ctx, ready); err != nil && !apierrors.IsNotFound(err) {
+				klog.ErrorS(err, "Cannot remove failed LocalVolume", "name", id)
+			}
+			return nil, failure
+		}
+		return ready, nil
+	}
+}
+
+func compatible(lv *v1alpha1.LocalVolume, req CreateRequest) error {
+	switch {
+	case lv.Spec.VolumeName != req.Name:
+		return fmt.Errorf("%w: LocalVolume %s belongs to volume %q", backend.ErrExists, lv.Name, lv.Spec.VolumeName)
+	case lv.Spec.Pool != req.Pool:
+		return fmt.Errorf("%w: volume %q is in pool %q, not %q", volume.ErrIncompatible, req.Name, lv.Spec.Pool, req.Pool)
+	case len(req.Requisite) > 0 && !contains(req.Requisite, lv.Spec.NodeName):
+		return fmt.Errorf("%w: volume %q is on node %s, outside the requested topology", volume.ErrIncompatible, req.Name, lv.Spec.NodeName)
+	}
+	size := lv.Spec.SizeBytes
+	if lv.Status.CurrentSizeBytes > 0 {
+		size = lv.Status.CurrentSizeBytes
+	}
+	if size < req.Range.RequiredBytes || (req.Range.LimitBytes > 0 && lv.Spec.SizeBytes > req.Range.LimitBytes) {
+		return fmt.Errorf("%w: volume %q has %d bytes, outside the requested range [%d, %d]",
+			volume.ErrIncompatible, req.Name, size, req.Range.RequiredBytes, req.Range.LimitBytes)
+	}
+	return nil
+}
+
+// place picks the first candidate node whose pool can hold size bytes:
+// preferred nodes first, then the other requisite ones, else every node by free space.
+func (v *Volumes) place(ctx context.Context, req CreateRequest, size int64) (string, error) {
+	var list v1alpha1.NodeStorageList
+	if err := v.Client.List(ctx, &list); err != nil {
+		return "", fmt.Errorf("list NodeStorage: %w", err)
+	}
+	byNode := map[string]*v1alpha1.NodeStorage{}
+	for i := range list.Items {
+		byNode[list.Items[i].Name] = &list.Items[i]
+	}
+	var candidates []string
+	for _, n := range append(append([]string{}, req.Preferred...), req.Requisite...) {
+		if !contains(candidates, n) && (len(req.Requisite) == 0 || contains(req.Requisite, n)) {
+			candidates = append(candidates, n)
+		}
+	}
+	if len(candidates) == 0 {
+		for n := range byNode {
+			candidates = append(candidates, n)
+		}
+		sort.Slice(candidates, func(i, j int) bool {
+			fi, fj := poolOf(byNode[candidates[i]], req.Pool).FreeBytes, poolOf(byNode[candidates[j]], req.Pool).FreeBytes
+			return fi > fj || fi == fj && candidates[i] < candidates[j]
+		})
+	}
+	havePool := false
+	for _, n := range candidates {
+		ns, ok := byNode[n]
+		if !ok {
+			continue
+		}
+		p := poolOf(ns, req.Pool)
+		if p.Name == "" {
+			continue
+		}
+		havePool = true
+		if p.Healthy && p.MaxVolumeBytes >= size {
+			return n, nil
+		}
+	}
+	pool := req.Pool
+	if pool == "" {
+		pool = "(default)"
+	}
+	if !havePool {
+		return "", fmt.Errorf("%w: pool %s on nodes %v", ErrNoPool, pool, candidates)
+	}
+	return "", fmt.Errorf("%w: no node among %v has %d bytes free in pool %s", ErrNoRoom, candidates, size, pool)
+}
+
+// poolOf returns the named pool (or the node's default) from a NodeStorage.
+func poolOf(ns *v1alpha1.NodeStorage, name string) v1alpha1.PoolStatus {
+	if ns == nil {
+		return v1alpha1.PoolStatus{}
+	}
+	if name == "" {
+		name = ns.Status.DefaultPool
+	}
+	for _, p := range ns.Status.Pools {
+		if p.Name == name {
+			return p
+		}
+	}
+	return v1alpha1.PoolStatus{}
+}
+
+// waitSettled waits until the node has acted on the current spec: Failed, or
+// Ready with at least minSize bytes (the size check does not trust
+// observedGeneration alone to tell an old Ready from a new one).
+func (v *Volumes) waitSettled(ctx context.Context, id string, minSize int64) (*v1alpha1.LocalVolume, error) {
+	for {
+		lv := &v1alpha1.LocalVolume{}
+		if err := v.Client.Get(ctx, types.NamespacedName{Name: id}, lv); err != nil {
+			return nil, fmt.Errorf("get LocalVolume %s: %w", id, err)
+		}
+		if lv.Status.ObservedGeneration >= lv.Generation &&
+			(lv.Status.Phase == v1alpha1.PhaseReady && lv.Status.CurrentSizeBytes >= minSize || lv.Status.Phase == v1alpha1.PhaseFailed) {
+			return lv, nil
+		}
+		if err := v.sleep(ctx); err != nil {
+			return nil, fmt.Errorf("waiting for node %s to act on LocalVolume %s: %w", lv.Spec.NodeName, id, err)
+		}
+	}
+}
+
+func (v *Volumes) sleep(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(v.poll()):
+		return nil
+	}
+}
+
+// Get returns the LocalVolume for a CSI volume id.
+func (v *Volumes) Get(ctx context.Context, id string) (*v1alpha1.LocalVolume, error) {
+	if !names.IsVolumeID(id) {
+		return nil, fmt.Errorf("%w: %q is not a carve volume id", backend.ErrNotFound, id)
+	}
+	lv := &v1alpha1.LocalVolume{}
+	if err := v.Client.Get(ctx, types.NamespacedName{Name: id}, lv); apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("%w: %s", backend.ErrNotFound, id)
+	} else if err != nil {
+		return nil, err
+	}
+	return lv, nil
+}
+
+// Delete removes the LocalVolume and waits until its node has removed the device.
+func (v *Volumes) Delete(ctx context.Context, id string) error {
+	lv, err := v.Get(ctx, id)
+	if errors.Is(err, backend.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if lv.DeletionTimestamp == nil {
+		if err := v.Client.Delete(ctx, lv); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete LocalVolume %s: %w", id, err)
+		}
+		klog.InfoS("LocalVolume deleted, waiting for its node", "name", id, "node", lv.Spec.NodeName)
+	}
+	for {
+		if _, err := v.Get(ctx, id); errors.Is(err, backend.ErrNotFound) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		if err := v.sleep(ctx); err != nil {
+			return fmt.Errorf("waiting for node %s to remove volume %s: %w", lv.Spec.NodeName, id, err)
+		}
+	}
+}
+
+// Expand raises the volume's size and waits for its node.
+func (v *Volumes) Expand(ctx context.Context, id string, r volume.Range) (*v1alpha1.LocalVolume, error) {
+	lv, err := v.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if r.LimitBytes > 0 && r.LimitBytes < r.RequiredBytes {
+		return nil, fmt.Errorf("%w: limit %d below required %d", volume.ErrOutOfRange, r.LimitBytes, r.RequiredBytes)
+	}
+	if lv.Spec.SizeBytes < r.RequiredBytes {
+		patch := client.MergeFrom(lv.DeepCopy())
+		lv.Spec.SizeBytes = r.RequiredBytes
+		lv.Spec.LimitBytes = r.LimitBytes
+		if err := v.Client.Patch(ctx, lv, patch); err != nil {
+			return nil, fmt.Errorf("expand LocalVolume %s: %w", id, err)
+		}
+		klog.InfoS("LocalVolume expanded, waiting for its node", "name", id, "node", lv.Spec.NodeName, "bytes", r.RequiredBytes)
+	}
+	settled, err := v.waitSettled(ctx, id, r.RequiredBytes)
+	if err != nil {
+		return nil, err
+	}
+	if settled.Status.Phase == v1alpha1.PhaseFailed {
+		return nil, &NodeFailure{Node: settled.Spec.NodeName, Code: settled.Status.Code, Message: settled.Status.Message}
+	}
+	return settled, nil
+}
+
+// List returns all LocalVolumes sorted by name.
+func (v *Volumes) List(ctx context.Context) ([]v1alpha1.LocalVolume, error) {
+	var list v1alpha1.LocalVolumeList
+	if err := v.Client.List(ctx, &list); err != nil {
+		return nil, err
+	}
+	sort.Slice(list.Items, func(i, j int) bool { return list.Items[i].Name < list.Items[j].Name })
+	return list.Items, nil
+}
+
+// Capacity answers GetCapacity from published NodeStorage: one node's pool, or
+// with node "" the sum over all nodes (and the largest single volume).
+func (v *Volumes) Capacity(ctx context.Context, node, pool string) (backend.Capacity, error) {
+	if node != "" {
+		ns := &v1alpha1.NodeStorage{}
+		if err := v.Client.Get(ctx, types.NamespacedName{Name: node}, ns); apierrors.IsNotFound(err) {
+			return backend.Capacity{}, nil
+		} else if err != nil {
+			return backend.Capacity{}, err
+		}
+		p := poolOf(ns, pool)
+		if !p.Healthy {
+			return backend.Capacity{}, nil
+		}
+		return backend.Capacity{TotalBytes: p.TotalBytes, FreeBytes: p.FreeBytes, MaxVolumeBytes: p.MaxVolumeBytes}, nil
+	}
+	var list v1alpha1.NodeStorageList
+	if err := v.Client.List(ctx, &list); err != nil {
+		return backend.Capacity{}, err
+	}
+	var sum backend.Capacity
+	for i := range list.Items {
+		p := poolOf(&list.Items[i], pool)
+		if !p.Healthy {
+			continue
+		}
+		sum.TotalBytes += p.TotalBytes
+		sum.FreeBytes += p.FreeBytes
+		sum.MaxVolumeBytes = max(sum.MaxVolumeBytes, p.MaxVolumeBytes)
+	}
+	return sum, nil
+}
+
+func contains(s []string, x string) bool {
+	for _, e := range s {
+		if e == x {
+			return true
+		}
+	}
+	return false
+}
