@@ -19,6 +19,8 @@ var (
 	ErrExists = errors.New("volume id already in use")
 	// ErrUnavailable: the pool itself cannot be read (missing VG, tool failing).
 	ErrUnavailable = errors.New("pool unavailable")
+	// ErrNotExpandable: the volume cannot grow (PMEM namespaces have a fixed size).
+	ErrNotExpandable = errors.New("volumes in this pool cannot be expanded")
 )
 
 // Volume is one carve-owned device in a pool.
@@ -30,10 +32,16 @@ type Volume struct {
 	DevicePath string // e.g. /dev/vg/lv; may not exist when the LV is inactive
 	Ephemeral  bool   // CSI inline ephemeral volume
 	TargetPath string // inline volumes: the pod's target path, to find orphans after a restart
+	// DAX: the device is persistent memory (a PMEM namespace or an LV on one), so
+	// filesystems on it mount with -o dax unless the volume context says otherwise.
+	DAX bool
 }
 
 // CreateRequest asks for a new volume. SizeBytes is already aligned by the caller
-// (see Capacity.AlignBytes).
+// (see Capacity.AlignBytes). The created volume is never smaller, but may be
+// larger where the device's usable size cannot match it exactly (PMEM
+// namespaces lose their memmap and info block to the fsdax layout); Create
+// returns the real size.
 type CreateRequest struct {
 	ID         string
 	Name       string
@@ -71,6 +79,18 @@ type Backend interface {
 	Capacity(ctx context.Context) (Capacity, error)
 	// Activate makes the volume's device node available (no-op where not needed).
 	Activate(ctx context.Context, id string) (string, error)
+}
+
+// FixedSize is implemented by backends whose volumes can never grow (PMEM
+// namespaces); their Expand fails with ErrNotExpandable beyond the current size.
+type FixedSize interface {
+	FixedSize() bool
+}
+
+// CanExpand reports whether volumes of b can grow: true unless b says otherwise.
+func CanExpand(b Backend) bool {
+	f, ok := b.(FixedSize)
+	return !ok || !f.FixedSize()
 }
 
 // AlignUp rounds size up to a multiple of align.
