@@ -88,22 +88,9 @@ func (c *LocalController) csiVolume(v *backend.Volume) *csi.Volume {
 }
 
 func (c *LocalController) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
-	if req.GetName() == "" {
-		return nil, invalid("volume name is missing")
-	}
-	if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {
-		return nil, invalid("%v", err)
-	}
-	if req.GetVolumeContentSource() != nil {
-		return nil, invalid("volume content sources (snapshots, clones) are not supported")
-	}
-	pool, err := checkParameters(req.GetParameters())
+	pool, r, err := parseCreate(req)
 	if err != nil {
 		return nil, err
-	}
-	r := volume.Range{RequiredBytes: req.GetCapacityRange().GetRequiredBytes(), LimitBytes: req.GetCapacityRange().GetLimitBytes()}
-	if r.RequiredBytes < 0 || r.LimitBytes < 0 {
-		return nil, invalid("capacity range has a negative size")
 	}
 	if !c.reachable(req.GetAccessibilityRequirements()) {
 		return nil, status.Errorf(codes.ResourceExhausted, "requisite topology does not include node %q", c.NodeID)
@@ -138,20 +125,9 @@ func (c *LocalController) DeleteVolume(ctx context.Context, req *csi.DeleteVolum
 }
 
 func (c *LocalController) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, invalid("volume id is missing")
-	}
-	if req.GetCapacityRange() == nil {
-		return nil, invalid("capacity range is missing")
-	}
-	r := volume.Range{RequiredBytes: req.GetCapacityRange().GetRequiredBytes(), LimitBytes: req.GetCapacityRange().GetLimitBytes()}
-	if r.RequiredBytes < 0 || r.LimitBytes < 0 {
-		return nil, invalid("capacity range has a negative size")
-	}
-	if c := req.GetVolumeCapability(); c != nil {
-		if err := checkCapability(c); err != nil {
-			return nil, invalid("%v", err)
-		}
+	r, err := parseExpand(req)
+	if err != nil {
+		return nil, err
 	}
 	unlock, err := c.lock(ctx, req.GetVolumeId())
 	if err != nil {
@@ -167,53 +143,25 @@ func (c *LocalController) ControllerExpandVolume(ctx context.Context, req *csi.C
 }
 
 func (c *LocalController) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, invalid("volume id is missing")
-	}
-	if len(req.GetVolumeCapabilities()) == 0 {
-		return nil, invalid("volume capabilities are missing")
-	}
-	if _, err := c.Vols.Find(ctx, req.GetVolumeId()); err != nil {
-		return nil, toStatus(err)
-	}
-	if _, err := checkParameters(req.GetParameters()); err != nil {
-		return nil, err
-	}
-	if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {
-		return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
-	}
-	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
-		VolumeContext:      req.GetVolumeContext(),
-		VolumeCapabilities: req.GetVolumeCapabilities(),
-		Parameters:         req.GetParameters(),
-	}}, nil
+	return validateCapabilities(req, func() error {
+		_, err := c.Vols.Find(ctx, req.GetVolumeId())
+		return toStatus(err)
+	})
 }
 
 func (c *LocalController) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
-	if req.GetMaxEntries() < 0 {
-		return nil, invalid("max_entries must not be negative")
-	}
-	// The token is the id to resume at: stable when volumes come and go between pages.
-	start := req.GetStartingToken()
-	if start != "" && !names.IsVolumeID(start) {
-		return nil, status.Errorf(codes.Aborted, "starting token %q was not issued by this driver", start)
+	if err := checkListRequest(req); err != nil {
+		return nil, err
 	}
 	vols, err := c.Vols.List(ctx)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	resp := &csi.ListVolumesResponse{}
+	out := make([]*csi.Volume, len(vols))
 	for i := range vols {
-		if vols[i].ID < start {
-			continue
-		}
-		if req.GetMaxEntries() > 0 && len(resp.Entries) == int(req.GetMaxEntries()) {
-			resp.NextToken = vols[i].ID
-			break
-		}
-		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: c.csiVolume(&vols[i])})
+		out[i] = c.csiVolume(&vols[i])
 	}
-	return resp, nil
+	return page(req, out), nil
 }
 
 func (c *LocalController) ControllerGetVolume(ctx context.Context, req *csi.ControllerGetVolumeRequest) (*csi.ControllerGetVolumeResponse, error) {
@@ -256,17 +204,5 @@ func (c *LocalController) GetCapacity(ctx context.Context, req *csi.GetCapacityR
 }
 
 func (c *LocalController) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
-	var caps []*csi.ControllerServiceCapability
-	for _, t := range []csi.ControllerServiceCapability_RPC_Type{
-		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
-		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
-		csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
-		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
-		csi.ControllerServiceCapability_RPC_GET_VOLUME,
-		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
-	} {
-		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
-			Rpc: &csi.ControllerServiceCapability_RPC{Type: t}}})
-	}
-	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
+	return controllerCapabilities(baseControllerCapabilities...), nil
 }

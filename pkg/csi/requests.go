@@ -1,0 +1,126 @@
+package csi
+
+import (
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/carve-csi/carve/pkg/names"
+	"github.com/carve-csi/carve/pkg/volume"
+)
+
+// Request checks shared by the node-local and the cluster Controller services.
+
+// parseCreate validates a CreateVolume request and returns its pool and range.
+func parseCreate(req *csi.CreateVolumeRequest) (string, volume.Range, error) {
+	if req.GetName() == "" {
+		return "", volume.Range{}, invalid("volume name is missing")
+	}
+	if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {
+		return "", volume.Range{}, invalid("%v", err)
+	}
+	if req.GetVolumeContentSource() != nil {
+		return "", volume.Range{}, invalid("volume content sources (snapshots, clones) are not supported")
+	}
+	pool, err := checkParameters(req.GetParameters())
+	if err != nil {
+		return "", volume.Range{}, err
+	}
+	r, err := parseRange(req.GetCapacityRange())
+	return pool, r, err
+}
+
+func parseRange(cr *csi.CapacityRange) (volume.Range, error) {
+	r := volume.Range{RequiredBytes: cr.GetRequiredBytes(), LimitBytes: cr.GetLimitBytes()}
+	if r.RequiredBytes < 0 || r.LimitBytes < 0 {
+		return r, invalid("capacity range has a negative size")
+	}
+	return r, nil
+}
+
+// parseExpand validates a ControllerExpandVolume request.
+func parseExpand(req *csi.ControllerExpandVolumeRequest) (volume.Range, error) {
+	if req.GetVolumeId() == "" {
+		return volume.Range{}, invalid("volume id is missing")
+	}
+	if req.GetCapacityRange() == nil {
+		return volume.Range{}, invalid("capacity range is missing")
+	}
+	if c := req.GetVolumeCapability(); c != nil {
+		if err := checkCapability(c); err != nil {
+			return volume.Range{}, invalid("%v", err)
+		}
+	}
+	return parseRange(req.GetCapacityRange())
+}
+
+// validateCapabilities answers ValidateVolumeCapabilities once the volume is known to exist.
+func validateCapabilities(req *csi.ValidateVolumeCapabilitiesRequest, exists func() error) (*csi.ValidateVolumeCapabilitiesResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalid("volume id is missing")
+	}
+	if len(req.GetVolumeCapabilities()) == 0 {
+		return nil, invalid("volume capabilities are missing")
+	}
+	if err := exists(); err != nil {
+		return nil, err
+	}
+	if _, err := checkParameters(req.GetParameters()); err != nil {
+		return nil, err
+	}
+	if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {
+		return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
+	}
+	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
+		VolumeContext:      req.GetVolumeContext(),
+		VolumeCapabilities: req.GetVolumeCapabilities(),
+		Parameters:         req.GetParameters(),
+	}}, nil
+}
+
+// checkListRequest validates paging arguments. The token is the id to resume
+// at, which stays valid when volumes come and go between pages.
+func checkListRequest(req *csi.ListVolumesRequest) error {
+	if req.GetMaxEntries() < 0 {
+		return invalid("max_entries must not be negative")
+	}
+	if t := req.GetStartingToken(); t != "" && !names.IsVolumeID(t) {
+		return status.Errorf(codes.Aborted, "starting token %q was not issued by this driver", t)
+	}
+	return nil
+}
+
+// page returns one page of volumes sorted by id.
+func page(req *csi.ListVolumesRequest, vols []*csi.Volume) *csi.ListVolumesResponse {
+	resp := &csi.ListVolumesResponse{}
+	for _, v := range vols {
+		if v.GetVolumeId() < req.GetStartingToken() {
+			continue
+		}
+		if req.GetMaxEntries() > 0 && len(resp.Entries) == int(req.GetMaxEntries()) {
+			resp.NextToken = v.GetVolumeId()
+			break
+		}
+		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: v})
+	}
+	return resp
+}
+
+func controllerCapabilities(types ...csi.ControllerServiceCapability_RPC_Type) *csi.ControllerGetCapabilitiesResponse {
+	resp := &csi.ControllerGetCapabilitiesResponse{}
+	for _, t := range types {
+		resp.Capabilities = append(resp.Capabilities, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
+			Rpc: &csi.ControllerServiceCapability_RPC{Type: t}}})
+	}
+	return resp
+}
+
+// baseControllerCapabilities are what both Controller services offer.
+var baseControllerCapabilities = []csi.ControllerServiceCapability_RPC_Type{
+	csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
+	csi.ControllerServiceCapability_RPC_GET_CAPACITY,
+	csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
+	csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
+	csi.ControllerServiceCapability_RPC_GET_VOLUME,
+	csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+}
