@@ -1,5 +1,5 @@
-// carve-csi is carve's one binary: the CSI node service (and, later, the
-// cluster controller) for node-local LVM and PMEM volumes.
+// carve-csi is carve's one binary: the CSI node service (--mode=node) and the
+// cluster controller (--mode=controller) for node-local volumes.
 package main
 
 import (
@@ -13,14 +13,22 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/carve-csi/carve/pkg/backend/lvm"
+	"github.com/carve-csi/carve/pkg/cluster"
 	"github.com/carve-csi/carve/pkg/config"
 	"github.com/carve-csi/carve/pkg/csi"
 	"github.com/carve-csi/carve/pkg/exec"
 	"github.com/carve-csi/carve/pkg/keylock"
 	"github.com/carve-csi/carve/pkg/mounter"
+	"github.com/carve-csi/carve/pkg/nodeagent"
 	"github.com/carve-csi/carve/pkg/volume"
 )
 
@@ -31,8 +39,10 @@ type options struct {
 	mode, endpoint, driverName, nodeID  string
 	pools                               config.Pools
 	defaultPool, kubeletDir, execPrefix string
-	allowInlinePool                     bool
-	startupTimeout                      time.Duration
+	allowInlinePool, attach             bool
+	kubeconfig, metricsAddr             string
+	standalone                          bool
+	startupTimeout, resync              time.Duration
 }
 
 func main() {
@@ -42,7 +52,13 @@ func main() {
 	}
 	o, err := parseFlags(os.Args[1:])
 	if err == nil {
-		err = run(o)
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+		if o.mode == "node" {
+			err = runNode(ctx, o)
+		} else {
+			err = runController(ctx, o)
+		}
 	}
 	if err != nil {
 		klog.Flush()
@@ -55,16 +71,21 @@ func parseFlags(args []string) (*options, error) {
 	fs := flag.NewFlagSet("carve-csi", flag.ContinueOnError)
 	klog.InitFlags(fs)
 	o := &options{}
-	fs.StringVar(&o.mode, "mode", "", "role of this process: node")
+	fs.StringVar(&o.mode, "mode", "", "role of this process: node or controller")
 	fs.StringVar(&o.endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint (unix socket)")
 	fs.StringVar(&o.driverName, "drivername", "carve.csi.dev", "CSI driver name")
-	fs.StringVar(&o.nodeID, "nodeid", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
-	fs.Var(&o.pools, "pool", "a pool as name=lvm:<volume group>; repeatable")
-	fs.StringVar(&o.defaultPool, "default-pool", "", "pool used when a request names none (default: the first --pool)")
-	fs.StringVar(&o.kubeletDir, "kubelet-dir", "/var/lib/kubelet", "kubelet's root directory; the node mounts only below it")
-	fs.StringVar(&o.execPrefix, "exec-prefix", "", `command prefix for storage tools, e.g. "nsenter -t 1 -m -u -i -n -p" to use the host's lvm2`)
-	fs.BoolVar(&o.allowInlinePool, "allow-inline-pool", false, "let pod authors choose the pool of CSI inline volumes")
+	fs.StringVar(&o.nodeID, "nodeid", os.Getenv("NODE_NAME"), "node mode: this node's name (default $NODE_NAME)")
+	fs.Var(&o.pools, "pool", "node mode: a pool as name=lvm:<volume group>; repeatable")
+	fs.StringVar(&o.defaultPool, "default-pool", "", "node mode: pool used when a request names none (default: the first --pool)")
+	fs.StringVar(&o.kubeletDir, "kubelet-dir", "/var/lib/kubelet", "node mode: kubelet's root directory; the node mounts only below it")
+	fs.StringVar(&o.execPrefix, "exec-prefix", "", `node mode: command prefix for storage tools, e.g. "nsenter -t 1 -m -u -i -n -p" to use the host's lvm2`)
+	fs.BoolVar(&o.allowInlinePool, "allow-inline-pool", false, "node mode: let pod authors choose the pool of CSI inline volumes")
+	fs.BoolVar(&o.standalone, "standalone", false, "node mode: serve CSI only, without the Kubernetes API (no LocalVolumes, no NodeStorage); the default outside a cluster without --kubeconfig")
+	fs.BoolVar(&o.attach, "attach", false, "controller mode: offer ControllerPublish/Unpublish (for deployments that run external-attacher)")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
+	fs.StringVar(&o.metricsAddr, "metrics-address", "0", `address for Prometheus metrics, e.g. ":8080" ("0" disables)`)
 	fs.DurationVar(&o.startupTimeout, "startup-timeout", time.Minute, "limit for reading the pools at start-up")
+	fs.DurationVar(&o.resync, "capacity-resync", time.Minute, "node mode: period of the NodeStorage refresh besides every change")
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -73,11 +94,13 @@ func parseFlags(args []string) (*options, error) {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	switch o.mode {
+	case "controller":
+		return o, nil
 	case "node":
 	case "":
-		return nil, errors.New("--mode is required (node)")
+		return nil, errors.New("--mode is required (node or controller)")
 	default:
-		return nil, fmt.Errorf("--mode=%q is not supported (node)", o.mode)
+		return nil, fmt.Errorf("--mode=%q is not supported (node or controller)", o.mode)
 	}
 	if o.nodeID == "" {
 		return nil, errors.New("--nodeid (or $NODE_NAME) is required")
@@ -94,10 +117,18 @@ func parseFlags(args []string) (*options, error) {
 	return o, nil
 }
 
-func run(o *options) error {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
+func kubeConfig(path string) (*rest.Config, error) {
+	if path != "" {
+		return clientcmd.BuildConfigFromFlags("", path)
+	}
+	cfg, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("no --kubeconfig and not in a cluster (%v); use --standalone to serve CSI without the Kubernetes API", err)
+	}
+	return cfg, nil
+}
 
+func runNode(ctx context.Context, o *options) error {
 	runner := &exec.Host{Prefix: strings.Fields(o.execPrefix)}
 	startCtx, cancel := context.WithTimeout(ctx, o.startupTimeout)
 	defer cancel()
@@ -116,24 +147,105 @@ func run(o *options) error {
 	locks := &keylock.Locks{}
 	node := &csi.Node{Vols: vols, Mount: mounter.New(), NodeID: o.nodeID, Locks: locks,
 		KubeletDir: o.kubeletDir, AllowInlinePool: o.allowInlinePool}
+	ctrlSvc := &csi.LocalController{Vols: vols, NodeID: o.nodeID, Locks: locks}
+
+	if !o.standalone && o.kubeconfig == "" && os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
+		klog.InfoS("No --kubeconfig and not in a cluster: serving CSI only, without LocalVolumes and NodeStorage")
+		o.standalone = true
+	}
+	var mgr ctrl.Manager
+	if !o.standalone {
+		cfg, err := kubeConfig(o.kubeconfig)
+		if err != nil {
+			return err
+		}
+		mgr, err = nodeagent.NewManager(cfg, nodeagent.ManagerOptions{NodeName: o.nodeID, MetricsAddr: o.metricsAddr, Select: nodeagent.SelectByLabel})
+		if err != nil {
+			return err
+		}
+		agent := &nodeagent.Agent{NodeName: o.nodeID, Vols: vols, Locks: locks, Resync: o.resync}
+		if err := agent.SetupWithManager(mgr); err != nil {
+			return err
+		}
+		node.Changed, ctrlSvc.Changed = agent.Changed, agent.Changed
+	}
 	if err := node.CleanupOrphans(startCtx); err != nil {
 		// Not fatal: the volumes stay and the next start tries again.
 		klog.ErrorS(err, "Cleaning up orphaned inline volumes")
 	}
 	ids := &csi.Identity{Name: o.driverName, Version: version, Ready: vols.Check, Controller: true}
-	ctrl := &csi.LocalController{Vols: vols, NodeID: o.nodeID, Locks: locks}
+	srv := csi.NewServer(ids, ctrlSvc, node)
+	klog.InfoS("carve-csi starting", "mode", o.mode, "version", version, "endpoint", o.endpoint, "driver", o.driverName,
+		"node", o.nodeID, "pools", o.pools.String(), "defaultPool", o.defaultPool, "standalone", o.standalone)
+	return serve(ctx, o.endpoint, srv, mgr)
+}
 
-	lis, err := csi.Listen(o.endpoint)
+func runController(ctx context.Context, o *options) error {
+	cfg, err := kubeConfig(o.kubeconfig)
 	if err != nil {
 		return err
 	}
-	srv := csi.NewServer(ids, ctrl, node)
-	klog.InfoS("carve-csi serving", "mode", o.mode, "version", version, "endpoint", o.endpoint,
-		"driver", o.driverName, "node", o.nodeID, "pools", o.pools.String(), "defaultPool", o.defaultPool)
-	go func() {
-		<-ctx.Done()
-		klog.InfoS("Shutting down")
-		srv.GracefulStop()
-	}()
-	return srv.Serve(lis)
+	scheme, err := nodeagent.Scheme()
+	if err != nil {
+		return err
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: o.metricsAddr},
+		HealthProbeBindAddress: "0"})
+	if err != nil {
+		return fmt.Errorf("controller manager: %w", err)
+	}
+	if err := (&cluster.Releaser{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+		return err
+	}
+	// CSI calls read LocalVolumes straight from the API server: a retried
+	// CreateVolume must see what the previous attempt wrote.
+	direct, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return err
+	}
+	vols := &cluster.Volumes{Client: direct}
+	ids := &csi.Identity{Name: o.driverName, Version: version, Controller: true, Ready: func(ctx context.Context) error {
+		_, err := vols.List(ctx)
+		return err
+	}}
+	srv := csi.NewServer(ids, &csi.ClusterController{Vols: vols, Locks: &keylock.Locks{}, Attach: o.attach}, nil)
+	klog.InfoS("carve-csi starting", "mode", o.mode, "version", version, "endpoint", o.endpoint, "driver", o.driverName)
+	return serve(ctx, o.endpoint, srv, mgr)
+}
+
+// serve runs the gRPC server and, if given, the controller manager until ctx
+// ends or either fails.
+func serve(ctx context.Context, endpoint string, srv *grpc.Server, mgr ctrl.Manager) error {
+	lis, err := csi.Listen(endpoint)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, 2)
+	go func() { errs <- srv.Serve(lis) }()
+	if mgr != nil {
+		go func() {
+			if err := mgr.Start(ctx); err != nil {
+				errs <- fmt.Errorf("kubernetes controllers: %w", err)
+				return
+			}
+			errs <- nil
+		}()
+	}
+	klog.InfoS("Serving CSI", "endpoint", endpoint)
+	select {
+	case <-ctx.Done():
+	case err = <-errs:
+	}
+	klog.InfoS("Shutting down", "reason", err)
+	cancel()
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second): // a call stuck in a tool must not block the exit
+		srv.Stop()
+	}
+	return err
 }
