@@ -192,10 +192,12 @@ started=""
 if [ -f "$SHARE/.vm-started" ]; then
   started=1
   TS=$(date -r "$SHARE/.vm-started" +%s.%N)
-  timing="$timing, boot to command $(since "$T_BOOT" "$TS")s (guest uptime $(tr -d '\n' <"$SHARE/.vm-started")s)"
+  timing="$timing, command started at $(since "$T0" "$TS")s (boot $(since "$T_BOOT" "$TS")s, guest uptime $(tr -d '\n' <"$SHARE/.vm-started")s)"
   if [ -f "$SHARE/.vm-exit" ]; then
-    timing="$timing, command $(since "$TS" "$(date -r "$SHARE/.vm-exit" +%s.%N)")s"
+    timing="$timing, command ran $(since "$TS" "$(date -r "$SHARE/.vm-exit" +%s.%N)")s"
   fi
+else
+  timing="$timing, command never started"
 fi
 timing="$timing, VM $(since "$T_BOOT" "$T_END")s, total $(since "$T0" "$T_END")s"
 say "timing: $timing"
