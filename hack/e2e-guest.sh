@@ -1,0 +1,36 @@
+#!/bin/sh
+# Runs INSIDE the VM rig (see hack/e2e.sh): every suite in one boot.
+set -u
+say() { echo "e2e-guest: $*"; }
+fail=0
+for f in carve-csi sanity.test e2e.test; do
+  cp "/share/$f" "/tmp/$f" || { say "FAIL: /share/$f missing"; echo "suite all: FAILED (missing $f)"; exit 2; }
+done
+export CARVE_BINARY=/tmp/carve-csi
+
+wipefs -a /dev/vda >/dev/null && pvcreate -y /dev/vda >/dev/null && vgcreate carve /dev/vda >/dev/null ||
+  { say "FAIL: volume group on /dev/vda"; echo "suite all: FAILED (no volume group)"; exit 2; }
+say "volume group: $(vgs --noheadings --units m -o vg_name,vg_size,vg_extent_size carve | tr -s ' ')"
+
+run() { # name, command...
+  name=$1; shift
+  t0=$(cut -d' ' -f1 /proc/uptime)
+  "$@"; rc=$?
+  t1=$(cut -d' ' -f1 /proc/uptime)
+  echo "suite $name: exit $rc after $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", b-a}')s"
+  [ "$rc" = 0 ] || fail=1
+}
+
+run csi-sanity-lvm env CARVE_SANITY_VG=carve /tmp/sanity.test -test.run 'TestSanity$' -test.v -test.timeout 20m
+run node-path env CARVE_E2E_VG=carve CARVE_E2E_REQUIRE=1 /tmp/e2e.test -test.v -test.timeout 30m
+if [ -x /share/pmem.test ] && [ -x /share/vm-pmem.sh ]; then
+  run pmem /share/vm-pmem.sh
+fi
+
+# Leak audit: no carve LV and no mount of a carve device may survive the suites.
+left=$(lvs --noheadings -o lv_name,lv_tags carve 2>/dev/null | grep -c 'carve.owner=' )
+mounts=$(grep -c -E '/dev/mapper/carve-|/dev/pmem' /proc/self/mounts)
+echo "leak audit: $left carve LVs left, $mounts carve mounts left"
+[ "$left" = 0 ] && [ "$mounts" = 0 ] || fail=1
+if [ "$fail" = 0 ]; then echo "suite all: passed"; else echo "suite all: FAILED"; fi
+exit "$fail"

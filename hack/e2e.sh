@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# make test-e2e: one boot of the VM rig (hack/vm) runs every suite that needs a
+# real kernel: csi-sanity (full, no device skips) against an LVM pool, the
+# node-path scenarios (test/e2e), and the PMEM suite (test/pmem) when it is
+# built. Prints a summary line per suite and exits non-zero on any failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+export PATH=/usr/local/go/bin:$PATH
+start=$(date +%s)
+SHARE="${CARVE_E2E_SHARE:-$REPO/_output/e2e}"
+rm -rf "$SHARE" && mkdir -p "$SHARE"
+
+echo "[e2e] building static binaries into $SHARE"
+export CGO_ENABLED=0
+go build -o "$SHARE/carve-csi" ./cmd/carve-csi || { echo "[e2e] FAIL: build carve-csi"; exit 1; }
+go test -c -o "$SHARE/sanity.test" ./test/sanity || { echo "[e2e] FAIL: build sanity.test"; exit 1; }
+go test -c -o "$SHARE/e2e.test" ./test/e2e || { echo "[e2e] FAIL: build e2e.test"; exit 1; }
+if [ -d test/pmem ]; then
+  go test -c -o "$SHARE/pmem.test" ./test/pmem || { echo "[e2e] FAIL: build pmem.test"; exit 1; }
+  cp test/pmem/vm-pmem.sh "$SHARE/" 2>/dev/null || true
+fi
+cp hack/e2e-guest.sh "$SHARE/e2e-guest.sh"
+echo "[e2e] build took $(( $(date +%s) - start ))s"
+
+hack/vm/run.sh --share "$SHARE" --timeout "${CARVE_E2E_TIMEOUT:-3000}" --quiet -- /share/e2e-guest.sh
+rc=$?
+echo "[e2e] ---- summary ----"
+grep -a -E '^(csi-sanity|e2e node path|pmem suite|leak audit|suite) ' "$SHARE/guest.log" 2>/dev/null | sed 's/^/[e2e] /'
+if ! grep -q -a '^suite all:' "$SHARE/guest.log" 2>/dev/null; then
+  echo "[e2e] FAIL: the guest did not finish its suites (run.sh exit $rc); last lines of its log:"
+  tail -n 40 "$SHARE/guest.log" 2>/dev/null | sed 's/^/    /'
+  [ "$rc" != 0 ] || rc=1
+fi
+echo "[e2e] exit $rc, whole run $(( $(date +%s) - start ))s; logs in $SHARE (guest.log, serial.log, dmesg.log)"
+exit "$rc"
