@@ -1,0 +1,212 @@
+package pmem
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	osexec "os/exec"
+	"strings"
+
+	"github.com/carve-csi/carve/pkg/backend"
+	"github.com/carve-csi/carve/pkg/exec"
+)
+
+// The fsdax layout of a namespace, as the kernel computes it
+// (drivers/nvdimm/pfn_devs.c, nd_pfn_init): an 8 KiB info block, then with
+// map=dev one 64-byte struct page per 4 KiB page, the whole reservation
+// rounded up to the pfn alignment. What is left is the usable size, the size
+// of /dev/pmemX and what `ndctl list` reports as the namespace "size".
+const (
+	// PfnAlign is the fsdax alignment carve asks for (-a 2M): huge-page
+	// mappings, and the granularity of usable sizes.
+	PfnAlign        = 2 << 20
+	infoBlockBytes  = 8 << 10
+	pageBytes       = 4 << 10
+	structPageBytes = 64
+)
+
+// UsableBytes is the usable size of an fsdax namespace (map=dev, PfnAlign)
+// of raw bytes; <= 0 when raw is too small to hold the layout.
+func UsableBytes(raw int64) int64 {
+	if raw <= infoBlockBytes {
+		return 0
+	}
+	npfns := (raw - infoBlockBytes) / pageBytes
+	return raw - backend.AlignUp(infoBlockBytes+structPageBytes*npfns, PfnAlign)
+}
+
+// RawBytes is the smallest raw namespace size, a multiple of regionAlign,
+// whose usable size is at least want.
+func RawBytes(want, regionAlign int64) int64 {
+	if regionAlign < 1 {
+		regionAlign = 1
+	}
+	// The reservation is just over 1/64 of the size: start below the answer.
+	raw := backend.AlignUp(want+want/64, regionAlign)
+	for raw > regionAlign && UsableBytes(raw-regionAlign) >= want {
+		raw -= regionAlign
+	}
+	for UsableBytes(raw) < want {
+		raw += regionAlign
+	}
+	return raw
+}
+
+// nsJSON is one namespace in `ndctl list -N -v [-i]` output.
+type nsJSON struct {
+	Dev      string `json:"dev"`
+	Mode     string `json:"mode"`
+	Map      string `json:"map"`
+	Size     int64  `json:"size"`
+	UUID     string `json:"uuid"`     // fsdax: the pfn device's uuid; otherwise the namespace's
+	RawUUID  string `json:"raw_uuid"` // fsdax with -v: the namespace's own uuid
+	Align    int64  `json:"align"`
+	Blockdev string `json:"blockdev"`
+	Name     string `json:"name"`
+	State    string `json:"state"` // "disabled" for idle namespaces (-i)
+}
+
+// namespaceUUID is the uuid of the namespace itself, the one carve sets with -u.
+func (n *nsJSON) namespaceUUID() string {
+	if n.RawUUID != "" {
+		return n.RawUUID
+	}
+	return n.UUID
+}
+
+// regionJSON is one region in `ndctl list -R` output.
+type regionJSON struct {
+	Dev                string   `json:"dev"`
+	Size               int64    `json:"size"`
+	Align              int64    `json:"align"`
+	AvailableSize      int64    `json:"available_size"`
+	MaxAvailableExtent int64    `json:"max_available_extent"`
+	Type               string   `json:"type"`
+	Namespaces         []nsJSON `json:"namespaces"`
+}
+
+// parseRegions reads `ndctl list -R[N]` output. ndctl prints nothing when no
+// region matches, an array of regions when none of them has a namespace to
+// show, and {"regions":[...]} otherwise.
+func parseRegions(out []byte) ([]regionJSON, error) {
+	out = bytes.TrimSpace(out)
+	if len(out) == 0 {
+		return nil, nil
+	}
+	if out[0] == '[' {
+		var rs []regionJSON
+		if err := json.Unmarshal(out, &rs); err != nil {
+			return nil, fmt.Errorf("parsing ndctl list output: %w", err)
+		}
+		return rs, nil
+	}
+	var obj struct {
+		Regions []regionJSON `json:"regions"`
+		regionJSON
+	}
+	if err := json.Unmarshal(out, &obj); err != nil {
+		return nil, fmt.Errorf("parsing ndctl list output: %w", err)
+	}
+	if obj.Regions == nil && obj.Dev != "" {
+		return []regionJSON{obj.regionJSON}, nil // a single region printed as an object
+	}
+	return obj.Regions, nil
+}
+
+// parseNamespace reads the JSON object `ndctl create-namespace` prints.
+func parseNamespace(out []byte) (*nsJSON, error) {
+	var ns nsJSON
+	if err := json.Unmarshal(bytes.TrimSpace(out), &ns); err != nil {
+		return nil, fmt.Errorf("parsing ndctl create-namespace output %q: %w", out, err)
+	}
+	if ns.Dev == "" {
+		return nil, fmt.Errorf("ndctl create-namespace printed no namespace: %q", out)
+	}
+	return &ns, nil
+}
+
+// volumeUUID is the namespace uuid carve gives volume id: derived from the
+// owner (driver name), the id and whether it is an inline ephemeral volume, so
+// that the device alone says whose it is and what it is. The version nibble is
+// 8 (RFC 9562 custom), the variant RFC 4122.
+func volumeUUID(owner, id string, ephemeral bool) string {
+	kind := "volume"
+	if ephemeral {
+		kind = "ephemeral"
+	}
+	return derivedUUID("carve.owner=" + owner + "\x00" + kind + "\x00" + id)
+}
+
+// lvmUUID is the uuid of the namespace that carries an lvm-on-pmem volume group.
+func lvmUUID(owner, region, name string) string {
+	return derivedUUID("carve.owner=" + owner + "\x00lvm\x00" + region + "\x00" + name)
+}
+
+func derivedUUID(s string) string {
+	h := sha256.Sum256([]byte(s))
+	b := h[:16]
+	b[6] = b[6]&0x0f | 0x80
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+func sameUUID(a, b string) bool {
+	return strings.EqualFold(strings.TrimSpace(a), strings.TrimSpace(b))
+}
+
+// ndctl runs one ndctl command.
+func ndctl(ctx context.Context, r exec.Runner, args ...string) ([]byte, error) {
+	return r.Run(ctx, "ndctl", args...)
+}
+
+// toolMissing reports whether err says the tool could not be started at all:
+// not installed here, or (behind an nsenter prefix) not on the host.
+func toolMissing(err error) bool {
+	if errors.Is(err, osexec.ErrNotFound) {
+		return true
+	}
+	code := exec.ExitCode(err)
+	s := strings.ToLower(exec.Stderr(err))
+	return code == 127 || (code == -1 && strings.Contains(s, "no such file")) ||
+		strings.Contains(s, "failed to execute ndctl")
+}
+
+// mapError turns a failed ndctl command into an error wrapping the matching
+// backend sentinel and the *exec.Error (command line, exit code, stderr).
+// ndctl's exit codes are negated errnos and its messages end in strerror,
+// as captured in testdata/:
+//
+//	create-namespace: failed to create namespace: No space left on device       -> ErrNoSpace
+//	create-namespace: failed to create namespace: No such device or address     -> ErrUnavailable (no such region)
+//	create-namespace: Legacy / label-less namespaces do not support sub-dividing -> ErrUnavailable (labels needed)
+//	destroy-namespace: error destroying namespaces: No such device or address   -> ErrNotFound
+//	ndctl not installed                                                          -> ErrUnavailable
+func mapError(op, what string, err error) error {
+	if toolMissing(err) {
+		return fmt.Errorf("pmem: %s %s: ndctl is not available on this node (install ndctl): %w: %w", op, what, backend.ErrUnavailable, err)
+	}
+	stderr := strings.ToLower(exec.Stderr(err))
+	var sentinel error
+	hint := ""
+	switch {
+	case strings.Contains(stderr, "no space left on device"):
+		sentinel = backend.ErrNoSpace
+	case strings.Contains(stderr, "label-less"):
+		sentinel = backend.ErrUnavailable
+		hint = " (the region has no namespace labels; initialize them once with: ndctl disable-region <region>; ndctl init-labels -f all; ndctl enable-region <region>)"
+	case strings.Contains(stderr, "no such device or address") && op == "create":
+		sentinel = backend.ErrUnavailable
+		hint = " (no such region)"
+	case strings.Contains(stderr, "no such device or address"):
+		sentinel = backend.ErrNotFound
+	case strings.Contains(stderr, "device or resource busy"), strings.Contains(stderr, "failed exclusive open"):
+		hint = " (the device is in use: mounted, or held by device-mapper)"
+	}
+	if sentinel == nil {
+		return fmt.Errorf("pmem: %s %s%s: %w", op, what, hint, err)
+	}
+	return fmt.Errorf("pmem: %s %s%s: %w: %w", op, what, hint, sentinel, err)
+}
