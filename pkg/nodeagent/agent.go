@@ -1,0 +1,292 @@
+// Package nodeagent is the node's half of carve's controller mode. It
+// reconciles the LocalVolumes assigned to this node (creates, expands and
+// deletes their devices, guarded by the node's finalizer, and reports the
+// outcome in status) and publishes this node's NodeStorage, the capacity of
+// its pools, after every change and on a slow timer. The controller reads
+// NodeStorage instead of asking the node, so no GetCapacity call costs a tool
+// run.
+package nodeagent
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+
+	"github.com/carve-csi/carve/pkg/apis/carve/v1alpha1"
+	"github.com/carve-csi/carve/pkg/keylock"
+	"github.com/carve-csi/carve/pkg/volume"
+)
+
+// Defaults for the Agent's optional fields.
+const (
+	DefaultResync   = time.Minute
+	DefaultDebounce = 100 * time.Millisecond
+	DefaultWorkers  = 4
+	// maxRetry bounds the wait before retrying a failed publish.
+	maxRetry = 30 * time.Second
+)
+
+// Agent is the node agent. Set the exported fields, then call
+// SetupWithManager (or drive Reconcile, Publish and Run yourself).
+type Agent struct {
+	// NodeName is this node; it names the NodeStorage and selects the LocalVolumes.
+	NodeName string
+	// Vols is the node's volume manager.
+	Vols *volume.Manager
+	// Locks are the per-volume-id locks shared with the CSI services.
+	Locks *keylock.Locks
+	// Client reaches the API server. SetupWithManager fills it from the manager
+	// when nil. NodeStorage and Node are read with it on every publish, so a
+	// client that caches them would watch every node's objects: NewManager's
+	// client reads them directly.
+	Client client.Client
+	// Resync is the period of the slow NodeStorage publish (DefaultResync if 0).
+	Resync time.Duration
+	// Debounce is the wait after a Changed signal before publishing, so that a
+	// burst of changes costs one write (DefaultDebounce if 0).
+	Debounce time.Duration
+	// Workers is the number of LocalVolumes reconciled at once (DefaultWorkers if 0).
+	Workers int
+
+	once    sync.Once
+	changed chan struct{}
+	pubMu   sync.Mutex // one publish at a time
+}
+
+func (a *Agent) signal() chan struct{} {
+	a.once.Do(func() { a.changed = make(chan struct{}, 1) })
+	return a.changed
+}
+
+// Changed tells the publisher that capacity changed. It never blocks, and
+// signals that arrive before the next publish coalesce into it.
+func (a *Agent) Changed() {
+	select {
+	case a.signal() <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Agent) resync() time.Duration {
+	if a.Resync > 0 {
+		return a.Resync
+	}
+	return DefaultResync
+}
+
+func (a *Agent) debounce() time.Duration {
+	if a.Debounce > 0 {
+		return a.Debounce
+	}
+	return DefaultDebounce
+}
+
+// SetupWithManager registers the LocalVolume reconciler for this node's
+// volumes and adds Run to the manager.
+func (a *Agent) SetupWithManager(mgr ctrl.Manager) error {
+	if a.NodeName == "" || a.Vols == nil || a.Locks == nil {
+		return fmt.Errorf("nodeagent: NodeName, Vols and Locks are required")
+	}
+	if a.Client == nil {
+		a.Client = mgr.GetClient()
+	}
+	workers := a.Workers
+	if workers <= 0 {
+		workers = DefaultWorkers
+	}
+	mine := predicate.NewPredicateFuncs(func(o client.Object) bool {
+		lv, ok := o.(*v1alpha1.LocalVolume)
+		return ok && lv.Spec.NodeName == a.NodeName
+	})
+	err := ctrl.NewControllerManagedBy(mgr).
+		Named("localvolume").
+		For(&v1alpha1.LocalVolume{}, builder.WithPredicates(mine)).
+		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
+		Complete(a)
+	if err != nil {
+		return fmt.Errorf("nodeagent: LocalVolume controller: %w", err)
+	}
+	return mgr.Add(publisher{a})
+}
+
+// publisher runs Agent.Run in the manager on every replica (no leader election:
+// each node publishes its own NodeStorage).
+type publisher struct{ a *Agent }
+
+func (p publisher) Start(ctx context.Context) error { return p.a.Run(ctx) }
+func (p publisher) NeedLeaderElection() bool        { return false }
+
+// Run publishes NodeStorage at once, then Debounce after each Changed signal
+// and every Resync, until ctx ends. A failed publish is retried with backoff
+// (up to 30s, at most Resync). It returns nil when ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	changed := a.signal()
+	resync, debounce := a.resync(), a.debounce()
+	klog.InfoS("Publishing NodeStorage", "node", a.NodeName, "resync", resync, "debounce", debounce)
+	timer := time.NewTimer(0) // first publish now
+	defer timer.Stop()
+	var failures int
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-timer.C:
+		case <-changed:
+			// Let a burst of changes settle; they all land in one publish.
+			// Signals that arrive after the drain below trigger the next one.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(debounce):
+			}
+		}
+		select {
+		case <-changed:
+		default:
+		}
+		next := resync
+		if err := a.Publish(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			failures++
+			next = min(time.Second<<min(failures-1, 5), maxRetry, resync)
+			klog.ErrorS(err, "Publishing NodeStorage failed", "node", a.NodeName, "retryIn", next)
+		} else {
+			failures = 0
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(next)
+	}
+}
+
+// Publish measures every pool now and writes this node's NodeStorage status,
+// creating the object if it is missing. A pool that cannot be read is
+// published as unhealthy with no capacity. The object is owned by the Node
+// (when it exists) so that it goes away with it.
+func (a *Agent) Publish(ctx context.Context) error {
+	a.pubMu.Lock()
+	defer a.pubMu.Unlock()
+	st := a.measure(ctx)
+	owner, err := a.nodeOwner(ctx)
+	if err != nil {
+		// Capacity matters more than the owner reference: publish without it.
+		klog.ErrorS(err, "Cannot read the Node for NodeStorage's owner reference", "node", a.NodeName)
+	}
+	const attempts = 5
+	for i := 1; ; i++ {
+		err := a.writeNodeStorage(ctx, st, owner)
+		if err == nil {
+			if klog.V(4).Enabled() {
+				klog.InfoS("NodeStorage published", "node", a.NodeName, "defaultPool", st.DefaultPool,
+					"freeBytes", st.FreeBytes, "totalBytes", st.TotalBytes, "pools", len(st.Pools))
+			}
+			return nil
+		}
+		if i == attempts || !(apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err)) {
+			return fmt.Errorf("publish NodeStorage %q: %w", a.NodeName, err)
+		}
+	}
+}
+
+// measure reads every pool's capacity.
+func (a *Agent) measure(ctx context.Context) v1alpha1.NodeStorageStatus {
+	st := v1alpha1.NodeStorageStatus{DefaultPool: a.Vols.DefaultPool(), UpdateTime: metav1.Now()}
+	for _, p := range a.Vols.Pools() {
+		ps := v1alpha1.PoolStatus{Name: p.Name, Type: p.Backend.Type(), Healthy: true}
+		c, err := a.Vols.Capacity(ctx, p.Name)
+		if err != nil {
+			ps.Healthy = false
+			ps.Message = err.Error()
+			klog.ErrorS(err, "Cannot read pool capacity; publishing it as unhealthy", "node", a.NodeName, "pool", p.Name)
+		} else {
+			ps.TotalBytes, ps.FreeBytes, ps.MaxVolumeBytes = c.TotalBytes, c.FreeBytes, c.MaxVolumeBytes
+		}
+		if p.Name == st.DefaultPool {
+			st.FreeBytes, st.TotalBytes = ps.FreeBytes, ps.TotalBytes
+		}
+		st.Pools = append(st.Pools, ps)
+	}
+	return st
+}
+
+// nodeOwner returns the owner reference to this node's Node object, or nil
+// when there is no Node (a test rig, or a node being removed).
+func (a *Agent) nodeOwner(ctx context.Context) (*metav1.OwnerReference, error) {
+	node := &corev1.Node{}
+	if err := a.Client.Get(ctx, types.NamespacedName{Name: a.NodeName}, node); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	return &metav1.OwnerReference{APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID}, nil
+}
+
+// withOwner sets owner as the object's only Node owner; it reports whether
+// anything changed.
+func withOwner(obj *v1alpha1.NodeStorage, owner *metav1.OwnerReference) bool {
+	if owner == nil {
+		return false
+	}
+	var refs []metav1.OwnerReference
+	found := false
+	for _, r := range obj.OwnerReferences {
+		if r.APIVersion == owner.APIVersion && r.Kind == owner.Kind {
+			if r.Name == owner.Name && r.UID == owner.UID && !found {
+				found = true
+				refs = append(refs, r)
+			}
+			continue // a stale Node owner (same name, old uid) would get the object collected
+		}
+		refs = append(refs, r)
+	}
+	if found && len(refs) == len(obj.OwnerReferences) {
+		return false
+	}
+	if !found {
+		refs = append(refs, *owner)
+	}
+	obj.OwnerReferences = refs
+	return true
+}
+
+func (a *Agent) writeNodeStorage(ctx context.Context, st v1alpha1.NodeStorageStatus, owner *metav1.OwnerReference) error {
+	ns := &v1alpha1.NodeStorage{}
+	err := a.Client.Get(ctx, types.NamespacedName{Name: a.NodeName}, ns)
+	switch {
+	case apierrors.IsNotFound(err):
+		ns = &v1alpha1.NodeStorage{ObjectMeta: metav1.ObjectMeta{Name: a.NodeName}}
+		withOwner(ns, owner)
+		if err := a.Client.Create(ctx, ns); err != nil {
+			return err
+		}
+		klog.InfoS("NodeStorage created", "node", a.NodeName, "ownedByNode", owner != nil)
+	case err != nil:
+		return err
+	case withOwner(ns, owner):
+		if err := a.Client.Update(ctx, ns); err != nil {
+			return err
+		}
+		klog.InfoS("NodeStorage owner reference set", "node", a.NodeName, "nodeUID", owner.UID)
+	}
+	ns.Status = st
+	return a.Client.Status().Update(ctx, ns)
+}

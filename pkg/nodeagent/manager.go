@@ -1,0 +1,117 @@
+package nodeagent
+
+import (
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/carve-csi/carve/pkg/apis/carve/v1alpha1"
+)
+
+// NodeLabel, set by the controller on a LocalVolume to its spec.nodeName,
+// lets a node watch only its own LocalVolumes (SelectByLabel).
+const NodeLabel = "carve.csi.dev/node"
+
+// Selection is how a node limits the LocalVolumes it watches. Whatever the
+// selection, the reconciler only acts on objects whose spec.nodeName is this
+// node.
+type Selection string
+
+const (
+	// SelectAll watches every LocalVolume and filters on the node: correct
+	// with any controller, costs memory in proportion to the cluster's volumes.
+	SelectAll Selection = ""
+	// SelectByLabel watches LocalVolumes labeled NodeLabel=<node> only. Use it
+	// only if the controller labels every LocalVolume: an unlabeled one is
+	// invisible to its node (it gets no finalizer, so it never blocks deletion).
+	SelectByLabel Selection = "label"
+	// SelectByField watches with the field selector spec.nodeName=<node>. It
+	// needs the CRD to list .spec.nodeName among its selectableFields.
+	SelectByField Selection = "field"
+)
+
+// ManagerOptions configure NewManager.
+type ManagerOptions struct {
+	// NodeName is this node.
+	NodeName string
+	// MetricsAddr is the controller-runtime metrics listen address; "" or "0"
+	// disables the metrics server.
+	MetricsAddr string
+	// Select limits the LocalVolume watch (default SelectAll).
+	Select Selection
+}
+
+// Scheme returns a scheme with core/v1 and carve's v1alpha1 types.
+func Scheme() (*runtime.Scheme, error) {
+	s := runtime.NewScheme()
+	if err := corev1.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	if err := v1alpha1.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// NewManager returns a controller-runtime manager for the node agent: no
+// leader election (every node runs its own), a cache holding LocalVolumes
+// only, and a client that reads NodeStorage and Node straight from the API
+// server (one object each, read once a publish), so a node never lists or
+// watches other nodes' objects.
+func NewManager(cfg *rest.Config, o ManagerOptions) (ctrl.Manager, error) {
+	if o.NodeName == "" {
+		return nil, fmt.Errorf("nodeagent: node name is required")
+	}
+	scheme, err := Scheme()
+	if err != nil {
+		return nil, err
+	}
+	cacheOpts, err := cacheOptions(o)
+	if err != nil {
+		return nil, err
+	}
+	metricsAddr := o.MetricsAddr
+	if metricsAddr == "" {
+		metricsAddr = "0"
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:         scheme,
+		LeaderElection: false,
+		Metrics:        metricsserver.Options{BindAddress: metricsAddr},
+		// No health probe server: the CSI livenessprobe sidecar probes the driver.
+		HealthProbeBindAddress: "0",
+		Cache:                  cacheOpts,
+		Client: client.Options{
+			Cache: &client.CacheOptions{DisableFor: []client.Object{&v1alpha1.NodeStorage{}, &corev1.Node{}}},
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("nodeagent: manager: %w", err)
+	}
+	return mgr, nil
+}
+
+// cacheOptions limits the LocalVolume informer as o.Select says.
+func cacheOptions(o ManagerOptions) (cache.Options, error) {
+	var lv cache.ByObject
+	switch o.Select {
+	case SelectAll:
+		return cache.Options{}, nil
+	case SelectByLabel:
+		lv.Label = labels.SelectorFromSet(labels.Set{NodeLabel: o.NodeName})
+	case SelectByField:
+		lv.Field = fields.OneTermEqualSelector("spec.nodeName", o.NodeName)
+	default:
+		return cache.Options{}, fmt.Errorf("nodeagent: unknown LocalVolume selection %q (want %q, %q or %q)",
+			o.Select, SelectAll, SelectByLabel, SelectByField)
+	}
+	return cache.Options{ByObject: map[client.Object]cache.ByObject{&v1alpha1.LocalVolume{}: lv}}, nil
+}

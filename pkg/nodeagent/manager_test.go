@@ -1,0 +1,73 @@
+package nodeagent
+
+import (
+	"testing"
+
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/carve-csi/carve/pkg/backend/backendtest"
+	"github.com/carve-csi/carve/pkg/keylock"
+	"github.com/carve-csi/carve/pkg/volume"
+)
+
+// NewManager and SetupWithManager need no API server until the manager starts.
+func TestNewManagerAndSetup(t *testing.T) {
+	cfg := &rest.Config{Host: "https://127.0.0.1:1"}
+	if _, err := NewManager(cfg, ManagerOptions{}); err == nil {
+		t.Fatal("no node name accepted")
+	}
+	if _, err := NewManager(cfg, ManagerOptions{NodeName: "n", Select: "bogus"}); err == nil {
+		t.Fatal("unknown selection accepted")
+	}
+	// (A selective cache asks the API server for the REST mapping at once, so
+	// only its options are checked here.)
+	for sel, want := range map[Selection]string{SelectByLabel: "label carve.csi.dev/node=n", SelectByField: "field spec.nodeName=n"} {
+		co, err := cacheOptions(ManagerOptions{NodeName: "n", Select: sel})
+		if err != nil || len(co.ByObject) != 1 {
+			t.Fatalf("%q: %+v %v", sel, co, err)
+		}
+		for _, bo := range co.ByObject {
+			got := ""
+			if bo.Label != nil {
+				got = "label " + bo.Label.String()
+			}
+			if bo.Field != nil {
+				got = "field " + bo.Field.String()
+			}
+			if got != want {
+				t.Fatalf("%q: selector %q, want %q", sel, got, want)
+			}
+		}
+	}
+	if _, err := NewManager(cfg, ManagerOptions{NodeName: "n"}); err != nil {
+		t.Fatal(err)
+	}
+	// Controller names are unique per process; -count=N sets up again.
+	scheme, err := Scheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	skip := true
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"},
+		Controller: config.Controller{SkipNameValidation: &skip}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vols, err := volume.NewManager([]volume.Pool{{Name: "p", Backend: backendtest.NewMemory("p", 1<<30, 1<<20)}}, "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (&Agent{NodeName: "n", Vols: vols}).SetupWithManager(mgr); err == nil {
+		t.Fatal("missing Locks accepted")
+	}
+	a := &Agent{NodeName: "n", Vols: vols, Locks: &keylock.Locks{}}
+	if err := a.SetupWithManager(mgr); err != nil {
+		t.Fatal(err)
+	}
+	if a.Client == nil {
+		t.Fatal("Client not taken from the manager")
+	}
+}
