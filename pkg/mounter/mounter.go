@@ -70,6 +70,7 @@ type Mounter struct {
 	sfm      *mount.SafeFormatAndMount
 	resizer  *mount.ResizeFs
 	procInfo string // mountinfo file, /proc/self/mountinfo
+	sysBlock string // block devices by number, /sys/dev/block
 }
 
 // New returns a Mounter that runs the host's mount, umount, blkid, mkfs.*,
@@ -80,6 +81,7 @@ func New() *Mounter {
 		sfm:      &mount.SafeFormatAndMount{Interface: mount.New(""), Exec: e},
 		resizer:  mount.NewResizeFs(e),
 		procInfo: "/proc/self/mountinfo",
+		sysBlock: "/sys/dev/block",
 	}
 }
 
@@ -114,8 +116,11 @@ func MountOptions(readOnly bool, flags []string) []string {
 // another type is ErrFilesystemMismatch.
 //
 // Idempotent: if target is already a mount of device, it returns nil (or
-// ErrIncompatibleMount on a read-only mismatch); if it is a mount of anything
-// else, ErrMountedElsewhere. A stale mount at target is unmounted first.
+// ErrIncompatibleMount on a read-only or DAX mismatch); if it is a mount of
+// anything else, ErrMountedElsewhere. A stale mount at target is unmounted first.
+//
+// "dax" among the options asks for a DAX mount (see dax.go): a device that
+// cannot do DAX, or a mount that comes up without it, is ErrDAXUnsupported.
 func (m *Mounter) FormatAndMount(device, target, fsType string, options []string) error {
 	fsType, err := normalizeFSType(fsType)
 	if err != nil {
@@ -126,6 +131,17 @@ func (m *Mounter) FormatAndMount(device, target, fsType string, options []string
 		return err
 	}
 	readOnly := slices.Contains(options, "ro")
+	dax := WantsDAX(options)
+	if dax {
+		ok, err := m.DAXSupported(device)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("%w: %s is not a DAX-capable device (its sysfs queue/dax is not 1): only persistent memory mounts with -o dax",
+				ErrDAXUnsupported, device)
+		}
+	}
 
 	mounted, err := m.prepareTarget(target, true)
 	if err != nil {
@@ -146,6 +162,9 @@ func (m *Mounter) FormatAndMount(device, target, fsType string, options []string
 			return fmt.Errorf("%w: %s is mounted from %s with read-only=%t, requested read-only=%t",
 				ErrIncompatibleMount, target, device, isReadOnly(mi), readOnly)
 		}
+		if dax && !hasDAX(mi) {
+			return fmt.Errorf("%w: %s is mounted from %s without DAX, which was requested", ErrIncompatibleMount, target, device)
+		}
 		klog.V(4).InfoS("Already mounted", "device", device, "target", target)
 		return nil
 	}
@@ -164,9 +183,25 @@ func (m *Mounter) FormatAndMount(device, target, fsType string, options []string
 	if existing == "" && !readOnly {
 		klog.InfoS("Formatting device", "device", device, "fsType", fsType)
 	}
+	var formatOptions []string
+	if dax {
+		formatOptions = daxFormatOptions(fsType)
+	}
 	// Cloned: mount-utils appends "defaults" to the slice it is given.
-	if err := m.sfm.FormatAndMount(device, target, fsType, slices.Clone(options)); err != nil {
+	if err := m.sfm.FormatAndMountSensitiveWithFormatOptions(device, target, fsType, slices.Clone(options), nil, formatOptions); err != nil {
 		return fmt.Errorf("format and mount %s at %s as %s: %w", device, target, fsType, err)
+	}
+	if dax {
+		if ok, err := m.MountedWithDAX(target); err != nil || !ok {
+			if uerr := m.sfm.Unmount(target); uerr != nil {
+				klog.ErrorS(uerr, "Cannot unmount a mount that came up without DAX", "target", target)
+			}
+			if err != nil {
+				return fmt.Errorf("%w: checking the DAX mount of %s at %s: %w; unmounted it", ErrDAXUnsupported, device, target, err)
+			}
+			return fmt.Errorf("%w: the %s filesystem on %s mounted at %s without DAX (the kernel log says why); unmounted it",
+				ErrDAXUnsupported, fsType, device, target)
+		}
 	}
 	klog.InfoS("Mounted filesystem", "device", device, "target", target, "fsType", fsType, "options", options, "formatted", existing == "")
 	return nil
