@@ -213,6 +213,9 @@ func poolOf(ns *v1alpha1.NodeStorage, name string) v1alpha1.PoolStatus {
 	return v1alpha1.PoolStatus{}
 }
 
+// transient failure codes: the node retries them itself, so a caller keeps waiting.
+var transient = map[string]bool{"Internal": true, "Unavailable": true, "Unknown": true, "DeadlineExceeded": true, "Aborted": true}
+
 // waitSettled waits until the node has acted on the current spec: Failed, or
 // Ready with at least minSize bytes (the size check does not trust
 // observedGeneration alone to tell an old Ready from a new one).
@@ -223,7 +226,8 @@ func (v *Volumes) waitSettled(ctx context.Context, id string, minSize int64) (*v
 			return nil, fmt.Errorf("get LocalVolume %s: %w", id, err)
 		}
 		if lv.Status.ObservedGeneration >= lv.Generation &&
-			(lv.Status.Phase == v1alpha1.PhaseReady && lv.Status.CurrentSizeBytes >= minSize || lv.Status.Phase == v1alpha1.PhaseFailed) {
+			(lv.Status.Phase == v1alpha1.PhaseReady && lv.Status.CurrentSizeBytes >= minSize ||
+				lv.Status.Phase == v1alpha1.PhaseFailed && !transient[lv.Status.Code]) {
 			return lv, nil
 		}
 		if err := v.sleep(ctx); err != nil {
@@ -299,6 +303,14 @@ func (v *Volumes) Expand(ctx context.Context, id string, r volume.Range) (*v1alp
 			return nil, fmt.Errorf("expand LocalVolume %s: %w", id, err)
 		}
 		klog.InfoS("LocalVolume expanded, waiting for its node", "name", id, "node", lv.Spec.NodeName, "bytes", r.RequiredBytes)
+	} else if lv.Status.Phase == v1alpha1.PhaseFailed && lv.Status.CurrentSizeBytes < r.RequiredBytes {
+		// A retry of a failed expansion: the node does not retry permanent
+		// failures of the same generation by itself.
+		patch := client.MergeFrom(lv.DeepCopy())
+		lv.Status.Phase = v1alpha1.PhasePending
+		if err := v.Client.Status().Patch(ctx, lv, patch); err != nil {
+			return nil, fmt.Errorf("retry expansion of LocalVolume %s: %w", id, err)
+		}
 	}
 	settled, err := v.waitSettled(ctx, id, r.RequiredBytes)
 	if err != nil {

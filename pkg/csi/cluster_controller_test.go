@@ -18,7 +18,9 @@ import (
 	"github.com/carve-csi/carve/pkg/keylock"
 )
 
-func seg(node string) *csi.Topology { return &csi.Topology{Segments: map[string]string{TopologyKey: node}} }
+func seg(node string) *csi.Topology {
+	return &csi.Topology{Segments: map[string]string{TopologyKey: node}}
+}
 
 // nodeAnswers plays the node agents: Ready when it fits in free, else Failed/ResourceExhausted.
 func nodeAnswers(ctx context.Context, c client.Client, free int64) {

@@ -2,6 +2,7 @@ package csi
 
 import (
 	"context"
+	"strconv"
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -19,6 +20,11 @@ const TopologyKey = "carve.csi.dev/node"
 
 // ParamPool selects a pool in StorageClass parameters and inline attributes.
 const ParamPool = "pool"
+
+// ParamDAX ("true"/"false") in StorageClass parameters asks for or against a
+// DAX mount; CreateVolume passes it on in the volume context. Without it,
+// volumes of PMEM-backed pools mount with DAX (backend.Volume.DAX).
+const ParamDAX = "dax"
 
 // reservedPrefix marks parameters that Kubernetes components add themselves.
 const reservedPrefix = "csi.storage.k8s.io/"
@@ -49,9 +55,13 @@ func checkParameters(params map[string]string) (pool string, err error) {
 		switch {
 		case k == ParamPool:
 			pool = v
+		case k == ParamDAX:
+			if _, err := strconv.ParseBool(v); err != nil {
+				return "", invalid("parameter %s=%q: want true or false", ParamDAX, v)
+			}
 		case strings.HasPrefix(k, reservedPrefix):
 		default:
-			return "", invalid("unknown parameter %q (supported: %s)", k, ParamPool)
+			return "", invalid("unknown parameter %q (supported: %s, %s)", k, ParamPool, ParamDAX)
 		}
 	}
 	return pool, nil
@@ -104,8 +114,22 @@ func (c *LocalController) CreateVolume(ctx context.Context, req *csi.CreateVolum
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	if !r.Contains(v.SizeBytes) {
+		// A new volume whose real size overshoots the limit (a PMEM namespace
+		// holds only whole alignment steps); an existing one was checked.
+		if err := c.Vols.Delete(ctx, v.ID); err != nil {
+			return nil, toStatus(err)
+		}
+		c.changed()
+		return nil, status.Errorf(codes.OutOfRange, "pool %q cannot make a volume of %d to %d bytes: the nearest size it holds is %d bytes",
+			v.Pool, r.RequiredBytes, r.LimitBytes, v.SizeBytes)
+	}
 	c.changed()
-	return &csi.CreateVolumeResponse{Volume: c.csiVolume(v)}, nil
+	vol := c.csiVolume(v)
+	if d, ok := req.GetParameters()[ParamDAX]; ok {
+		vol.VolumeContext[ParamDAX] = d
+	}
+	return &csi.CreateVolumeResponse{Volume: vol}, nil
 }
 
 func (c *LocalController) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
@@ -204,5 +228,24 @@ func (c *LocalController) GetCapacity(ctx context.Context, req *csi.GetCapacityR
 }
 
 func (c *LocalController) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
-	return controllerCapabilities(baseControllerCapabilities...), nil
+	var types []csi.ControllerServiceCapability_RPC_Type
+	for _, t := range baseControllerCapabilities {
+		if t != csi.ControllerServiceCapability_RPC_EXPAND_VOLUME || canExpand(c.Vols) {
+			types = append(types, t)
+		}
+	}
+	return controllerCapabilities(types...), nil
+}
+
+// canExpand reports whether any pool's volumes can grow (PMEM namespaces cannot).
+func canExpand(vols *volume.Manager) bool {
+	if vols == nil {
+		return true
+	}
+	for _, p := range vols.Pools() {
+		if backend.CanExpand(p.Backend) {
+			return true
+		}
+	}
+	return false
 }

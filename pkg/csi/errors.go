@@ -34,7 +34,7 @@ func toStatus(err error) error {
 		code = codes.NotFound
 	case errors.Is(err, backend.ErrExists), errors.Is(err, volume.ErrIncompatible), errors.Is(err, backend.ErrNotOwned):
 		code = codes.AlreadyExists
-	case errors.Is(err, volume.ErrOutOfRange):
+	case errors.Is(err, volume.ErrOutOfRange), errors.Is(err, backend.ErrNotExpandable):
 		code = codes.OutOfRange
 	case errors.Is(err, volume.ErrUnknownPool):
 		code = codes.InvalidArgument
@@ -47,7 +47,8 @@ func toStatus(err error) error {
 	case errors.Is(err, mounter.ErrUnsupportedFilesystem):
 		code = codes.InvalidArgument
 	case errors.Is(err, mounter.ErrFilesystemMismatch), errors.Is(err, mounter.ErrNotMounted),
-		errors.Is(err, mounter.ErrNotBlockDevice), errors.Is(err, mounter.ErrStaleMount):
+		errors.Is(err, mounter.ErrNotBlockDevice), errors.Is(err, mounter.ErrStaleMount),
+		errors.Is(err, mounter.ErrDAXUnsupported):
 		code = codes.FailedPrecondition
 	}
 	return status.Error(code, err.Error())

@@ -103,6 +103,18 @@ func (f *fakeMounter) Stats(path string) (mounter.Stats, error) {
 }
 func (f *fakeMounter) Resize(device, mountPath string) error { return nil }
 
+func (f *fakeMounter) OtherMounts(path string) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for target, src := range f.mounts {
+		if src == path {
+			out = append(out, target)
+		}
+	}
+	return out, nil
+}
+
 func (f *fakeMounter) count() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()

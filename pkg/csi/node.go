@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -38,6 +39,7 @@ type Mounter interface {
 	IsMountPoint(path string) (bool, error)
 	Stats(path string) (mounter.Stats, error)
 	Resize(device, mountPath string) error
+	OtherMounts(path string) ([]string, error)
 }
 
 // Node serves the CSI Node service.
@@ -150,7 +152,7 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 		return nil, err
 	}
 	defer unlock()
-	_, dev, err := n.findActive(ctx, req.GetVolumeId())
+	v, dev, err := n.findActive(ctx, req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
@@ -158,10 +160,33 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 		return &csi.NodeStageVolumeResponse{}, nil // published straight from the device node
 	}
 	c := req.GetVolumeCapability()
-	if err := n.Mount.FormatAndMount(dev, req.GetStagingTargetPath(), fsTypeOf(c), c.GetMount().GetMountFlags()); err != nil {
+	opts, err := daxOptions(v, req.GetVolumeContext(), c.GetMount().GetMountFlags())
+	if err != nil {
+		return nil, err
+	}
+	if err := n.Mount.FormatAndMount(dev, req.GetStagingTargetPath(), fsTypeOf(c), opts); err != nil {
 		return nil, toStatus(fmt.Errorf("stage volume %s: %w", req.GetVolumeId(), err))
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// daxOptions adds "dax" to the mount flags when the volume is to be mounted
+// with DAX: the volume context's dax=true|false decides, else the pool's
+// default (backend.Volume.DAX); "dax" among the flags always asks for it. A
+// device that cannot do it then fails the mount with FailedPrecondition.
+func daxOptions(v *backend.Volume, volCtx map[string]string, flags []string) ([]string, error) {
+	want := v.DAX
+	if s, ok := volCtx[ParamDAX]; ok {
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return nil, invalid("volume context %s=%q: want true or false", ParamDAX, s)
+		}
+		want = b
+	}
+	if !want || mounter.WantsDAX(flags) {
+		return flags, nil
+	}
+	return append(append([]string(nil), flags...), mounter.OptionDAX), nil
 }
 
 func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
@@ -214,12 +239,33 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 	if isBlock(c) {
 		err = n.Mount.BindBlock(dev, req.GetTargetPath(), readOnly)
 	} else {
+		if c.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
+			if err := n.checkSingleWriter(req); err != nil {
+				return nil, err
+			}
+		}
 		err = n.Mount.BindMount(req.GetStagingTargetPath(), req.GetTargetPath(), readOnly, c.GetMount().GetMountFlags())
 	}
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("publish volume %s: %w", req.GetVolumeId(), err))
 	}
 	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// checkSingleWriter refuses a second publish of a SINGLE_NODE_SINGLE_WRITER
+// volume: every publish is a bind mount of the staged filesystem.
+func (n *Node) checkSingleWriter(req *csi.NodePublishVolumeRequest) error {
+	others, err := n.Mount.OtherMounts(req.GetStagingTargetPath())
+	if err != nil {
+		return toStatus(fmt.Errorf("publish volume %s: %w", req.GetVolumeId(), err))
+	}
+	for _, p := range others {
+		if p != filepath.Clean(req.GetTargetPath()) {
+			return status.Errorf(codes.FailedPrecondition, "volume %s has access mode SINGLE_NODE_SINGLE_WRITER and is already published at %q",
+				req.GetVolumeId(), p)
+		}
+	}
+	return nil
 }
 
 // inlineRequest is a validated inline ephemeral volume.
@@ -291,11 +337,14 @@ func (n *Node) publishInline(ctx context.Context, req *csi.NodePublishVolumeRequ
 	}
 	dev, err := n.Vols.Activate(ctx, v)
 	if err == nil {
-		opts := append([]string(nil), c.GetMount().GetMountFlags()...)
+		var opts []string
+		opts, err = daxOptions(v, nil, c.GetMount().GetMountFlags())
 		if readOnly {
 			opts = append(opts, "ro")
 		}
-		err = n.Mount.FormatAndMount(dev, req.GetTargetPath(), ir.fsType, opts)
+		if err == nil {
+			err = n.Mount.FormatAndMount(dev, req.GetTargetPath(), ir.fsType, opts)
+		}
 	}
 	if err != nil {
 		// Nothing half-made: a volume nobody mounted would leak.
@@ -439,6 +488,9 @@ func (n *Node) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequ
 		csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
 		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	} {
+		if t == csi.NodeServiceCapability_RPC_EXPAND_VOLUME && !canExpand(n.Vols) {
+			continue // only PMEM pools, whose namespaces cannot grow
+		}
 		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: t}}})
 	}
 	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}, nil

@@ -80,6 +80,28 @@ func TestStagePublishLifecycle(t *testing.T) {
 	}
 }
 
+func TestSingleWriterIsPublishedOnce(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	c := withMode(mountCap("ext4"), csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER)
+	id := r.create(t, "pvc-sw", c)
+	staging := filepath.Join(r.kubelet, "staging")
+	if _, err := r.nodeC.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: c}); err != nil {
+		t.Fatal(err)
+	}
+	first := filepath.Join(r.kubelet, "pods", "a")
+	for i := 0; i < 2; i++ {
+		if _, err := r.nodeC.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: first, VolumeCapability: c}); err != nil {
+			t.Fatalf("publish #%d at the same target: %v", i, err)
+		}
+	}
+	_, err := r.nodeC.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging,
+		TargetPath: filepath.Join(r.kubelet, "pods", "b"), VolumeCapability: c})
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("second target of a single writer: %v", err)
+	}
+}
+
 func TestNodeRejectsBadPaths(t *testing.T) {
 	r := newRig(t)
 	ctx := context.Background()

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strings"
 	"testing"
 
@@ -660,6 +661,36 @@ func TestUnescapeMountPath(t *testing.T) {
 	} {
 		if got := unescapeMountPath(in); got != want {
 			t.Errorf("unescapeMountPath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestOtherMountsListsBindMountsOfTheSameFilesystem(t *testing.T) {
+	e := newEnv(t)
+	dev := e.loop(64 << 20)
+	staging, a, b := e.path("staging"), e.path("a"), e.path("b")
+	if err := e.m.FormatAndMount(dev, staging, "ext4", nil); err != nil {
+		t.Fatal(err)
+	}
+	if others, err := e.m.OtherMounts(staging); err != nil || len(others) != 0 {
+		t.Fatalf("fresh staging mount: %v, %v", others, err)
+	}
+	for _, p := range []string{a, b} {
+		if err := e.m.BindMount(staging, p, false, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	others, err := e.m.OtherMounts(staging)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(others)
+	if len(others) != 2 || others[0] != a || others[1] != b {
+		t.Fatalf("other mounts of %s: %v, want [%s %s]", staging, others, a, b)
+	}
+	for _, p := range []string{b, a, staging} {
+		if err := e.m.Unmount(p); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

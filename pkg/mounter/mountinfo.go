@@ -122,3 +122,26 @@ func devicePath(major, minor uint32) (string, error) {
 	}
 	return "", fmt.Errorf("no DEVNAME in %s", uevent)
 }
+
+// OtherMounts lists the other mount points of the filesystem mounted at path
+// (same device, e.g. the bind mounts of a staged volume), so the node can
+// refuse a second publish of a single-writer volume.
+func (m *Mounter) OtherMounts(path string) ([]string, error) {
+	mi, err := m.mountInfo(path)
+	if err != nil {
+		return nil, err
+	}
+	infos, err := mount.ParseMountInfo(m.procInfo)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", m.procInfo, err)
+	}
+	self := resolvePath(path)
+	var out []string
+	for i := range infos {
+		p := unescapeMountPath(infos[i].MountPoint)
+		if infos[i].Major == mi.Major && infos[i].Minor == mi.Minor && p != self {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
