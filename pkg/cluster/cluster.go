@@ -18,6 +18,7 @@ import (
 
 	"github.com/carve-csi/carve/pkg/apis/carve/v1alpha1"
 	"github.com/carve-csi/carve/pkg/backend"
+	"github.com/carve-csi/carve/pkg/errcode"
 	"github.com/carve-csi/carve/pkg/names"
 	"github.com/carve-csi/carve/pkg/volume"
 )
@@ -213,10 +214,8 @@ func poolOf(ns *v1alpha1.NodeStorage, name string) v1alpha1.PoolStatus {
 	return v1alpha1.PoolStatus{}
 }
 
-// transient failure codes: the node retries them itself, so a caller keeps waiting.
-var transient = map[string]bool{"Internal": true, "Unavailable": true, "Unknown": true, "DeadlineExceeded": true, "Aborted": true}
-
-// waitSettled waits until the node has acted on the current spec: Failed, or
+// waitSettled waits until the node has acted on the current spec: Failed for
+// good (the node retries transient failures itself), or
 // Ready with at least minSize bytes (the size check does not trust
 // observedGeneration alone to tell an old Ready from a new one).
 func (v *Volumes) waitSettled(ctx context.Context, id string, minSize int64) (*v1alpha1.LocalVolume, error) {
@@ -227,7 +226,7 @@ func (v *Volumes) waitSettled(ctx context.Context, id string, minSize int64) (*v
 		}
 		if lv.Status.ObservedGeneration >= lv.Generation &&
 			(lv.Status.Phase == v1alpha1.PhaseReady && lv.Status.CurrentSizeBytes >= minSize ||
-				lv.Status.Phase == v1alpha1.PhaseFailed && !transient[lv.Status.Code]) {
+				lv.Status.Phase == v1alpha1.PhaseFailed && errcode.PermanentName(lv.Status.Code)) {
 			return lv, nil
 		}
 		if err := v.sleep(ctx); err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/carve-csi/carve/pkg/apis/carve/v1alpha1"
 	"github.com/carve-csi/carve/pkg/cluster"
+	"github.com/carve-csi/carve/pkg/errcode"
 	"github.com/carve-csi/carve/pkg/keylock"
 	"github.com/carve-csi/carve/pkg/names"
 )
@@ -37,11 +38,9 @@ func clusterStatus(err error) error {
 	var nf *cluster.NodeFailure
 	switch {
 	case errors.As(err, &nf):
-		code := codes.Internal
-		for c := codes.OK; c <= codes.Unauthenticated; c++ {
-			if c.String() == nf.Code {
-				code = c
-			}
+		code, ok := errcode.ByName(nf.Code)
+		if !ok {
+			code = codes.Internal
 		}
 		return status.Error(code, err.Error())
 	case errors.Is(err, cluster.ErrNoRoom):

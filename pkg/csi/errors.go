@@ -1,16 +1,14 @@
 package csi
 
 import (
-	"context"
 	"errors"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/carve-csi/carve/pkg/backend"
+	"github.com/carve-csi/carve/pkg/errcode"
 	"github.com/carve-csi/carve/pkg/mounter"
-	"github.com/carve-csi/carve/pkg/volume"
 )
 
 // toStatus maps an error from below the gRPC boundary to a status with the
@@ -22,24 +20,8 @@ func toStatus(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	code := codes.Internal
+	code := errcode.Of(err)
 	switch {
-	case errors.Is(err, context.DeadlineExceeded):
-		code = codes.DeadlineExceeded
-	case errors.Is(err, context.Canceled):
-		code = codes.Canceled
-	case errors.Is(err, backend.ErrNoSpace):
-		code = codes.ResourceExhausted
-	case errors.Is(err, backend.ErrNotFound):
-		code = codes.NotFound
-	case errors.Is(err, backend.ErrExists), errors.Is(err, volume.ErrIncompatible), errors.Is(err, backend.ErrNotOwned):
-		code = codes.AlreadyExists
-	case errors.Is(err, volume.ErrOutOfRange), errors.Is(err, backend.ErrNotExpandable):
-		code = codes.OutOfRange
-	case errors.Is(err, volume.ErrUnknownPool):
-		code = codes.InvalidArgument
-	case errors.Is(err, backend.ErrUnavailable):
-		code = codes.Unavailable
 	case errors.Is(err, mounter.ErrMountedElsewhere), errors.Is(err, mounter.ErrIncompatibleMount):
 		code = codes.AlreadyExists
 	case errors.Is(err, mounter.ErrNotFound):

@@ -1,4 +1,4 @@
-package nodeagent
+package errcode
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 	"github.com/carve-csi/carve/pkg/volume"
 )
 
-func TestCodeOf(t *testing.T) {
+func TestOf(t *testing.T) {
 	for _, tc := range []struct {
 		err       error
 		code      codes.Code
@@ -22,6 +22,7 @@ func TestCodeOf(t *testing.T) {
 		{fmt.Errorf("x: %w", backend.ErrNoSpace), codes.ResourceExhausted, true},
 		{fmt.Errorf("x: %w", volume.ErrUnknownPool), codes.InvalidArgument, true},
 		{fmt.Errorf("x: %w", volume.ErrOutOfRange), codes.OutOfRange, true},
+		{fmt.Errorf("x: %w", backend.ErrNotExpandable), codes.OutOfRange, true},
 		{fmt.Errorf("x: %w", volume.ErrIncompatible), codes.AlreadyExists, true},
 		{fmt.Errorf("x: %w", backend.ErrExists), codes.AlreadyExists, true},
 		{fmt.Errorf("x: %w", backend.ErrNotOwned), codes.AlreadyExists, true},
@@ -32,14 +33,25 @@ func TestCodeOf(t *testing.T) {
 		{errors.New("lvcreate: exit status 5"), codes.Internal, false},
 		{status.Error(codes.FailedPrecondition, "x"), codes.FailedPrecondition, true},
 	} {
-		if got := codeOf(tc.err); got != tc.code {
-			t.Errorf("codeOf(%v) = %v, want %v", tc.err, got, tc.code)
+		if got := Of(tc.err); got != tc.code {
+			t.Errorf("Of(%v) = %v, want %v", tc.err, got, tc.code)
 		}
-		if got := permanentName(tc.code.String()); got != tc.permanent {
-			t.Errorf("permanentName(%s) = %v, want %v", tc.code, got, tc.permanent)
+		if got := PermanentName(tc.code.String()); got != tc.permanent {
+			t.Errorf("PermanentName(%s) = %v, want %v", tc.code, got, tc.permanent)
 		}
 	}
-	if codeOf(nil) != codes.OK || permanentName("") || permanentName("Bogus") {
+	if Of(nil) != codes.OK || PermanentName("") || PermanentName("Bogus") {
 		t.Fatal("nil error / empty or unknown code name")
+	}
+}
+
+func TestByNameRoundTrips(t *testing.T) {
+	for c := codes.OK; c <= codes.Unauthenticated; c++ {
+		if got, ok := ByName(c.String()); !ok || got != c {
+			t.Errorf("ByName(%q) = %v, %v", c.String(), got, ok)
+		}
+	}
+	if _, ok := ByName("Bogus"); ok {
+		t.Error("ByName accepted an unknown name")
 	}
 }
