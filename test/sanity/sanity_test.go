@@ -95,7 +95,7 @@ func TestSanity(t *testing.T) {
 				}
 			}
 		}
-		fmt.Printf("csi-sanity: %d passed, %d failed, %d skipped (%d of them for lack of a device; the rest need capabilities carve does not offer)\n",
+		fmt.Printf("\ncsi-sanity: %d passed, %d failed, %d skipped (%d of them for lack of a device; the rest need capabilities carve does not offer)\n",
 			pass, fail, skip, skipDevice)
 	})
 	passed := RunSpecs(t, "carve csi-sanity", suite, reporter)
