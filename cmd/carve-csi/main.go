@@ -175,6 +175,9 @@ func runNode(ctx context.Context, o *options) error {
 		// Not fatal: the volumes stay and the next start tries again.
 		klog.ErrorS(err, "Cleaning up orphaned inline volumes")
 	}
+	if ctx.Err() != nil {
+		return nil // stopped while starting: do not open the socket
+	}
 	ids := &csi.Identity{Name: o.driverName, Version: version, Ready: vols.Check, Controller: true}
 	srv := csi.NewServer(ids, ctrlSvc, node)
 	klog.InfoS("carve-csi starting", "mode", o.mode, "version", version, "endpoint", o.endpoint, "driver", o.driverName,

@@ -17,6 +17,8 @@ var (
 	ErrNoSpace = errors.New("insufficient free space in pool")
 	// ErrExists: the id is taken by a volume with another CSI name.
 	ErrExists = errors.New("volume id already in use")
+	// ErrInUse: the device is open (mounted, staged) and cannot be removed now.
+	ErrInUse = errors.New("volume is in use")
 	// ErrUnavailable: the pool itself cannot be read (missing VG, tool failing).
 	ErrUnavailable = errors.New("pool unavailable")
 	// ErrNotExpandable: the volume cannot grow (PMEM namespaces have a fixed size).

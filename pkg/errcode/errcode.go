@@ -37,6 +37,8 @@ func Of(err error) codes.Code {
 		return codes.OutOfRange
 	case errors.Is(err, volume.ErrUnknownPool):
 		return codes.InvalidArgument
+	case errors.Is(err, backend.ErrInUse):
+		return codes.FailedPrecondition
 	case errors.Is(err, backend.ErrUnavailable):
 		return codes.Unavailable
 	}

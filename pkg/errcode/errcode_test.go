@@ -27,6 +27,7 @@ func TestOf(t *testing.T) {
 		{fmt.Errorf("x: %w", backend.ErrExists), codes.AlreadyExists, true},
 		{fmt.Errorf("x: %w", backend.ErrNotOwned), codes.AlreadyExists, true},
 		{fmt.Errorf("x: %w", backend.ErrNotFound), codes.NotFound, true},
+		{fmt.Errorf("x: %w", backend.ErrInUse), codes.FailedPrecondition, true},
 		{fmt.Errorf("x: %w", backend.ErrUnavailable), codes.Unavailable, false},
 		{fmt.Errorf("x: %w", context.DeadlineExceeded), codes.DeadlineExceeded, false},
 		{fmt.Errorf("x: %w", context.Canceled), codes.Canceled, false},

@@ -83,7 +83,8 @@ func Start(t testing.TB, env []string, args ...string) *Process {
 			t.Logf("carve-csi log:\n%s", p.Tail(60))
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
+	wait := startTimeout()
+	deadline := time.Now().Add(wait)
 	for {
 		select {
 		case err := <-p.done:
@@ -96,7 +97,7 @@ func Start(t testing.TB, env []string, args ...string) *Process {
 			return p
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("carve-csi did not listen on %s within 30s\n%s", p.Socket, p.Tail(30))
+			t.Fatalf("carve-csi did not listen on %s within %v\n%s", p.Socket, wait, p.Tail(30))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -127,4 +128,17 @@ func (p *Process) Tail(n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// startTimeout bounds the wait for the socket: $CARVE_DRIVER_START_TIMEOUT,
+// else 30 s, or 120 s in the emulated VM (CARVE_VM=1), where a busy host makes
+// start-up slow.
+func startTimeout() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv("CARVE_DRIVER_START_TIMEOUT")); err == nil && d > 0 {
+		return d
+	}
+	if os.Getenv("CARVE_VM") == "1" {
+		return 2 * time.Minute
+	}
+	return 30 * time.Second
 }

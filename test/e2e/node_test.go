@@ -48,6 +48,7 @@ func TestNodePath(t *testing.T) {
 		{"6-inline", testInline},
 		{"6-inline-bad-attributes", testInlineBadAttributes},
 		{"8-full-pool", testFullPool},
+		{"10-delete-while-staged", testDeleteWhileStaged},
 		// These kill and start drivers of their own: the shared one goes first.
 		{"7-restart-keeps-published", testRestart},
 		{"7-restart-removes-orphans", testRestartOrphans},
@@ -755,5 +756,28 @@ func testFullPool(t *testing.T, s *suite) {
 	}
 	if free, _ := vgFree(t, s.vg); free != free0 {
 		t.Errorf("vgs free after the refused inline publish: %d, before: %d", free, free0)
+	}
+}
+
+// 10. DeleteVolume of a staged volume fails with FailedPrecondition (lvremove
+// refuses an LV whose filesystem is mounted) and leaves the data alone; after
+// unstaging, it succeeds.
+func testDeleteWhileStaged(t *testing.T, s *suite) {
+	sc := s.scenario(t, "s10")
+	d := sc.driver()
+	c := mountCap("ext4", rwo)
+	name := sc.name("busy")
+	vol := d.create(name, 32*mib, c)
+	id, staging := vol.GetVolumeId(), sc.staging("busy")
+	d.stage(id, staging, c)
+	_, err := d.ctrl.DeleteVolume(d.ctx(), &csi.DeleteVolumeRequest{VolumeId: id})
+	wantCode(t, err, codes.FailedPrecondition, "DeleteVolume of a staged volume")
+	if lv := lvNamed(t, s.vg, name); lv == nil {
+		t.Fatalf("LV of %s gone after a refused DeleteVolume", name)
+	}
+	d.unstage(id, staging)
+	d.delete(id)
+	if lv := lvNamed(t, s.vg, name); lv != nil {
+		t.Errorf("LV %s still exists after DeleteVolume", lv.Name)
 	}
 }

@@ -420,6 +420,8 @@ func (b *Backend) mapError(op, id string, err error) error {
 	case strings.Contains(stderr, "failed to find logical volume"),
 		strings.Contains(stderr, "not found in volume group"):
 		sentinel = backend.ErrNotFound
+	case strings.Contains(stderr, " in use"): // "Logical volume vg/lv contains a filesystem in use." / "... in use."
+		sentinel = backend.ErrInUse
 	case strings.Contains(stderr, `volume group "`+strings.ToLower(b.vg)+`" not found`):
 		sentinel = backend.ErrUnavailable
 	}

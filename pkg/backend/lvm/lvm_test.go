@@ -641,3 +641,16 @@ func TestNumAcceptsStringsAndNumbers(t *testing.T) {
 		}
 	}
 }
+
+// Removing a mounted LV fails; the e2e suite (test/e2e, scenario 10) checks
+// the message on real device-mapper, where this text comes from.
+func TestDeleteOfAnLVInUse(t *testing.T) {
+	f := &exectest.Fake{}
+	id := "carve-pvc-1-0123456789abcdef"
+	f.ExpectArgv([]string{"lvm", "lvremove", "-f", "-S", "lv_name=" + id + " && lv_tags={" + TagOwner + "=" + capOwner + "}", "carvevg"},
+		exectest.Response{ExitCode: 5, Stderr: "  Logical volume carvevg/" + id + " contains a filesystem in use.\n"})
+	err := bareBackend(f, "carvevg").Delete(context.Background(), id)
+	if !errors.Is(err, backend.ErrInUse) || !strings.Contains(err.Error(), "filesystem in use") {
+		t.Fatalf("delete of a mounted LV: %v", err)
+	}
+}
