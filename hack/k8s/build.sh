@@ -85,6 +85,17 @@ esac
 command -v go >/dev/null || die "go is not on PATH"
 KEY="$(compute_key)"
 
+# One build at a time per cache (parallel test packages may all call this): wait for the lock,
+# then look at the cache again.
+mkdir -p "$CACHE"
+if command -v flock >/dev/null; then
+	exec 9>"$CACHE/.lock"
+	if ! flock -n 9; then
+		log "another build.sh holds $CACHE/.lock; waiting"
+		flock 9
+	fi
+fi
+
 if [[ "$MODE" != force ]] && cache_ok "$KEY"; then
 	log "cache is current ($BIN, key ${KEY:0:12}); nothing to build"
 	echo "$BIN"
@@ -95,8 +106,8 @@ if [[ "$MODE" == check ]]; then
 	exit 1
 fi
 
-mkdir -p "$CACHE"
 TMP="$(mktemp -d "$CACHE/bin.tmp.XXXXXX")"
+chmod 755 "$TMP"
 LOGDIR="$CACHE/logs"
 mkdir -p "$LOGDIR"
 cleanup() { rm -rf "$TMP"; }

@@ -75,38 +75,43 @@ free_port() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Certificates (openssl, EC P-256; the service-account key is RSA 2048).
-gen_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+# Certificates and the service-account key pair: EC P-256 (RSA key generation takes seconds on a
+# loaded machine; service-account tokens are then signed with ES256), one openssl call per cert
+# (OpenSSL >= 3.0: req -x509 -CA).
+EC=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
 
-# sign NAME SUBJECT EXTENSIONS: key + cert NAME.{key,crt} in $PKI signed by the CA.
+# sign NAME SUBJECT EXT...: key + cert $PKI/NAME.{key,crt} signed by the CA, with the extensions
+# EXT (each passed to -addext).
 sign() {
-	local name="$1" subj="$2" ext="$3"
-	gen_key "$PKI/$name.key"
-	printf '%s\n' "$ext" >"$PKI/$name.ext"
-	openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
-	openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
-		-days 3650 -sha256 -extfile "$PKI/$name.ext" -out "$PKI/$name.crt" 2>/dev/null
-	rm -f "$PKI/$name.csr" "$PKI/$name.ext"
+	local name="$1" subj="$2" ext args=()
+	shift 2
+	for ext in "$@"; do args+=(-addext "$ext"); done
+	openssl req -x509 -new -config "$PKI/req.cnf" "${EC[@]}" -keyout "$PKI/$name.key" -subj "$subj" \
+		-CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -days 3650 -sha256 "${args[@]}" \
+		-out "$PKI/$name.crt" 2>"$PKI/openssl.err" || die "openssl: $(cat "$PKI/openssl.err")"
 }
 
 make_pki() {
 	mkdir -p "$PKI"
-	gen_key "$PKI/ca.key"
-	openssl req -x509 -new -key "$PKI/ca.key" -subj "/CN=carve-test-ca" -days 3650 -sha256 \
-		-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-		-out "$PKI/ca.crt" 2>/dev/null
-	local client="basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=clientAuth"
-	sign apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
-	sign admin "/O=system:masters/CN=carve-admin" "$client"
-	sign kube-controller-manager "/CN=system:kube-controller-manager" "$client"
-	sign kube-scheduler "/CN=system:kube-scheduler" "$client"
-	openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key" 2>/dev/null
-	openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+	printf '[req]\ndistinguished_name=dn\n[dn]\n' >"$PKI/req.cnf"
+	openssl req -x509 -new -config "$PKI/req.cnf" "${EC[@]}" -keyout "$PKI/ca.key" -subj "/CN=carve-test-ca" \
+		-days 3650 -sha256 -addext "basicConstraints=critical,CA:TRUE" \
+		-addext "keyUsage=critical,keyCertSign,cRLSign" -out "$PKI/ca.crt" 2>"$PKI/openssl.err" ||
+		die "openssl: $(cat "$PKI/openssl.err")"
+	local leaf=(basicConstraints=CA:FALSE keyUsage=critical,digitalSignature,keyEncipherment)
+	sign apiserver "/CN=kube-apiserver" "${leaf[@]}" extendedKeyUsage=serverAuth \
+		subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+	sign admin "/O=system:masters/CN=carve-admin" "${leaf[@]}" extendedKeyUsage=clientAuth
+	sign kube-controller-manager "/CN=system:kube-controller-manager" "${leaf[@]}" extendedKeyUsage=clientAuth
+	sign kube-scheduler "/CN=system:kube-scheduler" "${leaf[@]}" extendedKeyUsage=clientAuth
+	# The aggregator's front-proxy client: with the request-header flags set, the controller-manager
+	# and scheduler find a request-header CA and do not log an error about it every second.
+	sign front-proxy-client "/CN=front-proxy-client" "${leaf[@]}" extendedKeyUsage=clientAuth
+	openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$PKI/sa.key" 2>"$PKI/openssl.err" ||
+		die "openssl: $(cat "$PKI/openssl.err")"
+	openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>"$PKI/openssl.err" ||
+		die "openssl: $(cat "$PKI/openssl.err")"
+	rm -f "$PKI/openssl.err" "$PKI/req.cnf"
 	chmod 600 "$PKI"/*.key
 }
 
@@ -271,8 +276,13 @@ try_up() {
 	start kube-apiserver "$BIN/kube-apiserver" \
 		--etcd-servers="$ETCD_URL" \
 		--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+		--endpoint-reconciler-type=none \
 		--tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
 		--client-ca-file="$PKI/ca.crt" \
+		--requestheader-client-ca-file="$PKI/ca.crt" --requestheader-allowed-names=front-proxy-client \
+		--requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+		--requestheader-extra-headers-prefix=X-Remote-Extra- \
+		--proxy-client-cert-file="$PKI/front-proxy-client.crt" --proxy-client-key-file="$PKI/front-proxy-client.key" \
 		--service-account-issuer=https://kubernetes.default.svc.cluster.local \
 		--service-account-key-file="$PKI/sa.pub" \
 		--service-account-signing-key-file="$PKI/sa.key" \
