@@ -2,7 +2,8 @@
 # Runs INSIDE the carve test VM (hack/vm/run.sh): prepares the emulated NVDIMM's region and runs
 # carve's PMEM suite (test/pmem, compiled) or the ndctl capture that feeds the pmem unit tests.
 #
-#   sh vm-pmem.sh [suite|capture] [extra test flags...]
+#   sh vm-pmem.sh [suite|capture]
+#   (suite: PARTS="sanity-pmem sanity-lvm rest" selects parts, REST_ARGS adds flags to "rest")
 #
 # Expects next to itself (the share):
 #   suite:   pmem.test      CGO_ENABLED=0 go test -c -o <share>/pmem.test ./test/pmem
@@ -10,7 +11,8 @@
 #   capture: pmem-unit.test CGO_ENABLED=0 go test -c -o <share>/pmem-unit.test ./pkg/backend/pmem
 #            (writes <share>/testdata/*.txt; copy them to pkg/backend/pmem/testdata/)
 # Environment: CARVE_PMEM_REGION (default region0). Every namespace in that region is destroyed.
-# Prints "pmem suite: N passed, N failed" and exits non-zero when anything failed.
+# Prints "pmem suite: N passed, N failed" (top-level tests, the benchmark counted as one) and exits
+# non-zero when anything failed. The full log is <share>/pmem-suite.log.
 set -u
 MODE=${1:-suite}
 [ $# -gt 0 ] && shift
@@ -48,16 +50,35 @@ ndctl list -R -r "$REGION"
 
 export CARVE_BINARY="$HERE/carve-csi"
 [ -x "$CARVE_BINARY" ] || { say "FAIL: $CARVE_BINARY missing"; exit 1; }
+[ -x "$HERE/pmem.test" ] || { say "FAIL: $HERE/pmem.test missing"; exit 1; }
 log="$HERE/pmem-suite.log"
-start=$(cut -d' ' -f1 /proc/uptime)
-"$HERE/pmem.test" -test.v -test.count=1 -test.timeout=60m "$@" 2>&1 | tee "$log"
-rc=$?
-end=$(cut -d' ' -f1 /proc/uptime)
-# Top-level tests only ("--- PASS: TestX", not "    --- PASS: TestX/sub").
+: >"$log"
+rc=0
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+# Ginkgo runs one suite per process: each csi-sanity run gets a process of its own, then the rest
+# and the benchmark. PARTS selects parts; extra arguments go to the "rest" part.
+for part in ${PARTS:-sanity-pmem sanity-lvm rest}; do
+  start=$(uptime_s)
+  case "$part" in
+  sanity-pmem) set -- -test.run '^TestSanityPMEM$' ;;
+  sanity-lvm) set -- -test.run '^TestSanityLVMOnPMEM$' ;;
+  rest) set -- -test.skip '^TestSanity' -test.bench '^BenchmarkPMEM' -test.benchtime 1x ${REST_ARGS:-} ;;
+  *) say "unknown part $part"; exit 2 ;;
+  esac
+  say "part $part: pmem.test $*"
+  "$HERE/pmem.test" -test.v -test.count=1 -test.timeout=60m "$@" >"$log.$part" 2>&1
+  prc=$?
+  cat "$log.$part" >>"$log"
+  grep -E '^(--- |=== RUN|csi-sanity|pmem create|Benchmark|ok|FAIL|PASS)|pmem_test.go|sanity_test.go' "$log.$part" | grep -v '^=== RUN' | cut -c1-400
+  say "part $part: exit $prc, $(awk -v a="$start" -v b="$(uptime_s)" 'BEGIN{printf "%.1f", b-a}')s"
+  [ "$prc" = 0 ] || rc=$prc
+done
+# Top-level tests only ("--- PASS: TestX", not "    --- PASS: TestX/sub"); the benchmark counts
+# as passed when it printed its line.
 passed=$(grep -c '^--- PASS' "$log")
 failed=$(grep -c '^--- FAIL' "$log")
 skipped=$(grep -c '^--- SKIP' "$log")
-grep -h '^csi-sanity\|^pmem \|^benchmark' "$log"
-say "timing: suite $(awk -v a="$start" -v b="$end" 'BEGIN{printf "%.1f", b-a}')s"
+bench=$(grep -c '^pmem create+delete' "$log")
+passed=$((passed + bench))
 echo "pmem suite: $passed passed, $failed failed ($skipped skipped)"
 [ "$rc" = 0 ] && [ "$failed" = 0 ]

@@ -50,6 +50,10 @@
 // shared with lvm-on-pmem start-up). Create and Delete find the namespace
 // through sysfs and then run exactly one ndctl command each; a failed create
 // removes whatever ndctl left of the namespace before returning.
+//
+// A new namespace can show the data of an earlier one that used the same
+// space: Create zeroes the first and last MiB of the device (wipeDevice), so
+// no old filesystem or other signature survives into a new volume.
 package pmem
 
 import (
@@ -99,6 +103,8 @@ type Backend struct {
 	owner   string
 	idx     *index
 	sys     sysfs
+	// wipe clears the signatures on a new volume's device (tests replace it).
+	wipe func(dev string, size int64) error
 }
 
 var (
@@ -141,7 +147,7 @@ func NewWithOptions(ctx context.Context, runner exec.Runner, pool, region, owner
 		return nil, err
 	}
 	b := &Backend{runner: runner, pool: pool, region: region, owner: owner, idx: idx,
-		align: map[string]int64{}, sys: sysfs{root: o.Sysfs}}
+		align: map[string]int64{}, sys: sysfs{root: o.Sysfs}, wipe: wipeDevice}
 	if b.sys.root == "" {
 		b.sys.root = DefaultSysfs
 	}
@@ -257,6 +263,9 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 		ns, err = parseNamespace(out)
 		if err == nil {
 			err = checkCreated(ns, req, raw)
+		}
+		if err == nil {
+			err = b.wipe("/dev/"+ns.Blockdev, ns.Size)
 		}
 	} else {
 		err = mapError("create", region+"/"+req.ID, err)

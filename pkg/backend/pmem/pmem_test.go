@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	osexec "os/exec"
 	"path/filepath"
 	"reflect"
@@ -36,6 +37,9 @@ type fixture struct {
 	calls []capCall
 	want  string // recorded result of the last scenario
 	mu    sync.Mutex
+	// wiped records the devices Create wiped; wipeErr fails the wipe.
+	wiped   []string
+	wipeErr error
 }
 
 // replay loads the scenarios; the sysfs tree starts as the first one found it.
@@ -119,7 +123,11 @@ func (fx *fixture) seed() *fixture {
 // replaying New's `ndctl list`.
 func (fx *fixture) backend() *Backend {
 	return &Backend{runner: fx.fake, pool: capPool, region: region, regions: []string{region},
-		align: map[string]int64{region: 16 << 20}, owner: capOwner, idx: &index{dir: fx.state}, sys: sysfs{root: fx.sys}}
+		align: map[string]int64{region: 16 << 20}, owner: capOwner, idx: &index{dir: fx.state}, sys: sysfs{root: fx.sys},
+		wipe: func(dev string, size int64) error {
+			fx.wiped = append(fx.wiped, fmt.Sprintf("%s:%d", dev, size))
+			return fx.wipeErr
+		}}
 }
 
 // check compares a backend result with the recorded one.
@@ -253,6 +261,9 @@ func TestCreate(t *testing.T) {
 			if !ok || err != nil || rec.Name != c.req.Name || rec.TargetPath != c.req.TargetPath {
 				t.Errorf("index record %+v %v %v", rec, ok, err)
 			}
+			if want := []string{fmt.Sprintf("%s:%d", v.DevicePath, v.SizeBytes)}; !reflect.DeepEqual(fx.wiped, want) {
+				t.Errorf("wiped %q, want %q", fx.wiped, want)
+			}
 		})
 	}
 }
@@ -334,6 +345,49 @@ func TestCreateNeverSmaller(t *testing.T) {
 	}
 	if len(fx.fake.Log) != 2 || fx.fake.Log[1][1] != "destroy-namespace" {
 		t.Errorf("commands %q: want the short namespace destroyed", fx.fake.Log)
+	}
+}
+
+// A new volume whose device cannot be wiped (in use, I/O error) is removed.
+func TestCreateWipeFails(t *testing.T) {
+	fx := replay(t, "create-killed") // a create of capKillID, then the destroy of what it made
+	fx.calls[0].Note = ""
+	fx.wipeErr = errors.New("device busy")
+	b := fx.backend()
+	if _, err := b.Create(ctx, backend.CreateRequest{ID: capKillID, Name: capKillName, SizeBytes: 62 << 20}); err == nil || !strings.Contains(err.Error(), "device busy") {
+		t.Fatalf("err = %v", err)
+	}
+	if len(fx.fake.Log) != 2 || fx.fake.Log[1][1] != "destroy-namespace" {
+		t.Errorf("commands %q: want the namespace destroyed", fx.fake.Log)
+	}
+	if _, ok, _ := b.idx.get(capKillID); ok {
+		t.Error("record left")
+	}
+}
+
+func TestWipeDevice(t *testing.T) {
+	for _, size := range []int64{4096, 1 << 20, 1<<20 + 4096, 3 << 20, 8 << 20} {
+		p := filepath.Join(t.TempDir(), "dev")
+		junk := []byte(strings.Repeat("x", int(size)))
+		if err := os.WriteFile(p, junk, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := wipeDevice(p, size); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := os.ReadFile(p)
+		if int64(len(got)) != size {
+			t.Fatalf("size %d: file grew to %d", size, len(got))
+		}
+		for i, c := range got {
+			inHead, inTail := int64(i) < 1<<20, int64(i) >= size-1<<20
+			if (inHead || inTail) != (c == 0) {
+				t.Fatalf("size %d: byte %d is %q", size, i, c)
+			}
+		}
+	}
+	if err := wipeDevice(filepath.Join(t.TempDir(), "missing"), 1<<20); err == nil {
+		t.Error("missing device wiped")
 	}
 }
 

@@ -1,0 +1,120 @@
+package pmem
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/carve-csi/carve/pkg/backend"
+	"github.com/carve-csi/carve/pkg/backend/pmem"
+	"github.com/carve-csi/carve/pkg/exec"
+	"github.com/carve-csi/carve/pkg/names"
+)
+
+const benchSamples = 30
+
+// BenchmarkPMEMCreateDelete compares carve's Create+Delete of a 1 GiB volume
+// (the pmem backend, and CreateVolume+DeleteVolume over the CSI socket) with
+// bare `ndctl create-namespace` (the same arguments) + `ndctl
+// destroy-namespace -f`, through the same exec runner, interleaved and
+// alternating which goes first. It takes at least benchSamples pairs whatever
+// b.N is and prints the medians and ratios (target <= 1.10).
+func BenchmarkPMEMCreateDelete(b *testing.B) {
+	reg := scratchRegion(b)
+	cleanRegion(b, reg)
+	ctx := context.Background()
+	runner := &exec.Host{}
+	be, err := pmem.New(ctx, runner, "bench", reg, "carve.csi.dev", filepath.Join(b.TempDir(), "state"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	const size = 1 << 30
+	raw := pmem.RawBytes(size, ndctlList(b, reg).Align)
+	carveOnce := func(i int) time.Duration {
+		name := fmt.Sprintf("pvc-bench-%d", i)
+		id := names.VolumeID(name)
+		start := time.Now()
+		if _, err := be.Create(ctx, backend.CreateRequest{ID: id, Name: name, SizeBytes: size}); err != nil {
+			b.Fatal(err)
+		}
+		if err := be.Delete(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(start)
+	}
+	bareOnce := func(i int) time.Duration {
+		start := time.Now()
+		out, err := runner.Run(ctx, "ndctl", "create-namespace", "-r", reg, "-m", "fsdax", "-M", "dev", "-a", "2M",
+			"-s", strconv.FormatInt(raw, 10), "-n", fmt.Sprintf("bare%d", i))
+		if err != nil {
+			b.Fatal(err)
+		}
+		var ns struct {
+			Dev string `json:"dev"`
+		}
+		if err := json.Unmarshal(out, &ns); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := runner.Run(ctx, "ndctl", "destroy-namespace", "-f", ns.Dev); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(start)
+	}
+	kubelet := newKubeletDir(b)
+	n := startNode(b, kubelet, "pm=pmem:"+reg)
+	csiOnce := func(i int) time.Duration {
+		start := time.Now()
+		resp, err := n.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: fmt.Sprintf("pvc-csi-bench-%d", i),
+			VolumeCapabilities: []*csi.VolumeCapability{mountCap("")}, CapacityRange: &csi.CapacityRange{RequiredBytes: size}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := n.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: resp.GetVolume().GetVolumeId()}); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(start)
+	}
+	carveOnce(-1) // warm up
+	bareOnce(-1)
+	csiOnce(-1)
+
+	samples := max(b.N, benchSamples)
+	var carve, bare, viaCSI []time.Duration
+	b.ResetTimer()
+	for i := range samples {
+		order := []func(){
+			func() { carve = append(carve, carveOnce(i)) },
+			func() { bare = append(bare, bareOnce(i)) },
+			func() { viaCSI = append(viaCSI, csiOnce(i)) },
+		}
+		for j := range order {
+			order[(i+j)%len(order)]()
+		}
+	}
+	b.StopTimer()
+	mc, mb, ms := median(carve), median(bare), median(viaCSI)
+	fmt.Printf("pmem create+delete (1 GiB): carve backend median %v, bare ndctl median %v, ratio %.2f (target <= 1.10); "+
+		"CSI CreateVolume+DeleteVolume median %v, ratio %.2f; %d samples each\n",
+		mc.Round(time.Millisecond), mb.Round(time.Millisecond), float64(mc)/float64(mb),
+		ms.Round(time.Millisecond), float64(ms)/float64(mb), samples)
+	b.ReportMetric(float64(mc)/float64(mb), "ratio")
+	b.ReportMetric(float64(ms)/float64(mb), "csi-ratio")
+	b.ReportMetric(float64(mc)/1e6, "carve-ms")
+	b.ReportMetric(float64(mb)/1e6, "bare-ms")
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
