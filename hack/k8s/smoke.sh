@@ -126,6 +126,37 @@ say "pod scheduled to $NODE in $(($(now_ms) - t)) ms"
 k -n default delete pod smoke --grace-period=0 --force --wait=true >/dev/null 2>&1
 k -n default get pod smoke >/dev/null 2>&1 && fail "pod smoke was not deleted"
 
+# The controller-manager's PersistentVolume controller binds a static PV to a PVC.
+k apply -f - <<'EOF2'
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: smoke-pv
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  hostPath: {path: /nonexistent}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: smoke-pvc
+  namespace: default
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  resources: {requests: {storage: 1Gi}}
+EOF2
+t=$(now_ms)
+for ((i = 0; i < 300; i++)); do
+	PHASE="$(k -n default get pvc smoke-pvc -o jsonpath='{.status.phase}')"
+	[[ $PHASE == Bound ]] && break
+	sleep 0.1
+done
+[[ ${PHASE:-} == Bound ]] || fail "PVC smoke-pvc is not Bound (${PHASE:-no phase}): $(k -n default describe pvc smoke-pvc)"
+say "static PV bound in $(($(now_ms) - t)) ms"
+
 # The sidecars run.
 "$BIN/csi-provisioner" --version >&2
 "$BIN/csi-resizer" --version >&2
