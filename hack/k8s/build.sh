@@ -85,8 +85,19 @@ esac
 command -v go >/dev/null || die "go is not on PATH"
 KEY="$(compute_key)"
 
+# --check never waits and never builds.
+if [[ "$MODE" == check ]]; then
+	if cache_ok "$KEY"; then
+		log "cache is current ($BIN, key ${KEY:0:12})"
+		echo "$BIN"
+		exit 0
+	fi
+	log "cache is missing or stale ($BIN)"
+	exit 1
+fi
+
 # One build at a time per cache (parallel test packages may all call this): wait for the lock,
-# then look at the cache again.
+# then look at the cache again (the build we waited for may have made it current).
 mkdir -p "$CACHE"
 if command -v flock >/dev/null; then
 	exec 9>"$CACHE/.lock"
@@ -95,15 +106,10 @@ if command -v flock >/dev/null; then
 		flock 9
 	fi
 fi
-
 if [[ "$MODE" != force ]] && cache_ok "$KEY"; then
 	log "cache is current ($BIN, key ${KEY:0:12}); nothing to build"
 	echo "$BIN"
 	exit 0
-fi
-if [[ "$MODE" == check ]]; then
-	log "cache is missing or stale ($BIN)"
-	exit 1
 fi
 
 TMP="$(mktemp -d "$CACHE/bin.tmp.XXXXXX")"
@@ -118,8 +124,8 @@ export GOFLAGS="${GOFLAGS:-} -mod=readonly -p=$P"
 
 # explain LOGFILE: print a one-line reason for a failed go command, then the log's tail.
 explain() {
-	local f="$1" reason="go build failed"
-	if grep -qE '(404|410) (Not Found|Gone)|not found: |unknown revision|no matching versions|invalid version' "$f"; then
+	local f="$1" reason="'go $2' failed"
+	if grep -qE '(403|404|410) (Forbidden|Not Found|Gone)|not available|not found: |unknown revision|no matching versions|invalid version' "$f"; then
 		reason="a module is not served by the module proxy (or the proxy is unreachable)"
 	elif grep -qE 'dial tcp|i/o timeout|connection refused|no such host|TLS handshake' "$f"; then
 		reason="the module proxy could not be reached"
@@ -143,7 +149,7 @@ step() {
 	local f="$LOGDIR/$name.log" t0=$SECONDS
 	log "building $name (go $*)"
 	if ! (cd "$TOOLS/$dir" && go "$@") >"$f" 2>&1; then
-		explain "$f"
+		explain "$f" "$1"
 		exit 1
 	fi
 	log "built $name in $((SECONDS - t0)) s"

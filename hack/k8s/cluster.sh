@@ -370,6 +370,9 @@ cmd_up() {
 	for b in "${COMPONENTS[@]}" kubectl; do
 		[[ -x "$BIN/$b" ]] || die "$BIN/$b is missing: run hack/k8s/build.sh first (or set CARVE_K8S_BIN)"
 	done
+	if [[ -z ${CARVE_K8S_BIN:-} ]] && ! "$HERE/build.sh" --check >/dev/null 2>&1; then
+		log "WARNING: $BIN does not match hack/k8s/tools (run hack/k8s/build.sh); using it anyway"
+	fi
 	command -v openssl >/dev/null || die "openssl is not installed"
 	command -v curl >/dev/null || die "curl is not installed"
 	for b in "${COMPONENTS[@]}"; do

@@ -2,7 +2,8 @@
 // external-provisioner and external-resizer be checked end to end without carve. Every node
 // (topology segment KEY=NODE) has --capacity bytes; CreateVolume takes them from the first
 // preferred (else requisite) node that has room, DeleteVolume gives them back, GetCapacity reports
-// what is left, ControllerExpandVolume grows a volume. Nothing is stored on disk.
+// what is left, ControllerExpandVolume grows a volume; with --nodeid it also answers NodeGetInfo.
+// Nothing is stored on disk.
 package main
 
 import (
@@ -31,9 +32,10 @@ type volume struct {
 type driver struct {
 	csi.UnimplementedIdentityServer
 	csi.UnimplementedControllerServer
+	csi.UnimplementedNodeServer
 
-	name, key string
-	capacity  int64
+	name, key, nodeID string
+	capacity          int64
 
 	mu      sync.Mutex
 	volumes map[string]volume
@@ -154,11 +156,25 @@ func (d *driver) ControllerExpandVolume(_ context.Context, req *csi.ControllerEx
 	return &csi.ControllerExpandVolumeResponse{CapacityBytes: v.size, NodeExpansionRequired: false}, nil
 }
 
+// NodeGetInfo is all of the Node service there is (served only with --nodeid): external-provisioner
+// with --node-deployment asks it for the node's ID and topology.
+func (d *driver) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	return &csi.NodeGetInfoResponse{
+		NodeId:             d.nodeID,
+		AccessibleTopology: &csi.Topology{Segments: map[string]string{d.key: d.nodeID}},
+	}, nil
+}
+
+func (d *driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	return &csi.NodeGetCapabilitiesResponse{}, nil
+}
+
 func main() {
 	endpoint := flag.String("endpoint", "", "unix socket path to serve on")
 	name := flag.String("drivername", "carve.csi.dev", "CSI driver name")
 	key := flag.String("topology-key", "carve.csi.dev/node", "topology key whose value is the node name")
 	capacity := flag.Int64("capacity", 10<<30, "bytes per node")
+	nodeID := flag.String("nodeid", "", "serve NodeGetInfo as this node (for external-provisioner --node-deployment)")
 	flag.Parse()
 	if *endpoint == "" {
 		log.Fatal("--endpoint is required")
@@ -168,7 +184,7 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	d := &driver{name: *name, key: *key, capacity: *capacity, volumes: map[string]volume{}}
+	d := &driver{name: *name, key: *key, nodeID: *nodeID, capacity: *capacity, volumes: map[string]volume{}}
 	s := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		resp, err := h(ctx, req)
 		fmt.Fprintf(os.Stderr, "%s %v -> %v\n", info.FullMethod, req, status.Code(err))
@@ -176,6 +192,9 @@ func main() {
 	}))
 	csi.RegisterIdentityServer(s, d)
 	csi.RegisterControllerServer(s, d)
+	if *nodeID != "" {
+		csi.RegisterNodeServer(s, d)
+	}
 	go func() {
 		c := make(chan os.Signal, 1)
 		signal.Notify(c, syscall.SIGTERM, syscall.SIGINT)
