@@ -97,7 +97,7 @@ make_pki() {
 		-days 3650 -sha256 -addext "basicConstraints=critical,CA:TRUE" \
 		-addext "keyUsage=critical,keyCertSign,cRLSign" -out "$PKI/ca.crt" 2>"$PKI/openssl.err" ||
 		die "openssl: $(cat "$PKI/openssl.err")"
-	local leaf=(basicConstraints=CA:FALSE keyUsage=critical,digitalSignature,keyEncipherment)
+	local leaf=("basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment")
 	sign apiserver "/CN=kube-apiserver" "${leaf[@]}" extendedKeyUsage=serverAuth \
 		subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 	sign admin "/O=system:masters/CN=carve-admin" "${leaf[@]}" extendedKeyUsage=clientAuth
@@ -366,7 +366,7 @@ EOF
 }
 
 cmd_up() {
-	local b attempt rc
+	local b rc
 	for b in "${COMPONENTS[@]}" kubectl; do
 		[[ -x "$BIN/$b" ]] || die "$BIN/$b is missing: run hack/k8s/build.sh first (or set CARVE_K8S_BIN)"
 	done
@@ -385,7 +385,7 @@ cmd_up() {
 	t0=$(now_ms)
 	make_pki
 	log "certificates made in $(($(now_ms) - t0)) ms"
-	for attempt in 1 2 3; do
+	for _ in 1 2 3; do
 		rm -rf "$DIR/etcd"
 		rc=0
 		try_up || rc=$?
