@@ -366,8 +366,13 @@ func TestCreateWipeFails(t *testing.T) {
 }
 
 func TestWipeDevice(t *testing.T) {
-	for _, size := range []int64{4096, 1 << 20, 1<<20 + 4096, 3 << 20, 8 << 20} {
-		p := filepath.Join(t.TempDir(), "dev")
+	dir := t.TempDir()
+	if d, err := os.MkdirTemp("/dev/shm", "wipe"); err == nil { // fsync on a loaded disk is slow
+		dir = d
+		t.Cleanup(func() { os.RemoveAll(d) })
+	}
+	for i, size := range []int64{4096, 1 << 20, 1<<20 + 4096, 3 << 20, 8 << 20} {
+		p := filepath.Join(dir, fmt.Sprint("dev", i))
 		junk := []byte(strings.Repeat("x", int(size)))
 		if err := os.WriteFile(p, junk, 0o600); err != nil {
 			t.Fatal(err)
@@ -870,4 +875,65 @@ func TestCapturesParse(t *testing.T) {
 			}
 		}
 	}
+}
+
+// An all-regions pool: New takes the pmem regions from one unfiltered list;
+// Create puts a volume into the region whose largest free extent fits it
+// most tightly, and reports ErrNoSpace without a command when none fits.
+func TestAllRegions(t *testing.T) {
+	list := `{"regions":[
+	  {"dev":"region0","size":4294836224,"align":16777216,"available_size":4278190080,"max_available_extent":4278190080,"type":"pmem"},
+	  {"dev":"region1","size":2147352576,"align":16777216,"available_size":1056964608,"max_available_extent":1056964608,"type":"pmem",
+	   "namespaces":[{"dev":"namespace1.0","mode":"fsdax","size":1054867456,"uuid":"5c161759-75b4-4633-913e-6b096d385297","blockdev":"pmem1","name":"someone"}]},
+	  {"dev":"region2","size":1073741824,"align":16777216,"available_size":1073741824,"max_available_extent":1073741824,"type":"blk"}]}`
+	sys := filepath.Join(t.TempDir(), "devices")
+	if err := writeSysfs(sys, "region0/max_available_extent 4278190080\nregion1/max_available_extent 1056964608\n"+
+		"namespace1.0/alt_name someone\nnamespace1.0/size 1073741824\nnamespace1.0/uuid 5c161759-75b4-4633-913e-6b096d385297\n"); err != nil {
+		t.Fatal(err)
+	}
+	var created []string
+	f := &exectest.Fake{Handler: func(_ context.Context, argv []string) (exectest.Response, bool) {
+		switch {
+		case reflect.DeepEqual(argv, []string{"ndctl", "list", "-R", "-N", "-i", "-v"}):
+			return exectest.Response{Stdout: list}, true
+		case argv[1] == "create-namespace":
+			created = append(created, argv[3])
+			return exectest.Response{Stdout: `{"dev":"namespace` + strings.TrimPrefix(argv[3], "region") + `.1","mode":"fsdax","size":` +
+				fmt.Sprint(UsableBytes(mustInt(t, argv[11]))) + `,"blockdev":"pmemX","name":"` + argv[13] + `"}`}, true
+		}
+		return exectest.Response{}, false
+	}}
+	b, err := NewWithOptions(ctx, f, "all", AllRegions, capOwner, t.TempDir(), Options{Sysfs: sys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.wipe = func(string, int64) error { return nil }
+	if !reflect.DeepEqual(b.Regions(), []string{"region0", "region1"}) {
+		t.Fatalf("regions %v", b.Regions())
+	}
+	for i, size := range []int64{500 << 20, 2000 << 20, 900 << 20} {
+		name := fmt.Sprintf("pvc-all-%d", i)
+		if _, err := b.Create(ctx, backend.CreateRequest{ID: names.VolumeID(name), Name: name, SizeBytes: size}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 500 MiB (512 MiB raw) and 900 MiB (928 MiB raw) fit region1's 1008 MiB
+	// extent (the fake sysfs is not updated, so both land there); 2000 MiB
+	// fits only region0.
+	if want := []string{"region1", "region0", "region1"}; !reflect.DeepEqual(created, want) {
+		t.Errorf("regions chosen %v, want %v", created, want)
+	}
+	n := len(f.Log)
+	if _, err := b.Create(ctx, backend.CreateRequest{ID: capBigID, Name: capBigName, SizeBytes: 5 << 30}); !errors.Is(err, backend.ErrNoSpace) || len(f.Log) != n {
+		t.Errorf("too big for every region: %v, %d commands", err, len(f.Log)-n)
+	}
+}
+
+func mustInt(t *testing.T, s string) int64 {
+	t.Helper()
+	var n int64
+	if _, err := fmt.Sscan(s, &n); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
