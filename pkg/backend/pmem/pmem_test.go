@@ -391,6 +391,8 @@ func TestWipeDevice(t *testing.T) {
 			}
 		}
 	}
+	defer func(d time.Duration) { devWait = d }(devWait)
+	devWait = 50 * time.Millisecond
 	if err := wipeDevice(filepath.Join(t.TempDir(), "missing"), 1<<20); err == nil {
 		t.Error("missing device wiped")
 	}

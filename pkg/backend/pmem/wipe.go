@@ -13,6 +13,9 @@ import (
 // wipeBytes is how much of each end of a new volume is zeroed.
 const wipeBytes = 1 << 20
 
+// devWait bounds the wait for a new namespace's device node.
+var devWait = 10 * time.Second
+
 // wipeDevice zeroes the first and last MiB of a new namespace's block device.
 // A namespace made where an earlier one was shows that one's data: without
 // this, a new volume would come up holding the previous volume's filesystem
@@ -23,7 +26,7 @@ const wipeBytes = 1 << 20
 func wipeDevice(dev string, size int64) error {
 	var f *os.File
 	var err error
-	for deadline := time.Now().Add(10 * time.Second); ; {
+	for deadline := time.Now().Add(devWait); ; {
 		// The node appears asynchronously after the namespace is enabled.
 		f, err = os.OpenFile(dev, os.O_WRONLY|unix.O_EXCL, 0)
 		if err == nil || !errors.Is(err, fs.ErrNotExist) || time.Now().After(deadline) {
