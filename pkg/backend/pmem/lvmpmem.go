@@ -143,9 +143,13 @@ func lvmNamespace(ctx context.Context, runner exec.Runner, r regionJSON, sharePe
 		}
 		ours = ns
 	}
+	align := max(r.Align, PfnAlign)
+	raw := backend.AlignDown(r.Size/100*int64(sharePercent), align)
+	if ours != nil && ours.Mode == "fsdax" && ours.Size != UsableBytes(raw) {
+		klog.InfoS("The lvm-pmem namespace keeps the size it was made with; a changed share is not applied",
+			"region", r.Dev, "namespace", ours.Dev, "vg", vg, "usable", ours.Size, "share", sharePercent, "shareUsable", UsableBytes(raw))
+	}
 	if ours == nil {
-		align := max(r.Align, PfnAlign)
-		raw := backend.AlignDown(r.Size/100*int64(sharePercent), align)
 		if raw <= 0 || raw > r.MaxAvailableExtent {
 			return "", fmt.Errorf("pmem: lvm-pmem %s: %d%% of %s is %d bytes, but its largest free extent has %d: %w",
 				vg, sharePercent, r.Dev, raw, r.MaxAvailableExtent, backend.ErrNoSpace)
