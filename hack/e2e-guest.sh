@@ -23,8 +23,8 @@ run() { # name, command...
 
 run csi-sanity-lvm env CARVE_SANITY_VG=carve /tmp/sanity.test -test.run 'TestSanity$' -test.v -test.timeout 20m
 run node-path env CARVE_E2E_VG=carve CARVE_E2E_REQUIRE=1 /tmp/e2e.test -test.v -test.timeout 30m
-if [ -x /share/pmem.test ] && [ -x /share/vm-pmem.sh ]; then
-  run pmem /share/vm-pmem.sh
+if [ -x /share/pmem.test ] && [ -f /share/vm-pmem.sh ]; then
+  run pmem sh /share/vm-pmem.sh suite
 fi
 
 # Leak audit: no carve LV and no mount of a carve device may survive the suites.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -22,7 +23,9 @@ import (
 	crlog "sigs.k8s.io/controller-runtime/pkg/log"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/carve-csi/carve/pkg/backend"
 	"github.com/carve-csi/carve/pkg/backend/lvm"
+	"github.com/carve-csi/carve/pkg/backend/pmem"
 	"github.com/carve-csi/carve/pkg/cluster"
 	"github.com/carve-csi/carve/pkg/config"
 	"github.com/carve-csi/carve/pkg/csi"
@@ -77,7 +80,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint (unix socket)")
 	fs.StringVar(&o.driverName, "drivername", "carve.csi.dev", "CSI driver name")
 	fs.StringVar(&o.nodeID, "nodeid", os.Getenv("NODE_NAME"), "node mode: this node's name (default $NODE_NAME)")
-	fs.Var(&o.pools, "pool", "node mode: a pool as name=lvm:<volume group>; repeatable")
+	fs.Var(&o.pools, "pool", "node mode: a pool as name=lvm:<volume group>, name=pmem:<region|all> or name=lvm-pmem:<region|all>[:<percent>%]; repeatable")
 	fs.StringVar(&o.defaultPool, "default-pool", "", "node mode: pool used when a request names none (default: the first --pool)")
 	fs.StringVar(&o.kubeletDir, "kubelet-dir", "/var/lib/kubelet", "node mode: kubelet's root directory; the node mounts only below it")
 	fs.StringVar(&o.execPrefix, "exec-prefix", "", `node mode: command prefix for storage tools, e.g. "nsenter -t 1 -m -u -i -n -p" to use the host's lvm2`)
@@ -108,7 +111,7 @@ func parseFlags(args []string) (*options, error) {
 		return nil, errors.New("--nodeid (or $NODE_NAME) is required")
 	}
 	if len(o.pools) == 0 {
-		return nil, errors.New("at least one --pool=name=lvm:<volume group> is required")
+		return nil, errors.New("at least one --pool is required (name=lvm:<volume group>, name=pmem:<region> or name=lvm-pmem:<region>)")
 	}
 	if st, err := os.Stat(o.kubeletDir); err != nil || !st.IsDir() {
 		return nil, fmt.Errorf("--kubelet-dir %q is not a directory", o.kubeletDir)
@@ -136,7 +139,18 @@ func runNode(ctx context.Context, o *options) error {
 	defer cancel()
 	var pools []volume.Pool
 	for _, p := range o.pools {
-		b, err := lvm.New(startCtx, runner, p.Name, p.Source, o.driverName)
+		var b backend.Backend
+		var err error
+		switch p.Type {
+		case config.TypePMEM:
+			// The namespace index (CSI name, inline target) sits next to the socket kubelet knows.
+			b, err = pmem.New(startCtx, runner, p.Name, p.Source, o.driverName,
+				filepath.Join(o.kubeletDir, "plugins", o.driverName, "pmem", p.Name))
+		case config.TypeLVMPMEM:
+			b, err = pmem.NewLVM(startCtx, runner, p.Name, p.Source, p.SharePercent, p.VG, o.driverName)
+		default:
+			b, err = lvm.New(startCtx, runner, p.Name, p.Source, o.driverName)
+		}
 		if err != nil {
 			return fmt.Errorf("pool %q: %w", p.Name, err)
 		}

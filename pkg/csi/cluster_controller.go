@@ -104,7 +104,11 @@ func (c *ClusterController) CreateVolume(ctx context.Context, req *csi.CreateVol
 	if err != nil {
 		return nil, clusterStatus(err)
 	}
-	return &csi.CreateVolumeResponse{Volume: clusterVolume(lv)}, nil
+	vol := clusterVolume(lv)
+	if d, ok := req.GetParameters()[ParamDAX]; ok {
+		vol.VolumeContext[ParamDAX] = d // the node reads it at NodeStage
+	}
+	return &csi.CreateVolumeResponse{Volume: vol}, nil
 }
 
 func (c *ClusterController) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
