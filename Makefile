@@ -18,11 +18,19 @@ vet:
 
 # Every layer: unit tests (fake runner), real lvm2 on loop devices, mounts on
 # loop devices, csi-sanity against the binary, then the VM rig.
-test: vet test-unit test-e2e
+test: vet test-unit test-integration test-e2e
 
 # All Go tests, as root: tests that need root or a free loop device skip with the reason.
 test-unit:
 	$(GO) test -race -count=1 ./...
+
+# The controller path on a real control plane built from source (hack/k8s; the
+# first build takes 9-15 minutes, then it is cached): the storage capacity demo,
+# crashes, expansion, bad input, leak audit, benchmark. Needs root.
+.PHONY: test-integration
+test-integration:
+	hack/k8s/build.sh
+	CARVE_INTEGRATION=1 $(GO) test -count=1 -v -timeout 40m ./test/integration/
 
 # Real lvm2 (metadata-only, loop device) and csi-sanity against carve-csi --mode=node.
 test-lvm:
