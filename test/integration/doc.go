@@ -19,7 +19,6 @@
 // takes 9-15 minutes), or `CARVE_INTEGRATION=1 go test -count=1 -v -timeout 40m
 // ./test/integration/` once `hack/k8s/build.sh` has built the binaries. It
 // needs root, lvm2, losetup and three free loop devices. Without
-// CARVE_INTEGRATION=1 it runs only when the rig binaries are built and current
-// and it runs as root, and skips otherwise; CARVE_INTEGRATION=0 always skips.
+// CARVE_INTEGRATION=1 it skips.
 // CARVE_INTEGRATION_LOGS=DIR keeps every process log in DIR.
 package integration
