@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 BIN := _output/carve-csi
 
-.PHONY: generate all build test test-unit test-lvm test-e2e bench fuzz demo image vet clean
+.PHONY: generate all build deps test test-unit test-lvm test-e2e bench fuzz demo image vet clean
 
 all: build
 
@@ -18,7 +18,11 @@ vet:
 
 # Every layer: unit tests (fake runner), real lvm2 on loop devices, mounts on
 # loop devices, csi-sanity against the binary, then the VM rig.
-test: vet test-unit test-integration test-e2e
+test: deps vet test-unit test-integration test-e2e
+
+# The Debian packages the demo and the tests use, installed only if missing.
+deps:
+	hack/deps.sh
 
 # All Go tests, as root: tests that need root or a free loop device skip with the reason.
 test-unit:
@@ -47,7 +51,7 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzVolumeID -fuzztime $(FUZZTIME) ./pkg/names/
 
-demo:
+demo: deps
 	hack/demo.sh
 
 image:
