@@ -281,32 +281,16 @@ func carveLVs(t *testing.T, info *lvmtest.VG) map[string]int64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	out, err := info.Runner.Run(ctx, "lvm", "lvs", "--reportformat", "json", "-o", "lv_name,lv_tags", info.Name)
+	names, err := lvmtest.CarveLVs(ctx, info.Runner, info.Name)
 	if err != nil {
 		t.Fatalf("lvs: %v", err)
 	}
-	var rep struct {
-		Report []struct {
-			LV []struct {
-				Name string `json:"lv_name"`
-				Tags string `json:"lv_tags"`
-			} `json:"lv"`
-		} `json:"report"`
-	}
-	if err := json.Unmarshal(out, &rep); err != nil {
-		t.Fatalf("lvs: %v: %s", err, out)
-	}
 	lvs := map[string]int64{}
-	for _, r := range rep.Report {
-		for _, lv := range r.LV {
-			if !strings.Contains(lv.Tags, "carve.owner=") {
-				continue
-			}
-			if _, dup := lvs[lv.Name]; dup {
-				t.Errorf("lvs: %s reported twice", lv.Name)
-			}
-			lvs[lv.Name] = 0
+	for _, name := range names {
+		if _, dup := lvs[name]; dup {
+			t.Errorf("lvs: %s reported twice", name)
 		}
+		lvs[name] = 0
 	}
 	return lvs
 }

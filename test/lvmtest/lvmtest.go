@@ -20,6 +20,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	osexec "os/exec"
@@ -154,4 +155,34 @@ func NewVGInfo(t testing.TB, sizeBytes int64, name string) *VG {
 		}
 	})
 	return v
+}
+
+// CarveLVs lists the LV names in vg that carry carve's owner tag, as lvs
+// reports them (duplicates kept, so callers can check for them). Audits use it
+// instead of the backend under test.
+func CarveLVs(ctx context.Context, runner exec.Runner, vg string) ([]string, error) {
+	out, err := runner.Run(ctx, "lvm", "lvs", "--reportformat", "json", "-o", "lv_name,lv_tags", vg)
+	if err != nil {
+		return nil, err
+	}
+	var rep struct {
+		Report []struct {
+			LV []struct {
+				Name string `json:"lv_name"`
+				Tags string `json:"lv_tags"`
+			} `json:"lv"`
+		} `json:"report"`
+	}
+	if err := json.Unmarshal(out, &rep); err != nil {
+		return nil, fmt.Errorf("lvs report: %w: %s", err, out)
+	}
+	var names []string
+	for _, r := range rep.Report {
+		for _, lv := range r.LV {
+			if strings.Contains(lv.Tags, "carve.owner=") {
+				names = append(names, lv.Name)
+			}
+		}
+	}
+	return names, nil
 }

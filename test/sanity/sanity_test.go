@@ -8,7 +8,6 @@ package sanity
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -109,28 +108,9 @@ func TestSanity(t *testing.T) {
 func auditNoVolumes(t *testing.T, runner exec.Runner, vg string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	out, err := runner.Run(ctx, "lvm", "lvs", "--reportformat", "json", "-o", "lv_name,lv_tags", vg)
+	left, err := lvmtest.CarveLVs(ctx, runner, vg)
 	if err != nil {
 		t.Fatalf("leak audit: %v", err)
-	}
-	var rep struct {
-		Report []struct {
-			LV []struct {
-				Name string `json:"lv_name"`
-				Tags string `json:"lv_tags"`
-			} `json:"lv"`
-		} `json:"report"`
-	}
-	if err := json.Unmarshal(out, &rep); err != nil {
-		t.Fatalf("leak audit: %v: %s", err, out)
-	}
-	var left []string
-	for _, r := range rep.Report {
-		for _, lv := range r.LV {
-			if strings.Contains(lv.Tags, "carve.owner=") {
-				left = append(left, lv.Name)
-			}
-		}
 	}
 	if len(left) > 0 {
 		t.Errorf("leak audit: carve LVs left in %s after csi-sanity: %v", vg, left)
