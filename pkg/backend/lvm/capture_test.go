@@ -15,6 +15,7 @@ import (
 
 	"github.com/carve-csi/carve/pkg/backend"
 	"github.com/carve-csi/carve/pkg/exec"
+	"github.com/carve-csi/carve/pkg/exec/exectest"
 	"github.com/carve-csi/carve/pkg/names"
 	"github.com/carve-csi/carve/test/lvmtest"
 )
@@ -133,52 +134,32 @@ func readCapture(path string) ([]capCall, error) {
 		return nil, err
 	}
 	var calls []capCall
-	var key string
-	var body strings.Builder
-	flush := func() error {
-		if key == "" {
-			return nil
-		}
-		n, field, ok := strings.Cut(key, ".")
-		i, err := strconv.Atoi(n)
-		if !ok || err != nil || i < 0 || i > len(calls) {
-			return fmt.Errorf("%s: bad section %q", path, key)
+	for _, sec := range exectest.SplitSections(data) {
+		i, field, err := exectest.CallKey(sec.Key, len(calls))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
 		}
 		if i == len(calls) {
 			calls = append(calls, capCall{})
 		}
 		c := &calls[i]
-		v := body.String()
 		switch field {
 		case "argv":
-			return json.Unmarshal([]byte(v), &c.Argv)
+			err = json.Unmarshal([]byte(sec.Body), &c.Argv)
 		case "rc":
-			c.RC, err = strconv.Atoi(strings.TrimSpace(v))
-			return err
+			c.RC, err = strconv.Atoi(strings.TrimSpace(sec.Body))
 		case "stdout":
-			c.Stdout = v
+			c.Stdout = sec.Body
 		case "stderr":
-			c.Stderr = v
+			c.Stderr = sec.Body
 		case "note":
-			c.Note = v
+			c.Note = sec.Body
 		default:
-			return fmt.Errorf("%s: bad section %q", path, key)
+			err = fmt.Errorf("bad section %q", sec.Key)
 		}
-		return nil
-	}
-	for _, line := range strings.SplitAfter(string(data), "\n") {
-		if k, ok := strings.CutPrefix(strings.TrimRight(line, "\n"), "-- "); ok && strings.HasSuffix(k, " --") {
-			if err := flush(); err != nil {
-				return nil, err
-			}
-			key, _ = strings.CutSuffix(k, " --")
-			body.Reset()
-			continue
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
 		}
-		body.WriteString(line)
-	}
-	if err := flush(); err != nil {
-		return nil, err
 	}
 	return calls, nil
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/carve-csi/carve/pkg/backend"
 	cexec "github.com/carve-csi/carve/pkg/exec"
+	"github.com/carve-csi/carve/pkg/exec/exectest"
 	"github.com/carve-csi/carve/pkg/names"
 )
 
@@ -238,25 +239,18 @@ func readCapture(path string) (capture, error) {
 	if err != nil {
 		return c, err
 	}
-	var key string
-	var body strings.Builder
-	flush := func() error {
-		if key == "" {
-			return nil
-		}
-		v := body.String()
-		switch key {
+	for _, sec := range exectest.SplitSections(data) {
+		switch sec.Key {
 		case "sysfs":
-			c.Sysfs = v
-			return nil
+			c.Sysfs = sec.Body
+			continue
 		case "result":
-			c.Result = strings.TrimSuffix(v, "\n")
-			return nil
+			c.Result = strings.TrimSuffix(sec.Body, "\n")
+			continue
 		}
-		n, field, ok := strings.Cut(key, ".")
-		i, err := strconv.Atoi(n)
-		if !ok || err != nil || i < 0 || i > len(c.Calls) {
-			return fmt.Errorf("%s: bad section %q", path, key)
+		i, field, err := exectest.CallKey(sec.Key, len(c.Calls))
+		if err != nil {
+			return c, fmt.Errorf("%s: %w", path, err)
 		}
 		if i == len(c.Calls) {
 			c.Calls = append(c.Calls, capCall{})
@@ -264,35 +258,25 @@ func readCapture(path string) (capture, error) {
 		call := &c.Calls[i]
 		switch field {
 		case "argv":
-			return json.Unmarshal([]byte(v), &call.Argv)
+			err = json.Unmarshal([]byte(sec.Body), &call.Argv)
 		case "rc":
-			call.RC, err = strconv.Atoi(strings.TrimSpace(v))
-			return err
+			call.RC, err = strconv.Atoi(strings.TrimSpace(sec.Body))
 		case "stdout":
-			call.Stdout = v
+			call.Stdout = sec.Body
 		case "stderr":
-			call.Stderr = v
+			call.Stderr = sec.Body
 		case "sysfs":
-			call.Sysfs = v
+			call.Sysfs = sec.Body
 		case "note":
-			call.Note = v
+			call.Note = sec.Body
 		default:
-			return fmt.Errorf("%s: bad section %q", path, key)
+			err = fmt.Errorf("bad section %q", sec.Key)
 		}
-		return nil
-	}
-	for _, line := range strings.SplitAfter(string(data), "\n") {
-		if k, ok := strings.CutPrefix(strings.TrimRight(line, "\n"), "-- "); ok && strings.HasSuffix(k, " --") {
-			if err := flush(); err != nil {
-				return c, err
-			}
-			key, _ = strings.CutSuffix(k, " --")
-			body.Reset()
-			continue
+		if err != nil {
+			return c, fmt.Errorf("%s: %w", path, err)
 		}
-		body.WriteString(line)
 	}
-	return c, flush()
+	return c, nil
 }
 
 func describe(v any, err error) string {
