@@ -3,7 +3,6 @@ package integration
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -606,31 +605,13 @@ func waitFor(t *testing.T, what string, timeout, every time.Duration, cond func(
 
 // lvs lists the LVs in a node's volume group.
 func (n *node) lvs(ctx context.Context) (map[string]int64, error) {
-	out, err := n.vg.Runner.Run(ctx, "lvm", "lvs", "--reportformat", "json", "--units", "b", "--nosuffix",
-		"-o", "lv_name,lv_size", n.vg.Name)
+	all, err := lvmtest.LVs(ctx, n.vg.Runner, n.vg.Name)
 	if err != nil {
 		return nil, err
 	}
-	var rep struct {
-		Report []struct {
-			LV []struct {
-				Name string `json:"lv_name"`
-				Size string `json:"lv_size"`
-			} `json:"lv"`
-		} `json:"report"`
-	}
-	if err := json.Unmarshal(out, &rep); err != nil {
-		return nil, fmt.Errorf("lvs: %v: %s", err, out)
-	}
 	lvs := map[string]int64{}
-	for _, r := range rep.Report {
-		for _, lv := range r.LV {
-			s, err := strconv.ParseInt(strings.TrimSpace(lv.Size), 10, 64)
-			if err != nil {
-				return nil, fmt.Errorf("lvs: size %q: %v", lv.Size, err)
-			}
-			lvs[lv.Name] = s
-		}
+	for _, lv := range all {
+		lvs[lv.Name] = lv.SizeBytes
 	}
 	return lvs, nil
 }

@@ -25,6 +25,7 @@ import (
 	"os"
 	osexec "os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -157,11 +158,17 @@ func NewVGInfo(t testing.TB, sizeBytes int64, name string) *VG {
 	return v
 }
 
-// CarveLVs lists the LV names in vg that carry carve's owner tag, as lvs
-// reports them (duplicates kept, so callers can check for them). Audits use it
+// LV is one logical volume as lvs reports it.
+type LV struct {
+	Name, Tags string
+	SizeBytes  int64
+}
+
+// LVs lists every LV in vg with one lvs JSON report. Tests audit with it
 // instead of the backend under test.
-func CarveLVs(ctx context.Context, runner exec.Runner, vg string) ([]string, error) {
-	out, err := runner.Run(ctx, "lvm", "lvs", "--reportformat", "json", "-o", "lv_name,lv_tags", vg)
+func LVs(ctx context.Context, runner exec.Runner, vg string) ([]LV, error) {
+	out, err := runner.Run(ctx, "lvm", "lvs", "--reportformat", "json", "--units", "b", "--nosuffix",
+		"-o", "lv_name,lv_tags,lv_size", vg)
 	if err != nil {
 		return nil, err
 	}
@@ -170,18 +177,37 @@ func CarveLVs(ctx context.Context, runner exec.Runner, vg string) ([]string, err
 			LV []struct {
 				Name string `json:"lv_name"`
 				Tags string `json:"lv_tags"`
+				Size string `json:"lv_size"`
 			} `json:"lv"`
 		} `json:"report"`
 	}
 	if err := json.Unmarshal(out, &rep); err != nil {
 		return nil, fmt.Errorf("lvs report: %w: %s", err, out)
 	}
-	var names []string
+	var lvs []LV
 	for _, r := range rep.Report {
 		for _, lv := range r.LV {
-			if strings.Contains(lv.Tags, "carve.owner=") {
-				names = append(names, lv.Name)
+			size, err := strconv.ParseInt(strings.TrimSpace(lv.Size), 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("lvs report: size %q of %s: %w", lv.Size, lv.Name, err)
 			}
+			lvs = append(lvs, LV{Name: lv.Name, Tags: lv.Tags, SizeBytes: size})
+		}
+	}
+	return lvs, nil
+}
+
+// CarveLVs lists the names of the LVs in vg that carry carve's owner tag
+// (duplicates kept, so callers can check for them).
+func CarveLVs(ctx context.Context, runner exec.Runner, vg string) ([]string, error) {
+	lvs, err := LVs(ctx, runner, vg)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, lv := range lvs {
+		if strings.Contains(lv.Tags, "carve.owner=") {
+			names = append(names, lv.Name)
 		}
 	}
 	return names, nil

@@ -48,26 +48,13 @@ func TestReal(t *testing.T) {
 	}
 	lvNames := func() map[string]string {
 		t.Helper()
-		out, err := lvm("lvs", "-o", "lv_name,lv_tags", "--reportformat", "json", vg)
+		lvs, err := lvmtest.LVs(ctx, runner, vg)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var rep struct {
-			Report []struct {
-				LV []struct {
-					Name string `json:"lv_name"`
-					Tags string `json:"lv_tags"`
-				} `json:"lv"`
-			} `json:"report"`
-		}
-		if err := json.Unmarshal(out, &rep); err != nil {
-			t.Fatal(err)
-		}
 		m := map[string]string{}
-		for _, r := range rep.Report {
-			for _, lv := range r.LV {
-				m[lv.Name] = lv.Tags
-			}
+		for _, lv := range lvs {
+			m[lv.Name] = lv.Tags
 		}
 		return m
 	}
