@@ -18,7 +18,7 @@ vet:
 
 # Every layer: unit tests (fake runner), real lvm2 on loop devices, mounts on
 # loop devices, csi-sanity against the binary, then the VM rig.
-test: deps vet test-unit test-integration test-e2e
+test: deps vet test-unit fuzz-short test-integration test-e2e
 
 # The Debian packages the demo and the tests use, installed only if missing.
 deps:
@@ -47,9 +47,14 @@ test-e2e:
 bench:
 	$(GO) test -run XXX -bench . -benchtime 1x ./pkg/backend/lvm/ ./test/bench/
 
+# Every fuzz target for FUZZTIME each (hack/fuzz.sh); fuzz-short is the quick pass make test runs.
 FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run XXX -fuzz FuzzVolumeID -fuzztime $(FUZZTIME) ./pkg/names/
+	GO=$(GO) FUZZTIME=$(FUZZTIME) hack/fuzz.sh
+
+.PHONY: fuzz-short
+fuzz-short:
+	GO=$(GO) FUZZTIME=5s hack/fuzz.sh
 
 demo: deps
 	hack/demo.sh
