@@ -10,10 +10,12 @@
 //
 // TestCapacityDemo replays the storage capacity tracking demo of the
 // Kubernetes 1.19 blog post (generic ephemeral volumes landing only where
-// there is room), then crashes the controller in the middle of a CreateVolume
-// and a node in the middle of a delete, expands a volume, feeds bad input,
-// audits for leaks, and compares pod-to-bound latency with the node-local
-// controller (external-provisioner --node-deployment).
+// there is room), then crashes the controller in the middle of a CreateVolume,
+// a node in the middle of a delete and the controller in the middle of a
+// delete (exactly once: one lvremove, nothing stuck), expands a volume, feeds
+// bad input, audits for leaks, and compares pod-to-bound latency with the
+// node-local controller (external-provisioner --node-deployment). The rig
+// itself is test/k8srig, which `make demo` uses too.
 //
 // Run it with `make test-integration` (builds the rig first; the first build
 // takes 9-15 minutes), or `CARVE_INTEGRATION=1 go test -count=1 -v -timeout 40m
