@@ -22,6 +22,8 @@ cd "$(dirname "$0")/.."
 GO=${GO:-go}
 FUZZTIME=${FUZZTIME:-30s}
 FUZZPARALLEL=${FUZZPARALLEL:-1}
+# Bounds the minimization of each new input (Go's default, 60s, can eat a short run).
+FUZZMINIMIZE=${FUZZMINIMIZE:-10s}
 
 # seconds of a -fuzztime value (Ns, Nm, Nh; an exec count Nx gets 10 minutes).
 seconds() {
@@ -78,7 +80,7 @@ for t in "${targets[@]}"; do
 	log=$logdir/$name.log
 	start=$SECONDS
 	timeout --kill-after=10s "$outertimeout" \
-		$GO test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" -parallel "$FUZZPARALLEL" \
+		$GO test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" -parallel "$FUZZPARALLEL" -fuzzminimizetime "$FUZZMINIMIZE" \
 		-timeout "${testtimeout}s" "$pkg" >"$log" 2>&1
 	rc=$?
 	took=$((SECONDS - start))

@@ -52,15 +52,3 @@ func TestVolumeIDShape(t *testing.T) {
 		t.Fatal("names differing only in case map to one id")
 	}
 }
-
-func FuzzVolumeID(f *testing.F) {
-	for _, s := range []string{"pvc-0b7e4a6c-1b9e-4c39-9f43-2f1d3a7c9e11", "csi-4f1c2e", "", "a b", strings.Repeat("z", 300)} {
-		f.Add(s, s+"x")
-	}
-	f.Fuzz(func(t *testing.T, a, b string) {
-		checkID(t, a)
-		if a != b && VolumeID(a) == VolumeID(b) {
-			t.Fatalf("collision: %q and %q both map to %q", a, b, VolumeID(a))
-		}
-	})
-}
