@@ -56,6 +56,9 @@ fuzz:
 fuzz-short:
 	GO=$(GO) FUZZTIME=5s hack/fuzz.sh
 
+# The storage capacity story on a real control plane built from source (three
+# simulated nodes on loop devices), then an inline volume through the node
+# service (in the VM rig when this kernel has no device-mapper). Needs root.
 demo: deps
 	hack/demo.sh
 
