@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 
 	"k8s.io/klog/v2"
@@ -96,7 +97,15 @@ func SizeFor(r Range, align int64) (int64, error) {
 			want = r.LimitBytes
 		}
 	}
-	size := backend.AlignUp(want, align)
+	if align > 1 && (want-1)/align >= math.MaxInt64/align {
+		// Rounding up would wrap around int64 (found by FuzzSizeFor).
+		return 0, fmt.Errorf("%w: %d bytes rounded up to the pool's %d-byte granularity exceeds the largest size", ErrOutOfRange, want, align)
+	}
+	size := want
+	if align > 1 {
+		// backend.AlignUp's size+align-1 can wrap even when the result fits.
+		size = (want-1)/align*align + align
+	}
 	if r.LimitBytes > 0 && size > r.LimitBytes {
 		return 0, fmt.Errorf("%w: %d bytes rounded up to the pool's %d-byte granularity is %d, above the limit %d",
 			ErrOutOfRange, want, align, size, r.LimitBytes)
