@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -21,6 +22,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	crlog "sigs.k8s.io/controller-runtime/pkg/log"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/carve-csi/carve/pkg/backend"
@@ -31,6 +33,7 @@ import (
 	"github.com/carve-csi/carve/pkg/csi"
 	"github.com/carve-csi/carve/pkg/exec"
 	"github.com/carve-csi/carve/pkg/keylock"
+	"github.com/carve-csi/carve/pkg/metrics"
 	"github.com/carve-csi/carve/pkg/mounter"
 	"github.com/carve-csi/carve/pkg/nodeagent"
 	"github.com/carve-csi/carve/pkg/volume"
@@ -88,7 +91,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.standalone, "standalone", false, "node mode: serve CSI only, without the Kubernetes API (no LocalVolumes, no NodeStorage); the default outside a cluster without --kubeconfig")
 	fs.BoolVar(&o.attach, "attach", false, "controller mode: offer ControllerPublish/Unpublish (for deployments that run external-attacher)")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
-	fs.StringVar(&o.metricsAddr, "metrics-address", "0", `address for Prometheus metrics, e.g. ":8080" ("0" disables)`)
+	fs.StringVar(&o.metricsAddr, "metrics-address", "", `address to serve Prometheus metrics on at /metrics, e.g. ":8080" (default "": none)`)
 	fs.DurationVar(&o.startupTimeout, "startup-timeout", time.Minute, "limit for reading the pools at start-up")
 	fs.DurationVar(&o.resync, "capacity-resync", time.Minute, "node mode: period of the NodeStorage refresh besides every change")
 	fs.SetOutput(os.Stderr)
@@ -133,14 +136,42 @@ func kubeConfig(path string) (*rest.Config, error) {
 	return cfg, nil
 }
 
+// startMetrics opens --metrics-address first, so that a bad address fails
+// start-up before any tool runs. The server gathers carve's registry and
+// controller-runtime's (client-go, workqueue, reconciler metrics), whose own
+// server stays off so the port is served once. ms is nil without an address.
+func startMetrics(o *options) (grpcMetrics *metrics.GRPC, reg *prometheus.Registry, ms *metrics.Server, err error) {
+	grpcMetrics = metrics.NewGRPC()
+	reg, err = metrics.NewRegistry(version, grpcMetrics)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ms, err = metrics.Listen(o.metricsAddr, prometheus.Gatherers{reg, crmetrics.Registry})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if ms != nil {
+		// Logged before the CSI socket opens, so whoever waits for the socket
+		// finds the address (tests listen on port 0).
+		klog.InfoS("Metrics listening", "address", ms.Addr().String(), "path", "/metrics")
+	}
+	return grpcMetrics, reg, ms, nil
+}
+
 func runNode(ctx context.Context, o *options) error {
+	grpcMetrics, reg, ms, err := startMetrics(o)
+	if err != nil {
+		return err
+	}
+	if ms != nil {
+		defer ms.Close() // on start-up errors; after serve it is a no-op
+	}
 	runner := &exec.Host{Prefix: strings.Fields(o.execPrefix)}
 	startCtx, cancel := context.WithTimeout(ctx, o.startupTimeout)
 	defer cancel()
 	var pools []volume.Pool
 	for _, p := range o.pools {
 		var b backend.Backend
-		var err error
 		switch p.Type {
 		case config.TypePMEM:
 			// The namespace index (CSI name, inline target) sits next to the socket kubelet knows.
@@ -160,6 +191,9 @@ func runNode(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
+	if err := reg.Register(metrics.NewPools(vols.Pools(), 0)); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
 	locks := &keylock.Locks{}
 	node := &csi.Node{Vols: vols, Mount: mounter.New(), NodeID: o.nodeID, Locks: locks,
 		KubeletDir: o.kubeletDir, AllowInlinePool: o.allowInlinePool}
@@ -175,7 +209,7 @@ func runNode(ctx context.Context, o *options) error {
 		if err != nil {
 			return err
 		}
-		mgr, err = nodeagent.NewManager(cfg, nodeagent.ManagerOptions{NodeName: o.nodeID, MetricsAddr: o.metricsAddr, Select: nodeagent.SelectByLabel})
+		mgr, err = nodeagent.NewManager(cfg, nodeagent.ManagerOptions{NodeName: o.nodeID, Select: nodeagent.SelectByLabel})
 		if err != nil {
 			return err
 		}
@@ -193,13 +227,20 @@ func runNode(ctx context.Context, o *options) error {
 		return nil // stopped while starting: do not open the socket
 	}
 	ids := &csi.Identity{Name: o.driverName, Version: version, Ready: vols.Check, Controller: true}
-	srv := csi.NewServer(ids, ctrlSvc, node)
+	srv := csi.NewServer(ids, ctrlSvc, node, grpcMetrics.UnaryInterceptor)
 	klog.InfoS("carve-csi starting", "mode", o.mode, "version", version, "endpoint", o.endpoint, "driver", o.driverName,
 		"node", o.nodeID, "pools", o.pools.String(), "defaultPool", o.defaultPool, "standalone", o.standalone)
-	return serve(ctx, o.endpoint, srv, mgr)
+	return serve(ctx, o.endpoint, srv, mgr, ms)
 }
 
 func runController(ctx context.Context, o *options) error {
+	grpcMetrics, reg, ms, err := startMetrics(o)
+	if err != nil {
+		return err
+	}
+	if ms != nil {
+		defer ms.Close()
+	}
 	cfg, err := kubeConfig(o.kubeconfig)
 	if err != nil {
 		return err
@@ -208,13 +249,17 @@ func runController(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: o.metricsAddr},
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0"})
 	if err != nil {
 		return fmt.Errorf("controller manager: %w", err)
 	}
 	if err := (&cluster.Releaser{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
 		return err
+	}
+	// The cached client: the releaser's LocalVolume informer answers scrapes.
+	if err := reg.Register(metrics.NewLocalVolumes(mgr.GetClient(), 0)); err != nil {
+		return fmt.Errorf("metrics: %w", err)
 	}
 	// CSI calls read LocalVolumes straight from the API server: a retried
 	// CreateVolume must see what the previous attempt wrote.
@@ -227,22 +272,30 @@ func runController(ctx context.Context, o *options) error {
 		_, err := vols.List(ctx)
 		return err
 	}}
-	srv := csi.NewServer(ids, &csi.ClusterController{Vols: vols, Locks: &keylock.Locks{}, Attach: o.attach}, nil)
+	srv := csi.NewServer(ids, &csi.ClusterController{Vols: vols, Locks: &keylock.Locks{}, Attach: o.attach}, nil,
+		grpcMetrics.UnaryInterceptor)
 	klog.InfoS("carve-csi starting", "mode", o.mode, "version", version, "endpoint", o.endpoint, "driver", o.driverName)
-	return serve(ctx, o.endpoint, srv, mgr)
+	return serve(ctx, o.endpoint, srv, mgr, ms)
 }
 
-// serve runs the gRPC server and, if given, the controller manager until ctx
-// ends or either fails.
-func serve(ctx context.Context, endpoint string, srv *grpc.Server, mgr ctrl.Manager) error {
+// serve runs the gRPC server and, if given, the controller manager and the
+// metrics server until ctx ends or one of them fails.
+func serve(ctx context.Context, endpoint string, srv *grpc.Server, mgr ctrl.Manager, ms *metrics.Server) error {
 	lis, err := csi.Listen(endpoint)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errs := make(chan error, 2)
+	errs := make(chan error, 3)
 	go func() { errs <- srv.Serve(lis) }()
+	if ms != nil {
+		go func() {
+			if err := ms.Serve(); err != nil {
+				errs <- fmt.Errorf("metrics server: %w", err)
+			}
+		}()
+	}
 	if mgr != nil {
 		go func() {
 			if err := mgr.Start(ctx); err != nil {
@@ -265,6 +318,14 @@ func serve(ctx context.Context, endpoint string, srv *grpc.Server, mgr ctrl.Mana
 	case <-stopped:
 	case <-time.After(10 * time.Second): // a call stuck in a tool must not block the exit
 		srv.Stop()
+	}
+	if ms != nil {
+		// A scrape waits at most its pool timeout; do not wait longer than that.
+		sctx, scancel := context.WithTimeout(context.Background(), metrics.DefaultScrapeTimeout)
+		defer scancel()
+		if serr := ms.Shutdown(sctx); serr != nil {
+			klog.ErrorS(serr, "Stopping the metrics server")
+		}
 	}
 	return err
 }

@@ -42,9 +42,10 @@ func Listen(endpoint string) (net.Listener, error) {
 }
 
 // NewServer returns a gRPC server with the given services registered (nil ones
-// are left out) and every call logged once.
-func NewServer(ids csi.IdentityServer, cs csi.ControllerServer, ns csi.NodeServer) *grpc.Server {
-	srv := grpc.NewServer(grpc.UnaryInterceptor(logCall))
+// are left out) and every call logged once. The interceptors (e.g. metrics)
+// run inside the logging one, in one chain, in the order given.
+func NewServer(ids csi.IdentityServer, cs csi.ControllerServer, ns csi.NodeServer, interceptors ...grpc.UnaryServerInterceptor) *grpc.Server {
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(append([]grpc.UnaryServerInterceptor{logCall}, interceptors...)...))
 	if ids != nil {
 		csi.RegisterIdentityServer(srv, ids)
 	}

@@ -42,9 +42,6 @@ const (
 type ManagerOptions struct {
 	// NodeName is this node.
 	NodeName string
-	// MetricsAddr is the controller-runtime metrics listen address; "" or "0"
-	// disables the metrics server.
-	MetricsAddr string
 	// Select limits the LocalVolume watch (default SelectAll).
 	Select Selection
 }
@@ -78,14 +75,12 @@ func NewManager(cfg *rest.Config, o ManagerOptions) (ctrl.Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	metricsAddr := o.MetricsAddr
-	if metricsAddr == "" {
-		metricsAddr = "0"
-	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:         scheme,
 		LeaderElection: false,
-		Metrics:        metricsserver.Options{BindAddress: metricsAddr},
+		// No metrics server of its own: carve-csi serves controller-runtime's
+		// registry along with carve's on --metrics-address (pkg/metrics).
+		Metrics: metricsserver.Options{BindAddress: "0"},
 		// No health probe server: the CSI livenessprobe sidecar probes the driver.
 		HealthProbeBindAddress: "0",
 		Cache:                  cacheOpts,
