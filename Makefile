@@ -30,11 +30,14 @@ test-unit:
 
 # The controller path on a real control plane built from source (hack/k8s; the
 # first build takes 9-15 minutes, then it is cached): the storage capacity demo,
-# crashes, expansion, bad input, leak audit, benchmark. Needs root.
+# crashes, expansion, bad input, leak audit, benchmark. Then deploy/kubernetes is
+# rendered, applied to a fresh control plane, and each ServiceAccount's permissions
+# are checked (test/manifests). Needs root.
 .PHONY: test-integration
 test-integration:
 	hack/k8s/build.sh
 	CARVE_INTEGRATION=1 $(GO) test -count=1 -v -timeout 40m ./test/integration/
+	CARVE_INTEGRATION=1 $(GO) test -count=1 -v -timeout 10m ./test/manifests/
 
 # Real lvm2 (metadata-only, loop device) and csi-sanity against carve-csi --mode=node.
 test-lvm:
