@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	osexec "os/exec"
+	"regexp"
 	"strings"
 
 	"github.com/carve-csi/carve/pkg/backend"
@@ -39,17 +41,34 @@ func UsableBytes(raw int64) int64 {
 }
 
 // RawBytes is the smallest raw namespace size, a multiple of regionAlign,
-// whose usable size is at least want.
+// whose usable size is at least want; math.MaxInt64 (which no region has
+// free) when no int64 size holds that much.
 func RawBytes(want, regionAlign int64) int64 {
 	if regionAlign < 1 {
 		regionAlign = 1
 	}
-	// The reservation is just over 1/64 of the size: start below the answer.
-	raw := backend.AlignUp(want+want/64, regionAlign)
-	for raw > regionAlign && UsableBytes(raw-regionAlign) >= want {
-		raw -= regionAlign
+	if want <= 0 {
+		return 0
 	}
+	// The layout takes more than 1/64 of the raw size, so every raw size that
+	// holds want is above want*64/63: start at that bound, aligned, and step
+	// up. The reservation is less than 1/64 + PfnAlign + the info block, so
+	// that takes at most about (PfnAlign+infoBlockBytes)/regionAlign + 2 steps.
+	// (Starting at want+want/64 and stepping from there took up to 2^39 steps
+	// for sizes near 2^63, and wrapped around; found by FuzzRawBytes.)
+	if want > math.MaxInt64-want/63 {
+		return math.MaxInt64
+	}
+	lower := want + want/63
+	q := (lower-1)/regionAlign + 1
+	if q > math.MaxInt64/regionAlign {
+		return math.MaxInt64
+	}
+	raw := q * regionAlign
 	for UsableBytes(raw) < want {
+		if raw > math.MaxInt64-regionAlign {
+			return math.MaxInt64
+		}
 		raw += regionAlign
 	}
 	return raw
@@ -88,6 +107,44 @@ type regionJSON struct {
 	Namespaces         []nsJSON `json:"namespaces"`
 }
 
+// blockdevPattern is a block device name as the kernel makes them (pmem0,
+// pmem0.1, pmem0s): the node directly under /dev, never a path.
+var blockdevPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+
+// check refuses what no ndctl prints: negative sizes, and a block device
+// that is a path (carve wipes, formats and mounts /dev/<blockdev>).
+func (n *nsJSON) check() error {
+	if n.Size < 0 || n.Align < 0 {
+		return fmt.Errorf("namespace %q: negative size %d or align %d", n.Dev, n.Size, n.Align)
+	}
+	if n.Blockdev != "" && !blockdevPattern.MatchString(n.Blockdev) {
+		return fmt.Errorf("namespace %q: block device %q is not a device name", n.Dev, n.Blockdev)
+	}
+	return nil
+}
+
+func (r *regionJSON) check() error {
+	if r.Size < 0 || r.Align < 0 || r.AvailableSize < 0 || r.MaxAvailableExtent < 0 {
+		return fmt.Errorf("region %q: negative size %d, align %d, available size %d or largest extent %d",
+			r.Dev, r.Size, r.Align, r.AvailableSize, r.MaxAvailableExtent)
+	}
+	for i := range r.Namespaces {
+		if err := r.Namespaces[i].check(); err != nil {
+			return fmt.Errorf("region %q: %w", r.Dev, err)
+		}
+	}
+	return nil
+}
+
+func checkRegions(rs []regionJSON) ([]regionJSON, error) {
+	for i := range rs {
+		if err := rs[i].check(); err != nil {
+			return nil, fmt.Errorf("ndctl list output: %w", err)
+		}
+	}
+	return rs, nil
+}
+
 // parseRegions reads `ndctl list -R[N]` output. ndctl prints nothing when no
 // region matches, an array of regions when none of them has a namespace to
 // show, and {"regions":[...]} otherwise.
@@ -101,7 +158,7 @@ func parseRegions(out []byte) ([]regionJSON, error) {
 		if err := json.Unmarshal(out, &rs); err != nil {
 			return nil, fmt.Errorf("parsing ndctl list output: %w", err)
 		}
-		return rs, nil
+		return checkRegions(rs)
 	}
 	var obj struct {
 		Regions []regionJSON `json:"regions"`
@@ -111,9 +168,9 @@ func parseRegions(out []byte) ([]regionJSON, error) {
 		return nil, fmt.Errorf("parsing ndctl list output: %w", err)
 	}
 	if obj.Regions == nil && obj.Dev != "" {
-		return []regionJSON{obj.regionJSON}, nil // a single region printed as an object
+		return checkRegions([]regionJSON{obj.regionJSON}) // a single region printed as an object
 	}
-	return obj.Regions, nil
+	return checkRegions(obj.Regions)
 }
 
 // parseNamespace reads the JSON object `ndctl create-namespace` prints.
@@ -124,6 +181,9 @@ func parseNamespace(out []byte) (*nsJSON, error) {
 	}
 	if ns.Dev == "" {
 		return nil, fmt.Errorf("ndctl create-namespace printed no namespace: %q", out)
+	}
+	if err := ns.check(); err != nil {
+		return nil, fmt.Errorf("ndctl create-namespace output: %w", err)
 	}
 	return &ns, nil
 }

@@ -60,6 +60,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"regexp"
 	"sort"
 	"strconv"
@@ -316,7 +317,11 @@ func checkCreated(ns *nsJSON, req backend.CreateRequest, raw int64) error {
 func (b *Backend) pickRegion(want int64) (string, int64, error) {
 	if len(b.regions) == 1 {
 		r := b.regions[0]
-		return r, RawBytes(want, b.align[r]), nil
+		raw := RawBytes(want, b.align[r])
+		if raw == math.MaxInt64 {
+			return "", 0, fmt.Errorf("no namespace can hold %d usable bytes: %w", want, backend.ErrNoSpace)
+		}
+		return r, raw, nil
 	}
 	best, bestRaw, bestExtent := "", int64(0), int64(-1)
 	largest, largestIn := int64(0), ""
