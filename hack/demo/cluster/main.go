@@ -171,8 +171,14 @@ func run(t *runner, bin, carve string) {
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(string(spec)), "\n") {
+		if strings.TrimSpace(l) != "metadata: {}" {
+			lines = append(lines, l)
+		}
+	}
 	fmt.Println("    pod spec (excerpt):")
-	fmt.Println(indent(indent(strings.TrimSpace(string(spec)))))
+	fmt.Println(indent(indent(strings.Join(lines, "\n"))))
 	created := r.CreatePod(t, pod, size)
 	nodeName := r.WaitPodNode(t, pod)
 	fmt.Printf("    the scheduler placed pod %s on %s (only nodes whose capacity fits 4Gi qualify) after %s\n", pod, nodeName, k8srig.MS(time.Since(created)))
@@ -180,11 +186,11 @@ func run(t *runner, bin, carve string) {
 	fmt.Printf("    PVC %s Bound to %s %s after the pod was created\n", pvc.Name, pvc.Spec.VolumeName, k8srig.MS(boundAt.Sub(created)))
 	v := r.VolumeOf(t, pod, size)
 	n := r.Node(v.Node)
-	lvs, err := n.VG.Runner.Run(ctx, "lvm", "lvs", "-o", "lv_name,lv_size,lv_tags", "--units", "m", n.VG.Name)
+	lvs, err := n.VG.Runner.Run(ctx, "lvm", "lvs", "-o", "lv_name,lv_size", "--units", "m", n.VG.Name)
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
-	fmt.Printf("    $ lvs %s   (on %s)\n%s\n", n.VG.Name, n.Name, indent(indent(string(lvs))))
+	fmt.Printf("    $ lvs %s   (on %s; metadata-only VG: this kernel has no device-mapper)\n%s\n", n.VG.Name, n.Name, indent(indent(string(lvs))))
 	fmt.Printf("    $ kubectl get localvolumes -o wide\n%s\n", indent(indent(r.KubectlOut(t, "get", "localvolumes", "-o", "wide"))))
 
 	step("The CSIStorageCapacity table after the pod")

@@ -197,11 +197,15 @@ func run(carve, device string) (err error) {
 		}
 	}()
 	say("published in %s: LV created, formatted, mounted at %s", time.Since(t0).Round(time.Millisecond), target)
-	lvs, err := sh("lvm", "lvs", "-o", "lv_name,lv_size,lv_attr,lv_tags", "--units", "m", vg)
+	lvs, err := sh("lvm", "lvs", "-o", "lv_name,lv_size,lv_attr", "--units", "m", vg)
 	if err != nil {
 		return err
 	}
-	show("$ lvs " + vg + "\n" + lvs)
+	tags, err := sh("lvm", "lvs", "--noheadings", "-o", "lv_tags", vg)
+	if err != nil {
+		return err
+	}
+	show("$ lvs " + vg + "   (attr a: active, o: open, i.e. mounted)\n" + lvs + "  tags: " + shortTags(tags))
 	mnt, err := sh("findmnt", "-n", "-o", "SOURCE,FSTYPE,SIZE,OPTIONS", target)
 	if err != nil {
 		return err
@@ -254,10 +258,23 @@ func run(carve, device string) (err error) {
 	if cap2 != cap0 {
 		return fmt.Errorf("GetCapacity %d after the volume is gone, %d before", cap2, cap0)
 	}
-	_, statErr := os.Stat(target)
-	say("the LV is gone (lvs %s lists none), %s is not mounted (target exists: %v), GetCapacity back to %d MiB",
-		vg, "the target", statErr == nil, cap2>>20)
+	if _, err := os.Stat(target); err == nil {
+		return fmt.Errorf("target %s still exists after NodeUnpublishVolume", target)
+	}
+	say("the LV is gone (lvs %s lists none), the target is unmounted and removed, GetCapacity back to %d MiB", vg, cap2>>20)
 	return nil
+}
+
+// shortTags shortens the base64 values of carve's tags for the screen.
+func shortTags(tags string) string {
+	var out []string
+	for _, t := range strings.Split(strings.TrimSpace(tags), ",") {
+		if k, v, ok := strings.Cut(t, "="); ok && len(v) > 24 {
+			t = k + "=" + v[:16] + "...(base64)"
+		}
+		out = append(out, t)
+	}
+	return strings.Join(out, " ")
 }
 
 func writeSync(path string, data []byte) error {
