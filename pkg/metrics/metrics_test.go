@@ -194,7 +194,7 @@ const poolHelp = `
 # TYPE carve_pool_max_volume_bytes gauge
 # HELP carve_pool_scrape_errors_total Scrapes that could not read the pool (tool failure or timeout).
 # TYPE carve_pool_scrape_errors_total counter
-# HELP carve_pool_size_bytes Total size of the pool (vgs vg_size, or the PMEM region's size).
+# HELP carve_pool_size_bytes Total size of the pool (vgs vg_size; for PMEM the size of its region or regions).
 # TYPE carve_pool_size_bytes gauge
 # HELP carve_pool_up 1 if the pool's capacity and volumes could be read at this scrape, 0 if not (the other carve_pool_* figures are then absent).
 # TYPE carve_pool_up gauge
@@ -314,7 +314,7 @@ carve_pool_up{backend="memory",pool="stuck"} 0
 # TYPE carve_pool_scrape_errors_total counter
 carve_pool_scrape_errors_total{backend="memory",pool="ok"} 0
 carve_pool_scrape_errors_total{backend="memory",pool="stuck"} 1
-# HELP carve_pool_size_bytes Total size of the pool (vgs vg_size, or the PMEM region's size).
+# HELP carve_pool_size_bytes Total size of the pool (vgs vg_size; for PMEM the size of its region or regions).
 # TYPE carve_pool_size_bytes gauge
 carve_pool_size_bytes{backend="memory",pool="ok"} 10737418240
 `

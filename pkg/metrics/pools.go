@@ -26,7 +26,7 @@ var (
 	poolScrapeErrorsDesc = prometheus.NewDesc("carve_pool_scrape_errors_total",
 		"Scrapes that could not read the pool (tool failure or timeout).", poolLabels, nil)
 	poolSizeDesc = prometheus.NewDesc("carve_pool_size_bytes",
-		"Total size of the pool (vgs vg_size, or the PMEM region's size).", poolLabels, nil)
+		"Total size of the pool (vgs vg_size; for PMEM the size of its region or regions).", poolLabels, nil)
 	poolFreeDesc = prometheus.NewDesc("carve_pool_free_bytes",
 		"Free bytes in the pool, as GetCapacity reports them.", poolLabels, nil)
 	poolMaxVolumeDesc = prometheus.NewDesc("carve_pool_max_volume_bytes",
