@@ -332,9 +332,12 @@ func (b *Backend) Capacity(ctx context.Context) (backend.Capacity, error) {
 	if err := errors.Join(err1, err2, err3, err4); err != nil {
 		return backend.Capacity{}, fmt.Errorf("lvm: vgs %s: %w", b.vg, err)
 	}
+	if ext <= 0 {
+		return backend.Capacity{}, fmt.Errorf("lvm: vgs %s: bad extent size %d", b.vg, ext)
+	}
 	maxVol := backend.AlignDown(free, ext)
-	if c := count * ext; c < maxVol {
-		maxVol = c
+	if count < maxVol/ext { // compared as extents: count*ext could wrap
+		maxVol = count * ext
 	}
 	return backend.Capacity{TotalBytes: total, FreeBytes: free, MaxVolumeBytes: maxVol, AlignBytes: ext}, nil
 }
@@ -566,7 +569,7 @@ func (b *Backend) volume(r lvRow) (*backend.Volume, error) {
 		return nil, fmt.Errorf("lv_size of %s: %w", r.Name, err)
 	}
 	dev := r.Path
-	if dev == "" {
+	if dev == "" || !path.IsAbs(dev) || path.Clean(dev) != dev {
 		dev = path.Join("/dev", r.VG, r.Name)
 	}
 	info, err := ParseTags(r.Tags)
@@ -634,10 +637,14 @@ func (n *num) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// int parses the number; the sizes and counts carve reads are never negative.
 func (n num) int() (int64, error) {
 	v, err := strconv.ParseInt(string(n), 10, 64)
 	if err != nil {
 		return 0, fmt.Errorf("lvm report number %q: %w", string(n), err)
+	}
+	if v < 0 {
+		return 0, fmt.Errorf("lvm report number %q: negative", string(n))
 	}
 	return v, nil
 }

@@ -1,0 +1,160 @@
+package lvm
+
+import (
+	"context"
+	"encoding/json"
+	"path"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/carve-csi/carve/pkg/backend"
+	"github.com/carve-csi/carve/pkg/exec/exectest"
+)
+
+// capturedReports returns the stdout of every recorded `lvm lvs` and `lvm
+// vgs` run in testdata: the seed corpus is real lvm2 output.
+func capturedReports(f *testing.F) []string {
+	files, err := filepath.Glob("testdata/*.txt")
+	if err != nil || len(files) == 0 {
+		f.Fatalf("captures: %v", err)
+	}
+	seen := map[string]bool{}
+	var outs []string
+	for _, file := range files {
+		calls, err := readCapture(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		for _, c := range calls {
+			if len(c.Argv) > 1 && (c.Argv[1] == "lvs" || c.Argv[1] == "vgs") && c.Stdout != "" && !seen[c.Stdout] {
+				seen[c.Stdout] = true
+				outs = append(outs, c.Stdout)
+			}
+		}
+	}
+	if len(outs) < 5 {
+		f.Fatalf("only %d captured lvs/vgs reports", len(outs))
+	}
+	return outs
+}
+
+// FuzzLVMReport feeds lvs/vgs JSON reports to the parser and, through a fake
+// runner, to the backend's Get, List, Capacity and New. Garbage and
+// truncated reports give errors, never a panic; what parses renders back to
+// the same rows; a volume is only returned for an LV of this VG with carve's
+// owner tag, with a size >= 0 and a clean absolute device path, and Get
+// agrees with List; capacity is never negative and its largest volume is
+// whole extents of free space.
+func FuzzLVMReport(f *testing.F) {
+	for _, out := range capturedReports(f) {
+		f.Add(out)
+		f.Add(out[:len(out)/2]) // truncated
+	}
+	f.Add(`{"report":[{"vg":[{"vg_name":"carvevg","vg_size":"-1","vg_free":"-4194304","vg_extent_size":"4194304","vg_free_count":"-1"}]}]}`)
+	f.Add(`{"report":[{"vg":[{"vg_name":"carvevg","vg_size":1,"vg_free":9223372036854775807,"vg_extent_size":3,"vg_free_count":9223372036854775807}]}]}`)
+	f.Add(`{"report":[{"lv":[{"lv_name":"` + capID + `","vg_name":"carvevg","lv_size":"-5","lv_tags":"carve.owner=carve.csi.dev","lv_path":"../x"}]}]}`)
+	f.Fuzz(func(t *testing.T, out string) {
+		if rows, err := parseLVs([]byte(out)); err == nil {
+			again, err := json.Marshal(map[string]any{"report": []map[string]any{{"lv": rows}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rows2, err := parseLVs(again)
+			if err != nil || !reflect.DeepEqual(rows, rows2) {
+				t.Fatalf("parseLVs(%q) = %+v does not round-trip through %s: %+v, %v", out, rows, again, rows2, err)
+			}
+		}
+
+		fake := &exectest.Fake{Handler: func(context.Context, []string) (exectest.Response, bool) {
+			return exectest.Response{Stdout: out}, true
+		}}
+		b := bareBackend(fake, capVG)
+		ctx := context.Background()
+
+		if nb, err := New(ctx, fake, capPool, capVG, capOwner); err == nil && nb.AlignBytes() <= 0 {
+			t.Fatalf("New from %q: extent size %d", out, nb.AlignBytes())
+		}
+		if c, err := b.Capacity(ctx); err == nil {
+			if c.TotalBytes < 0 || c.FreeBytes < 0 || c.MaxVolumeBytes < 0 || c.AlignBytes <= 0 ||
+				c.MaxVolumeBytes > c.FreeBytes || c.MaxVolumeBytes%c.AlignBytes != 0 {
+				t.Fatalf("Capacity from %q = %+v", out, c)
+			}
+		}
+
+		vols, listErr := b.List(ctx)
+		for _, v := range vols {
+			checkVolume(t, out, v)
+		}
+		for _, id := range []string{capID, capEphID, capLongID} {
+			v, err := b.Get(ctx, id)
+			if err != nil {
+				continue
+			}
+			if v.ID != id {
+				t.Fatalf("Get(%s) from %q returned %s", id, out, v.ID)
+			}
+			checkVolume(t, out, *v)
+			found := false
+			for _, lv := range vols {
+				found = found || reflect.DeepEqual(lv, *v)
+			}
+			if listErr == nil && !found {
+				t.Fatalf("Get(%s) from %q = %+v, which List (%+v) does not have", id, out, v, vols)
+			}
+		}
+	})
+}
+
+func checkVolume(t *testing.T, out string, v backend.Volume) {
+	t.Helper()
+	if v.Pool != capPool || v.SizeBytes < 0 || !path.IsAbs(v.DevicePath) || path.Clean(v.DevicePath) != v.DevicePath {
+		t.Fatalf("volume from %q: %+v", out, v)
+	}
+	if !strings.Contains(out, TagOwner+"="+capOwner) {
+		t.Fatalf("volume %s from %q, which has no owner tag", v.ID, out)
+	}
+}
+
+// FuzzTags: the tags of any volume are valid LVM tags (charset, length,
+// owner first) and ParseTags gives back exactly what they record, whatever
+// order lvm lists them in and whatever other tags the LV has; arbitrary
+// lv_tags never panic, and what ParseTags decodes from them encodes back to
+// tags that decode the same.
+func FuzzTags(f *testing.F) {
+	f.Add("pvc-1234/odd name ü=&", "", false, "carve.owner=x,carve.name=%%%")
+	f.Add(capEphName, capEphTarget, true, "carve.owner=x,carve.target.0=YWJj,carve.target.2=YWJj")
+	f.Add(capLongName, capLongTgt, true, "carve.name.1=YQ,carve.name.0=YQ,carve.name.+2=YQ,carve.name.-1=YQ")
+	f.Add("", "/", false, "carve.name.99999999999999999999=YQ,carve.ephemeral=true,carve.ephemeral=false")
+	f.Fuzz(func(t *testing.T, name, target string, eph bool, raw string) {
+		tags := Tags(TagOwner+"="+capOwner, name, eph, target)
+		if tags[0] != TagOwner+"="+capOwner {
+			t.Fatalf("owner tag not first: %q", tags)
+		}
+		for _, tag := range tags {
+			if !lvmTagPattern.MatchString(tag) || len(tag) > MaxTagLen || strings.Contains(tag, ",") {
+				t.Fatalf("Tags(%q, %q): %q (%d chars) is not a valid LVM tag", name, target, tag, len(tag))
+			}
+		}
+		// lvm lists tags sorted; the foreign ones come from raw.
+		all := append(append([]string(nil), tags...), "someone.else=tag")
+		for i, j := 0, len(all)-1; i < j; i, j = i+1, j-1 {
+			all[i], all[j] = all[j], all[i]
+		}
+		info, err := ParseTags(strings.Join(all, ","))
+		want := TagInfo{Owner: capOwner, Name: name, Ephemeral: eph, TargetPath: target}
+		if err != nil || info != want {
+			t.Fatalf("Tags(%q, %v, %q) = %q parse back as %+v, %v", name, eph, target, tags, info, err)
+		}
+
+		got, err := ParseTags(raw)
+		if err != nil || got.Owner == "" || strings.Contains(got.Owner, ",") {
+			return
+		}
+		again, err := ParseTags(strings.Join(Tags(TagOwner+"="+got.Owner, got.Name, got.Ephemeral, got.TargetPath), ","))
+		if err != nil || again != got {
+			t.Fatalf("ParseTags(%q) = %+v; encoded again it parses as %+v, %v", raw, got, again, err)
+		}
+	})
+}
