@@ -240,6 +240,8 @@ func TestCluster(t *testing.T) {
 		summary.WriteString(c.leastPrivilege(t, baseRoles, sa, sa, baseline))
 	}
 
+	c.liveController(t, base)
+
 	// The attacher overlay. attachRequired is immutable: moving an install to
 	// it means deleting the CSIDriver first (the README says so).
 	att := e.kustomize(t, "deploy/kubernetes/overlays/attacher")
