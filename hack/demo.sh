@@ -52,8 +52,8 @@ if hack/k8s/build.sh --check >/dev/null 2>&1; then
   echo "    cached: $(tr '\n' ' ' < .cache/k8s/bin/VERSIONS 2>/dev/null | cut -c1-150)"
 else
   echo "    not built yet (or stale): building etcd, kube-apiserver, kube-controller-manager, kube-scheduler,"
-  echo "    kubectl, external-provisioner, external-resizer now; progress in $OUT/k8s-build.log"
-  hack/k8s/build.sh > "$OUT/k8s-build.log" 2>&1 || { echo "    hack/k8s/build.sh failed; last lines:"; tail -n 20 "$OUT/k8s-build.log"; exit 1; }
+  echo "    kubectl, external-provisioner, external-resizer now (once; later runs reuse .cache/k8s/bin)"
+  hack/k8s/build.sh 2>&1 | sed -u 's/^/    /' || { echo "    hack/k8s/build.sh failed (above)"; exit 1; }
 fi
 echo "    ($(( $(date +%s) - step_t ))s)"; step_t=0
 
@@ -71,7 +71,8 @@ if [ -e /sys/class/misc/device-mapper ] && dmsetup version >/dev/null 2>&1; then
 else
   step 9 "A CSI inline ephemeral volume through carve's node service"
   echo "    this kernel has no device-mapper, so the inline-volume part runs inside the VM rig (QEMU, hack/vm);"
-  echo "    booting it under software emulation takes 30-120 s"
+  echo "    booting it under software emulation takes 30-120 s (the first run also builds the VM image into .cache/vm,"
+  echo "    about 2 min); the guest's output follows when it is done"
   VMSHARE=$OUT/vm
   rm -rf "$VMSHARE" && mkdir -p "$VMSHARE"
   cp _output/carve-csi "$OUT/inline" hack/demo/vm-guest.sh "$VMSHARE/"
