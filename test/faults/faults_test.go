@@ -1,0 +1,968 @@
+// Package faults is carve's crash-consistency test (make test-faults, issue
+// #7): carve-csi --mode=node is killed with SIGKILL at a step boundary of
+// create, stage, publish (persistent and inline), unpublish, unstage, expand
+// and delete, restarted, the interrupted call is retried the way kubelet and
+// the sidecars retry it until it succeeds, and then the node is audited:
+//
+//   - leaked: a carve LV that no volume the test still holds (and no mounted
+//     inline target) owns, a device-mapper device of the VG without an LV,
+//     or a mount under the kubelet directory that no staged or published
+//     volume explains;
+//   - lost: a volume the test still holds whose LV is gone, whose staging or
+//     target mount is gone or of another device, or whose data file does not
+//     read back exactly.
+//
+// The kill comes from test/faults/faultshim, installed first in the driver's
+// PATH under the names of the tools carve runs, so production code carries no
+// test branch. Each trial runs one volume's whole life (persistent: create,
+// stage, publish, write, [expand], unpublish, unstage, delete; inline:
+// publish, write, unpublish) with one fault armed on one call; every trial
+// ends with an audit that nothing of it is left.
+//
+// It needs root, lvm2, e2fsprogs and working device-mapper, so it skips
+// unless CARVE_FAULTS_VG names a dedicated volume group (hack/faults.sh runs
+// it in the QEMU VM); CARVE_FAULTS_REQUIRE=1 fails instead of skipping.
+// CARVE_FAULTS_TRIALS (default 100) and CARVE_FAULTS_SEED (default: the
+// clock; always printed) pick the trials.
+package faults
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	osexec "os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	mount "k8s.io/mount-utils"
+
+	"github.com/carve-csi/carve/pkg/exec"
+	"github.com/carve-csi/carve/test/driver"
+	"github.com/carve-csi/carve/test/lvmtest"
+)
+
+const (
+	driverName = "carve.csi.dev"
+	ownerTag   = "carve.owner=" + driverName
+	nodeID     = "faults-node"
+	mib        = int64(1) << 20
+	// Small volumes keep mkfs and each trial cheap under emulation.
+	volSize   = 16 * mib
+	grownSize = 32 * mib
+	// callTimeout bounds one CSI call; lvm and mkfs are slow under TCG.
+	callTimeout = 3 * time.Minute
+	// maxRetries bounds the kubelet-style retries of an interrupted call.
+	maxRetries = 8
+)
+
+// shimTools are the names the shim is installed under: every tool carve-csi
+// runs itself (lvm through pkg/exec; mount-utils' mount, umount, blkid, fsck,
+// mkfs.*, resize2fs, xfs_growfs), and a few it might.
+var shimTools = []string{"lvm", "mount", "umount", "blkid", "fsck", "mkfs.ext4", "mkfs.xfs",
+	"resize2fs", "xfs_growfs", "e2fsck", "fsck.ext4", "dumpe2fs", "tune2fs", "wipefs", "xfs_io"}
+
+// The operations a fault can interrupt.
+const (
+	opCreate          = "CreateVolume"
+	opStage           = "NodeStageVolume"
+	opPublish         = "NodePublishVolume"
+	opUnpublish       = "NodeUnpublishVolume"
+	opUnstage         = "NodeUnstageVolume"
+	opControllerGrow  = "ControllerExpandVolume"
+	opNodeGrow        = "NodeExpandVolume"
+	opDelete          = "DeleteVolume"
+	opInlinePublish   = "NodePublishVolume(inline)"
+	opInlineUnpublish = "NodeUnpublishVolume(inline)"
+)
+
+var ops = []string{opCreate, opStage, opPublish, opControllerGrow, opNodeGrow, opUnpublish, opUnstage,
+	opDelete, opInlinePublish, opInlineUnpublish}
+
+func isInlineOp(op string) bool { return op == opInlinePublish || op == opInlineUnpublish }
+
+// boundary is one fault: kill the driver before or after the nth tool call of op.
+type boundary struct {
+	op   string
+	n    int
+	when string // "before" or "after"
+}
+
+func (b boundary) String() string { return fmt.Sprintf("%s %s call %d", b.op, b.when, b.n) }
+
+// harness is the driver under test and what the trials share.
+type harness struct {
+	t       *testing.T
+	vg      string
+	kubelet string
+	shimDir string
+	runner  exec.Host // the test's own lvm: PATH without the shim
+	rng     *rand.Rand
+
+	proc     *driver.Process
+	pid      int
+	conn     *grpc.ClientConn
+	ctrl     csi.ControllerClient
+	node     csi.NodeClient
+	restarts int
+	done     int // trials finished
+
+	tCalls, tRestarts, tAudits time.Duration
+
+	// calls is how many tool calls each op made in unfaulted runs (the most
+	// seen), labels what they were (from the calibration run).
+	calls  map[string]int
+	labels map[string][]string
+}
+
+// vol is a volume as the test (kubelet and the sidecars) holds it. Its
+// fields change only when the call that changes them succeeded.
+type vol struct {
+	name    string // CSI name, or kubelet's volume handle for an inline volume
+	id      string // volume id
+	staging string
+	target  string
+	created bool // held: CreateVolume (or the inline publish) succeeded, no Delete yet
+	staged  bool
+	publ    bool
+	data    []byte // written to <mount>/data after publish
+}
+
+// tally is what an audit found.
+type tally struct {
+	leaked, lost int
+	problems     []string
+}
+
+func (t *tally) problem(format string, args ...any) {
+	t.problems = append(t.problems, fmt.Sprintf(format, args...))
+}
+
+// trial is one fault: the kill, the restart, the retried call and the audit.
+type trial struct {
+	tally
+	fault   boundary
+	fired   string // the shim's calls.log line of the call that killed, "" if none
+	retries int
+}
+
+// life is one volume's whole life with a fault armed on some of its calls
+// (at most one per call), so the trials share the set-up and tear-down.
+type life struct {
+	tally
+	n      int
+	tag    string
+	inline bool
+	expand bool
+	vols   []*vol
+	faults map[string]*trial // by op
+}
+
+func TestFaults(t *testing.T) {
+	vg := os.Getenv("CARVE_FAULTS_VG")
+	if reason := checkEnv(vg); reason != "" {
+		if os.Getenv("CARVE_FAULTS_REQUIRE") == "1" {
+			t.Fatalf("CARVE_FAULTS_REQUIRE=1 but the fault trials cannot run: %s", reason)
+		}
+		t.Skipf("skipping the fault trials: %s", reason)
+	}
+	trials := 100
+	if s := os.Getenv("CARVE_FAULTS_TRIALS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			t.Fatalf("CARVE_FAULTS_TRIALS=%q: want a positive number", s)
+		}
+		trials = n
+	}
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("CARVE_FAULTS_SEED"); s != "" {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("CARVE_FAULTS_SEED=%q: want a number", s)
+		}
+		seed = n
+	}
+	fmt.Printf("faults: seed %d (CARVE_FAULTS_SEED=%d repeats this run), %d trials, VG %s\n", seed, seed, trials, vg)
+
+	h := &harness{t: t, vg: vg, kubelet: t.TempDir(), rng: rand.New(rand.NewPCG(seed, 0x636172766566)),
+		calls: map[string]int{}, labels: map[string][]string{}}
+	h.installShim()
+	if left := h.carveLVs(); len(left) > 0 {
+		t.Fatalf("volume group %s must start without carve LVs, has %v", vg, left)
+	}
+	h.start()
+
+	// Calibration: one unfaulted life of each kind counts each op's calls.
+	for i, inline := range []bool{false, true} {
+		l := &life{tag: fmt.Sprintf("cal%d", i), inline: inline, expand: !inline}
+		h.runLife(l)
+		if len(l.problems) > 0 || l.leaked > 0 || l.lost > 0 {
+			t.Fatalf("calibration (no fault) failed: %d leaked, %d lost: %s", l.leaked, l.lost, strings.Join(l.problems, "; "))
+		}
+	}
+	var bounds []boundary
+	for _, op := range ops {
+		if h.calls[op] == 0 {
+			t.Fatalf("calibration: %s ran no tool (calls: %v): the shim is not in the driver's way", op, h.calls)
+		}
+		fmt.Printf("faults: %-28s %d tool calls: %s\n", op, h.calls[op], strings.Join(h.labels[op], ", "))
+		for n := 1; n <= h.calls[op]; n++ {
+			bounds = append(bounds, boundary{op, n, "before"}, boundary{op, n, "after"})
+		}
+	}
+	// Every boundary once per round, in a random order each round.
+	var plan []boundary
+	for len(plan) < trials {
+		round := append([]boundary(nil), bounds...)
+		h.rng.Shuffle(len(round), func(i, j int) { round[i], round[j] = round[j], round[i] })
+		plan = append(plan, round...)
+	}
+	lives := h.packLives(plan[:trials])
+	fmt.Printf("faults: %d boundaries (op x tool call x before/after); %d trials in %d volume lives\n", len(bounds), trials, len(lives))
+
+	var leaked, lost, fired, bad int
+	hits := map[string]map[string]int{} // op -> boundary label -> trials that killed there
+	start := time.Now()
+	for _, l := range lives {
+		h.runLife(l)
+		for _, op := range ops {
+			tr := l.faults[op]
+			if tr == nil {
+				continue
+			}
+			if tr.fired != "" {
+				fired++
+				if hits[op] == nil {
+					hits[op] = map[string]int{}
+				}
+				hits[op][firedLabel(tr.fired)]++
+			}
+			leaked += tr.leaked
+			lost += tr.lost
+			if len(tr.problems) > 0 {
+				bad++
+			}
+		}
+		leaked += l.leaked
+		lost += l.lost
+		if len(l.problems) > 0 {
+			bad++
+		}
+		for _, p := range l.problems {
+			fmt.Printf("    life %d: %s\n", l.n, p)
+			t.Errorf("life %d: %s", l.n, p)
+		}
+		fmt.Printf("life %3d/%d %-10s %d faults: %d leaked, %d lost at its end\n", l.n, len(lives), kind(l), len(l.faults), l.leaked, l.lost)
+	}
+
+	fmt.Println("faults: boundaries hit (operation | driver killed | trials)")
+	for _, op := range ops {
+		var labels []string
+		for l := range hits[op] {
+			labels = append(labels, l)
+		}
+		sort.Slice(labels, func(i, j int) bool { return labelKey(labels[i]) < labelKey(labels[j]) })
+		for _, l := range labels {
+			fmt.Printf("faults: | %s | %s | %d |\n", op, l, hits[op][l])
+		}
+	}
+	if left := h.carveLVs(); len(left) > 0 {
+		leaked += len(left)
+		t.Errorf("carve LVs left in %s after all trials: %v", vg, left)
+	}
+	fmt.Printf("faults: %d faults fired, %d driver restarts, %d trials or lives with other problems, %.0fs "+
+		"(calls %.0fs, restarts %.0fs, audits %.0fs)\n", fired, h.restarts, bad, time.Since(start).Seconds(),
+		h.tCalls.Seconds(), h.tRestarts.Seconds(), h.tAudits.Seconds())
+	fmt.Printf("faults: %d trials, %d leaked, %d lost\n", trials, leaked, lost)
+	if leaked > 0 || lost > 0 {
+		t.Errorf("%d leaked, %d lost (see the trial lines above)", leaked, lost)
+	}
+	if fired < trials*9/10 {
+		t.Errorf("only %d of %d faults fired: the calibration no longer matches the calls carve makes", fired, trials)
+	}
+}
+
+func kind(l *life) string {
+	switch {
+	case l.inline:
+		return "inline"
+	case l.expand:
+		return "pv+expand"
+	}
+	return "pv"
+}
+
+// packLives groups the planned faults into volume lives: each life takes the
+// first fault left and then, in plan order, every later one of its kind
+// (inline or persistent) on an op it has no fault on yet.
+func (h *harness) packLives(plan []boundary) []*life {
+	var lives []*life
+	used := make([]bool, len(plan))
+	for i, b := range plan {
+		if used[i] {
+			continue
+		}
+		l := &life{n: len(lives) + 1, inline: isInlineOp(b.op), faults: map[string]*trial{}}
+		l.tag = fmt.Sprintf("l%03d", l.n)
+		for j := i; j < len(plan); j++ {
+			if c := plan[j]; !used[j] && isInlineOp(c.op) == l.inline && l.faults[c.op] == nil {
+				l.faults[c.op] = &trial{fault: c}
+				used[j] = true
+			}
+		}
+		// Expansion is part of every fourth persistent life, and of those with a fault on it.
+		l.expand = !l.inline && (l.faults[opControllerGrow] != nil || l.faults[opNodeGrow] != nil || h.rng.IntN(4) == 0)
+		lives = append(lives, l)
+	}
+	return lives
+}
+
+// checkEnv says why the trials cannot run here, or "".
+func checkEnv(vg string) string {
+	if vg == "" {
+		return "CARVE_FAULTS_VG is not set; the trials need a dedicated LVM volume group with working device-mapper (hack/faults.sh runs them in the QEMU VM)"
+	}
+	if os.Geteuid() != 0 {
+		return "not root"
+	}
+	if !lvmtest.DeviceMapperAvailable() {
+		return "device-mapper is not usable, so logical volumes cannot be activated"
+	}
+	for _, tool := range []string{"lvm", "mkfs.ext4", "mount", "umount", "blkid", "resize2fs"} {
+		if _, err := osexec.LookPath(tool); err != nil {
+			return tool + " is not installed"
+		}
+	}
+	return ""
+}
+
+// installShim puts the shim binary and a symlink per tool into a directory
+// that start puts first in the driver's PATH.
+func (h *harness) installShim() {
+	t := h.t
+	h.shimDir = filepath.Join(t.TempDir(), "shim")
+	if err := os.Mkdir(h.shimDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(h.shimDir, "faultshim")
+	if src := os.Getenv("CARVE_FAULTS_SHIM"); src != "" {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatalf("CARVE_FAULTS_SHIM: %v", err)
+		}
+		if err := os.WriteFile(dst, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		_, file, _, _ := runtime.Caller(0)
+		cmd := osexec.Command("go", "build", "-o", dst, "./faultshim")
+		cmd.Dir = filepath.Dir(file)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build faultshim (or set CARVE_FAULTS_SHIM): %v\n%s", err, out)
+		}
+	}
+	for _, tool := range shimTools {
+		if err := os.Symlink("faultshim", filepath.Join(h.shimDir, tool)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// start runs a new carve-csi --mode=node with the shim first in its PATH.
+func (h *harness) start() {
+	t := h.t
+	h.arm(0, 0, "before") // nothing counts while it starts
+	p := driver.Start(t, []string{"PATH=" + h.shimDir + ":" + os.Getenv("PATH")},
+		"--mode=node", "--standalone", "--nodeid="+nodeID, "--drivername="+driverName,
+		"--pool=default=lvm:"+h.vg, "--kubelet-dir="+h.kubelet, "--v=2")
+	pid, err := pidOf(p.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.conn != nil {
+		h.conn.Close()
+	}
+	conn, err := grpc.NewClient("unix://"+p.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("grpc client for %s: %v", p.Socket, err)
+	}
+	h.proc, h.pid, h.conn = p, pid, conn
+	h.ctrl, h.node = csi.NewControllerClient(conn), csi.NewNodeClient(conn)
+	t.Cleanup(func() { conn.Close() })
+}
+
+// pidOf finds the carve-csi serving socket (test/driver does not export it).
+func pidOf(socket string) (int, error) {
+	want := "--endpoint=unix://" + socket
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		for _, a := range strings.Split(string(b), "\x00") {
+			if a == want {
+				return pid, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("no process with %s", want)
+}
+
+// arm writes the shim's configuration and empties its call log: calls from
+// pid are counted, and the kill-th (0: none) kills it.
+func (h *harness) arm(pid, kill int, when string) {
+	conf := fmt.Sprintf("pid=%d kill=%d when=%s\n", pid, kill, when)
+	if err := os.WriteFile(filepath.Join(h.shimDir, "fault.conf"), []byte(conf), 0o644); err != nil {
+		h.t.Fatal(err)
+	}
+	if err := os.Truncate(filepath.Join(h.shimDir, "calls.log"), 0); err != nil && !os.IsNotExist(err) {
+		h.t.Fatal(err)
+	}
+}
+
+// callLog returns the calls the shim counted since arm, and the one that killed.
+func (h *harness) callLog() (lines []string, fired string) {
+	b, err := os.ReadFile(filepath.Join(h.shimDir, "calls.log"))
+	if err != nil && !os.IsNotExist(err) {
+		h.t.Fatal(err)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if l == "" {
+			continue
+		}
+		lines = append(lines, l)
+		if strings.Contains(l, " !kill-") {
+			fired = l
+		}
+	}
+	return lines, fired
+}
+
+// call runs one CSI call of op; with a fault of the life on op armed, the
+// shim may kill the driver during it. Then the driver is restarted and fn
+// retried, as kubelet or a sidecar would, until it succeeds, and the node is
+// audited. fn updates the life's volumes when its call succeeds.
+func (h *harness) call(l *life, op string, fn func(context.Context) error) error {
+	tr := l.faults[op]
+	if tr != nil {
+		h.arm(h.pid, tr.fault.n, tr.fault.when)
+	} else {
+		h.arm(h.pid, 0, "before")
+	}
+	t0 := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	err := fn(ctx)
+	cancel()
+	h.tCalls += time.Since(t0)
+	lines, fired := h.callLog()
+	h.arm(0, 0, "before")
+	if fired == "" {
+		if err == nil && tr == nil && len(lines) >= h.calls[op] {
+			h.calls[op] = len(lines)
+			if l.faults == nil { // calibration
+				h.labels[op] = callLabels(lines)
+			}
+		}
+		if tr != nil {
+			h.report(l, tr, t0, "fault did not fire")
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", op, err)
+		}
+		return nil
+	}
+	tr.fired = fired
+	if err == nil {
+		tr.problem("%s succeeded although the shim killed the driver (%s)", op, fired)
+	}
+	t1 := time.Now()
+	h.proc.Stop(syscall.SIGKILL) // already dead: this waits for it
+	h.restarts++
+	h.start()
+	h.tRestarts += time.Since(t1)
+	for attempt := 1; ; attempt++ {
+		t2 := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		err = fn(ctx)
+		cancel()
+		h.tCalls += time.Since(t2)
+		if err == nil {
+			tr.retries = attempt
+			break
+		}
+		if attempt == maxRetries {
+			err = fmt.Errorf("%s after the restart: still failing after %d retries: %w", op, attempt, err)
+			tr.problem("%v", err)
+			h.report(l, tr, t0, "killed "+firedLabel(fired)+", restarted, retries failed")
+			return err
+		}
+		h.t.Logf("life %d: %s retry %d: %v", l.n, op, attempt, err)
+		time.Sleep(time.Duration(attempt) * 500 * time.Millisecond)
+	}
+	h.audit(l, &tr.tally, "after the recovery of "+op)
+	h.report(l, tr, t0, fmt.Sprintf("killed %s, restarted, retried %dx", firedLabel(fired), tr.retries))
+	return nil
+}
+
+// report prints one trial's line.
+func (h *harness) report(l *life, tr *trial, t0 time.Time, outcome string) {
+	h.done++
+	fmt.Printf("trial %3d (life %d) %-28s %-6s call %d: %s; %d leaked, %d lost (%.1fs)\n",
+		h.done, l.n, tr.fault.op, tr.fault.when, tr.fault.n, outcome, tr.leaked, tr.lost, time.Since(t0).Seconds())
+	for _, p := range tr.problems {
+		fmt.Printf("    trial %d: %s\n", h.done, p)
+		h.t.Errorf("trial %d (%v): %s", h.done, tr.fault, p)
+	}
+}
+
+// runLife runs one volume's life with its faults, audits that nothing of it
+// is left, and scrubs whatever is.
+func (h *harness) runLife(l *life) {
+	var err error
+	if l.inline {
+		err = h.inlineLife(l)
+	} else {
+		err = h.persistentLife(l)
+	}
+	if err != nil {
+		// The life fails; what it still holds is scrubbed, not counted.
+		l.problem("%v", err)
+	}
+	if h.audit(l, &l.tally, "at the end of the life") > 0 {
+		h.scrub(l)
+	}
+}
+
+func mountCap() *csi.VolumeCapability {
+	return &csi.VolumeCapability{
+		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+	}
+}
+
+func (h *harness) mkdir(p string) string {
+	if err := os.MkdirAll(p, 0o750); err != nil {
+		h.t.Fatal(err)
+	}
+	return p
+}
+
+// podTarget is a pod's target path; kubelet creates its parent, carve the rest.
+func (h *harness) podTarget(tag, vol string) string {
+	return filepath.Join(h.mkdir(filepath.Join(h.kubelet, "pods", tag+"-pod", "volumes", "kubernetes.io~csi", vol)), "mount")
+}
+
+func (h *harness) persistentLife(l *life) error {
+	v := &vol{name: "faults-" + l.tag + "-pv"}
+	v.staging = h.mkdir(filepath.Join(h.kubelet, "plugins", "kubernetes.io", "csi", driverName, l.tag, "globalmount"))
+	v.target = h.podTarget(l.tag, "pv")
+	l.vols = append(l.vols, v)
+	steps := []struct {
+		op string
+		fn func(context.Context) error
+	}{
+		{opCreate, func(ctx context.Context) error {
+			resp, err := h.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: v.name,
+				CapacityRange:      &csi.CapacityRange{RequiredBytes: volSize},
+				VolumeCapabilities: []*csi.VolumeCapability{mountCap()}})
+			if err == nil {
+				v.id, v.created = resp.GetVolume().GetVolumeId(), true
+			}
+			return err
+		}},
+		{opStage, func(ctx context.Context) error {
+			_, err := h.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.id,
+				StagingTargetPath: v.staging, VolumeCapability: mountCap()})
+			if err == nil {
+				v.staged = true
+			}
+			return err
+		}},
+		{opPublish, func(ctx context.Context) error {
+			_, err := h.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.id,
+				StagingTargetPath: v.staging, TargetPath: v.target, VolumeCapability: mountCap()})
+			if err == nil {
+				v.publ = true
+			}
+			return err
+		}},
+	}
+	for _, s := range steps {
+		if err := h.call(l, s.op, s.fn); err != nil {
+			return err
+		}
+	}
+	if err := h.writeData(v); err != nil {
+		return err
+	}
+	if l.expand {
+		if err := h.call(l, opControllerGrow, func(ctx context.Context) error {
+			resp, err := h.ctrl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: v.id,
+				CapacityRange: &csi.CapacityRange{RequiredBytes: grownSize}, VolumeCapability: mountCap()})
+			if err == nil && (resp.GetCapacityBytes() < grownSize || !resp.GetNodeExpansionRequired()) {
+				return fmt.Errorf("ControllerExpandVolume answered %v", resp)
+			}
+			return err
+		}); err != nil {
+			return err
+		}
+		if err := h.call(l, opNodeGrow, func(ctx context.Context) error {
+			_, err := h.node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: v.id,
+				VolumePath: v.target, StagingTargetPath: v.staging, VolumeCapability: mountCap(),
+				CapacityRange: &csi.CapacityRange{RequiredBytes: grownSize}})
+			return err
+		}); err != nil {
+			return err
+		}
+		var st unix.Statfs_t
+		if err := unix.Statfs(v.target, &st); err != nil {
+			return fmt.Errorf("statfs %s: %w", v.target, err)
+		}
+		// ext4 keeps some of the device for itself; 16 MiB stays below 24.
+		if total := int64(st.Blocks) * st.Bsize; total < 24*mib {
+			l.problem("after NodeExpandVolume the filesystem has %d bytes, want >= %d", total, 24*mib)
+		}
+		h.checkData(&l.tally, v, "after the expansion")
+	}
+	for _, s := range []struct {
+		op string
+		fn func(context.Context) error
+	}{
+		{opUnpublish, func(ctx context.Context) error {
+			_, err := h.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: v.id, TargetPath: v.target})
+			if err == nil {
+				v.publ = false
+			}
+			return err
+		}},
+		{opUnstage, func(ctx context.Context) error {
+			_, err := h.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: v.id, StagingTargetPath: v.staging})
+			if err == nil {
+				v.staged = false
+			}
+			return err
+		}},
+		{opDelete, func(ctx context.Context) error {
+			_, err := h.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v.id})
+			if err == nil {
+				v.created = false
+			}
+			return err
+		}},
+	} {
+		if err := h.call(l, s.op, s.fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (h *harness) inlineLife(l *life) error {
+	// kubelet's handle for an inline volume: csi-<sha256 of pod uid, volume>.
+	v := &vol{name: "csi-faults-" + l.tag + "-" + strconv.FormatUint(h.rng.Uint64(), 16)}
+	v.target = h.podTarget(l.tag, "inline")
+	l.vols = append(l.vols, v)
+	vctx := map[string]string{
+		"csi.storage.k8s.io/ephemeral":     "true",
+		"csi.storage.k8s.io/pod.name":      l.tag + "-pod",
+		"csi.storage.k8s.io/pod.namespace": "default",
+		"size":                             strconv.FormatInt(volSize/mib, 10) + "Mi",
+	}
+	if err := h.call(l, opInlinePublish, func(ctx context.Context) error {
+		_, err := h.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.name,
+			TargetPath: v.target, VolumeCapability: mountCap(), VolumeContext: vctx})
+		if err == nil {
+			v.created, v.publ = true, true
+		}
+		return err
+	}); err != nil {
+		return err
+	}
+	if err := h.writeData(v); err != nil {
+		return err
+	}
+	return h.call(l, opInlineUnpublish, func(ctx context.Context) error {
+		_, err := h.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: v.name, TargetPath: v.target})
+		if err == nil {
+			v.publ, v.created = false, false
+		}
+		return err
+	})
+}
+
+// writeData writes 256 KiB of random data through the pod's target and syncs it.
+func (h *harness) writeData(v *vol) error {
+	data := make([]byte, 256<<10)
+	for i := 0; i < len(data); i += 8 {
+		u := h.rng.Uint64()
+		for j := 0; j < 8; j++ {
+			data[i+j] = byte(u >> (8 * j))
+		}
+	}
+	f, err := os.OpenFile(filepath.Join(v.target, "data"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return fmt.Errorf("write data: %w", err)
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write data to %s: %w", v.target, err)
+	}
+	v.data = data
+	return nil
+}
+
+// checkData reads the data file back through the target, or the staging
+// mount when the volume is staged but not published; a difference is lost data.
+func (h *harness) checkData(tr *tally, v *vol, when string) {
+	var dir string
+	switch {
+	case v.data == nil:
+		return
+	case v.publ:
+		dir = v.target
+	case v.staged:
+		dir = v.staging
+	default:
+		return
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "data"))
+	if err != nil || !bytes.Equal(got, v.data) {
+		tr.lost++
+		tr.problem("lost %s: data file in %s %s: %d bytes read (want %d identical), %v", when, dir, v.name, len(got), len(v.data), err)
+	}
+}
+
+// carveLVs lists the carve-tagged LVs of the VG with the test's own lvm.
+func (h *harness) carveLVs() []string {
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	names, err := lvmtest.CarveLVs(ctx, &h.runner, h.vg)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return names
+}
+
+// audit counts into tr what is leaked and lost now, given what the life
+// holds, and returns how many carve LVs and kubelet mounts it saw.
+func (h *harness) audit(l *life, tr *tally, when string) (seen int) {
+	t0 := time.Now()
+	defer func() { h.tAudits += time.Since(t0) }()
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	lvs, err := lvmtest.LVs(ctx, &h.runner, h.vg)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	mounts, err := mount.ParseMountInfo("/proc/self/mountinfo")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	held := map[string]*vol{}
+	for _, v := range l.vols {
+		if v.created {
+			held[v.name] = v
+		}
+	}
+	lvOf := map[string]lvmtest.LV{} // CSI name -> LV
+	allLVs := map[string]bool{}
+	for _, lv := range lvs {
+		allLVs[lv.Name] = true
+		if !hasTag(lv.Tags, ownerTag) {
+			continue
+		}
+		seen++
+		name := csiName(lv.Tags)
+		if held[name] == nil {
+			tr.leaked++
+			tr.problem("leaked %s: LV %s (carve.name %q) is owned by no volume or pod", when, lv.Name, name)
+			continue
+		}
+		lvOf[name] = lv
+	}
+	for _, v := range l.vols {
+		if !v.created {
+			continue
+		}
+		lv, ok := lvOf[v.name]
+		if !ok {
+			tr.lost++
+			tr.problem("lost %s: volume %s is held (staged %v, published %v) but its LV is gone", when, v.name, v.staged, v.publ)
+			continue
+		}
+		dev := "/dev/" + h.vg + "/" + lv.Name
+		for _, m := range []struct {
+			on   bool
+			path string
+		}{{v.staged, v.staging}, {v.publ, v.target}} {
+			if m.on && !mountedFrom(mounts, m.path, dev) {
+				tr.lost++
+				tr.problem("lost %s: volume %s: %s is not a mount of %s", when, v.name, m.path, dev)
+			}
+		}
+		h.checkData(tr, v, when)
+	}
+	for _, m := range mounts {
+		if !strings.HasPrefix(m.MountPoint, h.kubelet+"/") {
+			continue
+		}
+		seen++
+		owned := false
+		for _, v := range l.vols {
+			owned = owned || (v.staged && m.MountPoint == v.staging) || (v.publ && m.MountPoint == v.target)
+		}
+		if !owned {
+			tr.leaked++
+			tr.problem("leaked %s: stray mount of %s at %s", when, m.Source, m.MountPoint)
+		}
+	}
+	// Device-mapper devices of the VG whose LV is gone.
+	prefix := strings.ReplaceAll(h.vg, "-", "--") + "-"
+	names, _ := filepath.Glob("/sys/block/dm-*/dm/name")
+	for _, f := range names {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		dm := strings.TrimSpace(string(b))
+		if !strings.HasPrefix(dm, prefix) {
+			continue
+		}
+		if lv := strings.ReplaceAll(strings.TrimPrefix(dm, prefix), "--", "-"); !allLVs[lv] {
+			tr.leaked++
+			tr.problem("leaked %s: device-mapper device %s has no LV", when, dm)
+		}
+	}
+	return seen
+}
+
+// mountedFrom reports whether path is mounted from the block device dev.
+func mountedFrom(mounts []mount.MountInfo, path, dev string) bool {
+	var st unix.Stat_t
+	if err := unix.Stat(dev, &st); err != nil {
+		return false
+	}
+	for _, m := range mounts {
+		if m.MountPoint == path && uint32(m.Major) == unix.Major(st.Rdev) && uint32(m.Minor) == unix.Minor(st.Rdev) {
+			return true
+		}
+	}
+	return false
+}
+
+func hasTag(tags, tag string) bool {
+	for _, t := range strings.Split(tags, ",") {
+		if t == tag {
+			return true
+		}
+	}
+	return false
+}
+
+func csiName(tags string) string {
+	for _, t := range strings.Split(tags, ",") {
+		if v, ok := strings.CutPrefix(t, "carve.name="); ok {
+			if b, err := base64.RawURLEncoding.DecodeString(v); err == nil {
+				return string(b)
+			}
+			return "<undecodable " + v + ">"
+		}
+	}
+	return ""
+}
+
+// scrub removes what the life left (mounts, LVs), after the audit counted
+// it, so that the next life starts clean.
+func (h *harness) scrub(l *life) {
+	mounts, err := mount.ParseMountInfo("/proc/self/mountinfo")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	sort.Slice(mounts, func(i, j int) bool { return len(mounts[i].MountPoint) > len(mounts[j].MountPoint) })
+	for _, m := range mounts {
+		if strings.HasPrefix(m.MountPoint, h.kubelet+"/") {
+			if err := unix.Unmount(m.MountPoint, unix.MNT_DETACH); err != nil {
+				h.t.Logf("scrub: umount %s: %v", m.MountPoint, err)
+			}
+		}
+	}
+	for _, lv := range h.carveLVs() {
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		if _, err := h.runner.Run(ctx, "lvm", "lvremove", "-f", h.vg+"/"+lv); err != nil {
+			h.t.Errorf("scrub after life %d: %v", l.n, err)
+		}
+		cancel()
+	}
+}
+
+// callLabels names each counted call ("lvm lvcreate", "mkfs.ext4", ...).
+func callLabels(lines []string) []string {
+	var out []string
+	for _, l := range lines {
+		out = append(out, toolLabel(strings.Fields(l)[1:]))
+	}
+	return out
+}
+
+func toolLabel(f []string) string {
+	if len(f) == 0 {
+		return "?"
+	}
+	switch f[0] {
+	case "lvm":
+		if len(f) > 1 {
+			return "lvm " + f[1]
+		}
+	case "mount":
+		for _, a := range f[1:] {
+			if strings.Contains(a, "remount") {
+				return "mount remount"
+			}
+			if strings.Contains(a, "bind") {
+				return "mount bind"
+			}
+		}
+	}
+	return f[0]
+}
+
+// firedLabel turns the shim's line "<n> <tool> <args> !kill-<when>" into
+// "<when> #<n> <tool>".
+func firedLabel(line string) string {
+	f := strings.Fields(line)
+	when := strings.TrimPrefix(f[len(f)-1], "!kill-")
+	return fmt.Sprintf("%s #%s %s", when, f[0], toolLabel(f[1:len(f)-1]))
+}
+
+// labelKey sorts labels by call number, then before/after.
+func labelKey(l string) string {
+	f := strings.Fields(l)
+	n, _ := strconv.Atoi(strings.TrimPrefix(f[1], "#"))
+	return fmt.Sprintf("%04d %t", n, f[0] == "after")
+}
