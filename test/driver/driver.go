@@ -24,7 +24,10 @@ var (
 )
 
 // Binary returns the carve-csi binary to test: $CARVE_BINARY, or one built
-// once per test process from this checkout.
+// once per test process from this checkout into _output/test (not a temp dir:
+// nothing could remove that when the process ends, and go test runs one process
+// per package). Each process builds to its own file and renames it into place,
+// so parallel packages never see a half-written binary.
 func Binary(t testing.TB) string {
 	t.Helper()
 	if b := os.Getenv("CARVE_BINARY"); b != "" {
@@ -33,17 +36,20 @@ func Binary(t testing.TB) string {
 	buildOnce.Do(func() {
 		_, file, _, _ := runtime.Caller(0)
 		root := filepath.Join(filepath.Dir(file), "..", "..")
-		dir, err := os.MkdirTemp("", "carve-bin")
-		if err != nil {
-			buildErr = err
+		dir := filepath.Join(root, "_output", "test")
+		if buildErr = os.MkdirAll(dir, 0o755); buildErr != nil {
+			return
+		}
+		tmp := filepath.Join(dir, fmt.Sprintf(".carve-csi.%d", os.Getpid()))
+		cmd := exec.Command("go", "build", "-o", tmp, "./cmd/carve-csi")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			os.Remove(tmp)
+			buildErr = fmt.Errorf("go build: %v: %s", err, out)
 			return
 		}
 		built = filepath.Join(dir, "carve-csi")
-		cmd := exec.Command("go", "build", "-o", built, "./cmd/carve-csi")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v: %s", err, out)
-		}
+		buildErr = os.Rename(tmp, built)
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
