@@ -18,7 +18,7 @@ vet:
 
 # Every layer: unit tests (fake runner), real lvm2 on loop devices, mounts on
 # loop devices, csi-sanity against the binary, then the VM rig.
-test: deps vet test-unit fuzz-short test-integration test-e2e
+test: deps vet test-unit fuzz-short test-integration test-e2e test-faults
 
 # The Debian packages the demo and the tests use, installed only if missing.
 deps:
@@ -46,6 +46,12 @@ test-lvm:
 # The whole node path in a QEMU VM: csi-sanity without skips and the node scenarios.
 test-e2e:
 	hack/e2e.sh
+
+# Crash consistency in the QEMU VM: carve-csi SIGKILLed at every step boundary,
+# restarted, the call retried, leaks and losses audited (CARVE_FAULTS_TRIALS, CARVE_FAULTS_SEED).
+.PHONY: test-faults
+test-faults:
+	hack/faults.sh
 
 bench:
 	$(GO) test -run XXX -bench . -benchtime 1x ./pkg/backend/lvm/ ./test/bench/
