@@ -13,7 +13,12 @@
 // own token, what it may do: the answer (SelfSubjectRulesReview, minus what
 // every authenticated user may do) must equal the expected list, and explicit
 // SelfSubjectAccessReviews must deny secrets, pods/exec, writes to Nodes and
-// anything cluster-wide with "*".
+// anything cluster-wide with "*". Then carve-csi --mode=controller,
+// external-provisioner and external-resizer run with the StatefulSet's own
+// arguments as carve-controller, leader election on: the Leases, the owner
+// lookup of --capacity-ownerref-level=1 and the CSIStorageCapacity objects
+// must work with exactly those rules (test/integration runs the sidecars
+// without leader election or an owner).
 //
 // kubectl and the control plane come from .cache/k8s/bin (hack/k8s/build.sh),
 // so the test runs only with CARVE_INTEGRATION=1, as `make test-integration`
