@@ -30,6 +30,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -118,6 +119,8 @@ type harness struct {
 	node     csi.NodeClient
 	restarts int
 	done     int // trials finished
+	// abandoned counts trials whose call was not retried but torn down.
+	abandoned int
 
 	tCalls, tRestarts, tAudits time.Duration
 
@@ -137,7 +140,11 @@ type vol struct {
 	created bool // held: CreateVolume (or the inline publish) succeeded, no Delete yet
 	staged  bool
 	publ    bool
-	data    []byte // written to <mount>/data after publish
+	// uncertain: a stage or publish was interrupted and abandoned, so the
+	// mount may or may not exist (kubelet's "uncertain" state); the volume is
+	// still owned, and kubelet tears it down.
+	uncertain bool
+	data      []byte // written to <mount>/data after publish
 }
 
 // tally is what an audit found.
@@ -156,7 +163,17 @@ type trial struct {
 	fault   boundary
 	fired   string // the shim's calls.log line of the call that killed, "" if none
 	retries int
+	// abandon: after the restart the call is not retried; the pod went away
+	// meanwhile, so kubelet tears down what may have been set up instead.
+	abandon bool
 }
+
+// errAbandoned is what call returns for an interrupted call that is abandoned.
+var errAbandoned = errors.New("abandoned after the restart")
+
+// abandonable are the calls kubelet may give up on when the pod is deleted
+// while they fail: it then unpublishes/unstages the uncertain mount.
+func abandonable(op string) bool { return op == opStage || op == opPublish || op == opInlinePublish }
 
 // life is one volume's whole life with a fault armed on some of its calls
 // (at most one per call), so the trials share the set-up and tear-down.
@@ -282,8 +299,9 @@ func TestFaults(t *testing.T) {
 		leaked += len(left)
 		t.Errorf("carve LVs left in %s after all trials: %v", vg, left)
 	}
-	fmt.Printf("faults: %d faults fired, %d driver restarts, %d trials or lives with other problems, %.0fs "+
-		"(calls %.0fs, restarts %.0fs, audits %.0fs)\n", fired, h.restarts, bad, time.Since(start).Seconds(),
+	fmt.Printf("faults: %d faults fired, %d driver restarts, %d calls abandoned and torn down instead of retried, "+
+		"%d trials or lives with other problems, %.0fs (calls %.0fs, restarts %.0fs, audits %.0fs)\n",
+		fired, h.restarts, h.abandoned, bad, time.Since(start).Seconds(),
 		h.tCalls.Seconds(), h.tRestarts.Seconds(), h.tAudits.Seconds())
 	fmt.Printf("faults: %d trials, %d leaked, %d lost\n", trials, leaked, lost)
 	if leaked > 0 || lost > 0 {
@@ -318,7 +336,7 @@ func (h *harness) packLives(plan []boundary) []*life {
 		l.tag = fmt.Sprintf("l%03d", l.n)
 		for j := i; j < len(plan); j++ {
 			if c := plan[j]; !used[j] && isInlineOp(c.op) == l.inline && l.faults[c.op] == nil {
-				l.faults[c.op] = &trial{fault: c}
+				l.faults[c.op] = &trial{fault: c, abandon: abandonable(c.op) && h.rng.IntN(3) == 0}
 				used[j] = true
 			}
 		}
@@ -500,6 +518,11 @@ func (h *harness) call(l *life, op string, fn func(context.Context) error) error
 	h.restarts++
 	h.start()
 	h.tRestarts += time.Since(t1)
+	if tr.abandon {
+		h.abandoned++
+		h.report(l, tr, t0, "killed "+firedLabel(fired)+", restarted, abandoned (torn down, audited at the end of the life)")
+		return errAbandoned
+	}
 	for attempt := 1; ; attempt++ {
 		t2 := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
@@ -608,7 +631,14 @@ func (h *harness) persistentLife(l *life) error {
 		}},
 	}
 	for _, s := range steps {
-		if err := h.call(l, s.op, s.fn); err != nil {
+		err := h.call(l, s.op, s.fn)
+		if errors.Is(err, errAbandoned) {
+			v.uncertain = true
+			v.staged = v.staged || s.op == opStage
+			v.publ = v.publ || s.op == opPublish
+			return h.teardown(l, v)
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -644,6 +674,11 @@ func (h *harness) persistentLife(l *life) error {
 		}
 		h.checkData(&l.tally, v, "after the expansion")
 	}
+	return h.teardown(l, v)
+}
+
+// teardown unpublishes, unstages and deletes a persistent volume.
+func (h *harness) teardown(l *life, v *vol) error {
 	for _, s := range []struct {
 		op string
 		fn func(context.Context) error
@@ -688,18 +723,23 @@ func (h *harness) inlineLife(l *life) error {
 		"csi.storage.k8s.io/pod.namespace": "default",
 		"size":                             strconv.FormatInt(volSize/mib, 10) + "Mi",
 	}
-	if err := h.call(l, opInlinePublish, func(ctx context.Context) error {
+	err := h.call(l, opInlinePublish, func(ctx context.Context) error {
 		_, err := h.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.name,
 			TargetPath: v.target, VolumeCapability: mountCap(), VolumeContext: vctx})
 		if err == nil {
 			v.created, v.publ = true, true
 		}
 		return err
-	}); err != nil {
+	})
+	switch {
+	case errors.Is(err, errAbandoned):
+		v.created, v.publ, v.uncertain = true, true, true
+	case err != nil:
 		return err
-	}
-	if err := h.writeData(v); err != nil {
-		return err
+	default:
+		if err := h.writeData(v); err != nil {
+			return err
+		}
 	}
 	return h.call(l, opInlineUnpublish, func(ctx context.Context) error {
 		_, err := h.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: v.name, TargetPath: v.target})
@@ -811,10 +851,16 @@ func (h *harness) audit(l *life, tr *tally, when string) (seen int) {
 			continue
 		}
 		lv, ok := lvOf[v.name]
+		if !ok && v.uncertain && v.id == "" {
+			continue // an interrupted inline publish may have left nothing
+		}
 		if !ok {
 			tr.lost++
 			tr.problem("lost %s: volume %s is held (staged %v, published %v) but its LV is gone", when, v.name, v.staged, v.publ)
 			continue
+		}
+		if v.uncertain {
+			continue // owned, but whether it is mounted is not known
 		}
 		dev := "/dev/" + h.vg + "/" + lv.Name
 		for _, m := range []struct {

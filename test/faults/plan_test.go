@@ -1,0 +1,67 @@
+package faults
+
+import (
+	"math/rand/v2"
+	"testing"
+)
+
+// These run everywhere: the plan and the labels, not the driver.
+
+func TestPackLivesUsesEveryFaultOnceAndOneFaultPerCall(t *testing.T) {
+	var plan []boundary
+	for _, op := range ops {
+		for n := 1; n <= 3; n++ {
+			plan = append(plan, boundary{op, n, "before"}, boundary{op, n, "after"})
+		}
+	}
+	h := &harness{rng: rand.New(rand.NewPCG(1, 2))}
+	h.rng.Shuffle(len(plan), func(i, j int) { plan[i], plan[j] = plan[j], plan[i] })
+	lives := h.packLives(plan)
+	seen := map[boundary]int{}
+	for i, l := range lives {
+		if l.n != i+1 {
+			t.Fatalf("life %d numbered %d", i+1, l.n)
+		}
+		for op, tr := range l.faults {
+			if tr.fault.op != op || isInlineOp(op) != l.inline {
+				t.Fatalf("life %d (inline %v) holds %v under %s", l.n, l.inline, tr.fault, op)
+			}
+			if tr.abandon && !abandonable(op) {
+				t.Fatalf("life %d abandons %s, which kubelet never abandons", l.n, op)
+			}
+			if (op == opControllerGrow || op == opNodeGrow) && !l.expand {
+				t.Fatalf("life %d has a fault on %s but does not expand", l.n, op)
+			}
+			seen[tr.fault]++
+		}
+	}
+	for _, b := range plan {
+		if seen[b] != 1 {
+			t.Fatalf("%v planned once, in %d lives", b, seen[b])
+		}
+	}
+	// Six faults on each op: each life takes one per op of its kind, so six
+	// persistent and six inline lives.
+	if len(lives) != 12 {
+		t.Fatalf("%d lives for %d faults", len(lives), len(plan))
+	}
+}
+
+func TestLabels(t *testing.T) {
+	for _, c := range []struct{ line, want string }{
+		{"3 lvm lvcreate -n carve-x -L 16777216b carve !kill-after", "after #3 lvm lvcreate"},
+		{"2 mount -t ext4 -o bind,remount,ro /a /b !kill-before", "before #2 mount remount"},
+		{"2 mount -o bind /a /b !kill-before", "before #2 mount bind"},
+		{"4 mkfs.ext4 -F -m0 /dev/carve/x !kill-after", "after #4 mkfs.ext4"},
+	} {
+		if got := firedLabel(c.line); got != c.want {
+			t.Errorf("firedLabel(%q) = %q, want %q", c.line, got, c.want)
+		}
+	}
+	if labelKey("after #2 blkid") <= labelKey("before #2 blkid") || labelKey("before #10 x") <= labelKey("after #9 x") {
+		t.Fatal("labels do not sort by call, then before/after")
+	}
+	if got := csiName("carve.owner=carve.csi.dev,carve.name=ZmF1bHRz"); got != "faults" {
+		t.Fatalf("csiName = %q", got)
+	}
+}
