@@ -23,6 +23,12 @@ run() { # name, command...
 
 run csi-sanity-lvm env CARVE_SANITY_VG=carve /tmp/sanity.test -test.run 'TestSanity$' -test.v -test.timeout 20m
 run node-path env CARVE_E2E_VG=carve CARVE_E2E_REQUIRE=1 /tmp/e2e.test -test.v -test.timeout 30m
+# 200 goroutines of creates, deletes and inline publishes/unpublishes (mkfs, mount) at once.
+if cp /share/concurrency.test /tmp/concurrency.test 2>/dev/null; then
+  run concurrency-lvm env CARVE_CONCURRENCY_VG=carve /tmp/concurrency.test -test.run 'TestConcurrentNodeAndController$' -test.v -test.timeout 30m
+else
+  say "FAIL: /share/concurrency.test missing"; fail=1
+fi
 if [ -x /share/pmem.test ] && [ -f /share/vm-pmem.sh ]; then
   run pmem sh /share/vm-pmem.sh suite
 fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make test-e2e: one boot of the VM rig (hack/vm) runs every suite that needs a
 # real kernel: csi-sanity (full, no device skips) against an LVM pool, the
-# node-path scenarios (test/e2e), and the PMEM suite (test/pmem) when it is
+# node-path scenarios (test/e2e), 200 concurrent controller and inline
+# node calls (test/concurrency), and the PMEM suite (test/pmem) when it is
 # built. Prints a summary line per suite and exits non-zero on any failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,7 @@ export CGO_ENABLED=0
 go build -o "$SHARE/carve-csi" ./cmd/carve-csi || { echo "[e2e] FAIL: build carve-csi"; exit 1; }
 go test -c -o "$SHARE/sanity.test" ./test/sanity || { echo "[e2e] FAIL: build sanity.test"; exit 1; }
 go test -c -o "$SHARE/e2e.test" ./test/e2e || { echo "[e2e] FAIL: build e2e.test"; exit 1; }
+go test -c -o "$SHARE/concurrency.test" ./test/concurrency || { echo "[e2e] FAIL: build concurrency.test"; exit 1; }
 if ls test/pmem/*_test.go >/dev/null 2>&1; then
   go test -c -o "$SHARE/pmem.test" ./test/pmem || { echo "[e2e] FAIL: build pmem.test"; exit 1; }
   cp test/pmem/vm-pmem.sh "$SHARE/" 2>/dev/null || true
@@ -26,7 +28,7 @@ echo "[e2e] build took $(( $(date +%s) - start ))s"
 hack/vm/run.sh --share "$SHARE" --timeout "${CARVE_E2E_TIMEOUT:-3000}" --quiet -- /share/e2e-guest.sh
 rc=$?
 echo "[e2e] ---- summary ----"
-grep -a -E '^(csi-sanity|e2e node path|pmem suite|leak audit|suite) ' "$SHARE/guest.log" 2>/dev/null | sed 's/^/[e2e] /'
+grep -a -E '^(csi-sanity|e2e node path|concurrency:|pmem suite|leak audit|suite) ' "$SHARE/guest.log" 2>/dev/null | sed 's/^/[e2e] /'
 if ! grep -q -a '^suite all:' "$SHARE/guest.log" 2>/dev/null; then
   echo "[e2e] FAIL: the guest did not finish its suites (run.sh exit $rc); last lines of its log:"
   tail -n 40 "$SHARE/guest.log" 2>/dev/null | sed 's/^/    /'
