@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -286,6 +287,9 @@ func (n *Node) parseInline(attrs map[string]string) (inlineRequest, error) {
 			}
 			if q.Sign() <= 0 {
 				return r, invalid("inline volume attribute %s=%q must be positive", attrSize, v)
+			}
+			if q.CmpInt64(math.MaxInt64) > 0 { // Value() would wrap, or read 1e30 as 0
+				return r, invalid("inline volume attribute %s=%q is larger than any volume can be", attrSize, v)
 			}
 			r.size = q.Value()
 		case k == attrFSType:
