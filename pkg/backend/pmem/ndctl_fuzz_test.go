@@ -6,6 +6,7 @@ import (
 	"math"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -200,6 +201,30 @@ func FuzzRawBytes(f *testing.F) {
 		}
 		if want > 0 && align >= PfnAlign && raw > align && UsableBytes(raw-align) >= want {
 			t.Fatalf("RawBytes(%d, %d) = %d is not the smallest", want, align, raw)
+		}
+	})
+}
+
+var recoverable = regexp.MustCompile(`^[a-z0-9]+(-[a-z0-9]+)*$`)
+
+// FuzzRecoverName: a volume without an index record gets its CSI name back
+// from its id only when the id spells it out in full (pvc-<uuid>); the name
+// recovered is never another volume's.
+func FuzzRecoverName(f *testing.F) {
+	for _, s := range []string{capPVCName, capName, "pvc-0b7e4a6c-1b9e-4c39-9f43-2f1d3a7c9e11", "a", "a--b", "-a", strings.Repeat("x", 40), strings.Repeat("x", 41), ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		id := names.VolumeID(name)
+		got := recoverName(id)
+		if got != "" && got != name {
+			t.Fatalf("recoverName(VolumeID(%q) = %s) = %q", name, id, got)
+		}
+		if got == "" && len(name) <= 40 && recoverable.MatchString(name) {
+			t.Fatalf("recoverName(VolumeID(%q) = %s) lost a name the id spells out", name, id)
+		}
+		if r := recoverName(name); r != "" && names.VolumeID(r) != name {
+			t.Fatalf("recoverName(%q) = %q, whose id is %s", name, r, names.VolumeID(r))
 		}
 	})
 }
