@@ -230,23 +230,18 @@ func TestFaults(t *testing.T) {
 		}
 	}
 	var bounds []boundary
+	perOp := map[string][]boundary{}
 	for _, op := range ops {
 		if h.calls[op] == 0 {
 			t.Fatalf("calibration: %s ran no tool (calls: %v): the shim is not in the driver's way", op, h.calls)
 		}
 		fmt.Printf("faults: %-28s %d tool calls: %s\n", op, h.calls[op], strings.Join(h.labels[op], ", "))
 		for n := 1; n <= h.calls[op]; n++ {
-			bounds = append(bounds, boundary{op, n, "before"}, boundary{op, n, "after"})
+			perOp[op] = append(perOp[op], boundary{op, n, "before"}, boundary{op, n, "after"})
 		}
+		bounds = append(bounds, perOp[op]...)
 	}
-	// Every boundary once per round, in a random order each round.
-	var plan []boundary
-	for len(plan) < trials {
-		round := append([]boundary(nil), bounds...)
-		h.rng.Shuffle(len(round), func(i, j int) { round[i], round[j] = round[j], round[i] })
-		plan = append(plan, round...)
-	}
-	lives := h.packLives(plan[:trials])
+	lives := h.packLives(h.plan(perOp, trials))
 	fmt.Printf("faults: %d boundaries (op x tool call x before/after); %d trials in %d volume lives\n", len(bounds), trials, len(lives))
 
 	var leaked, lost, fired, bad int
@@ -284,7 +279,11 @@ func TestFaults(t *testing.T) {
 		fmt.Printf("life %3d/%d %-10s %d faults: %d leaked, %d lost at its end\n", l.n, len(lives), kind(l), len(l.faults), l.leaked, l.lost)
 	}
 
-	fmt.Println("faults: boundaries hit (operation | driver killed | trials)")
+	nHit := 0
+	for _, m := range hits {
+		nHit += len(m)
+	}
+	fmt.Printf("faults: boundaries hit (operation | driver killed | trials): %d of %d\n", nHit, len(bounds))
 	for _, op := range ops {
 		var labels []string
 		for l := range hits[op] {
@@ -310,6 +309,30 @@ func TestFaults(t *testing.T) {
 	if fired < trials*9/10 {
 		t.Errorf("only %d of %d faults fired: the calibration no longer matches the calls carve makes", fired, trials)
 	}
+}
+
+// plan picks the trials' faults: the ops take turns (in a random order each
+// turn), so that the lives fill up, and each op walks through its own
+// boundaries in a random order, all of them before any repeats.
+func (h *harness) plan(perOp map[string][]boundary, trials int) []boundary {
+	next := map[string]int{}
+	var plan []boundary
+	for len(plan) < trials {
+		turn := append([]string(nil), ops...)
+		h.rng.Shuffle(len(turn), func(i, j int) { turn[i], turn[j] = turn[j], turn[i] })
+		for _, op := range turn {
+			bs := perOp[op]
+			if len(plan) == trials || len(bs) == 0 {
+				continue
+			}
+			if next[op]%len(bs) == 0 {
+				h.rng.Shuffle(len(bs), func(i, j int) { bs[i], bs[j] = bs[j], bs[i] })
+			}
+			plan = append(plan, bs[next[op]%len(bs)])
+			next[op]++
+		}
+	}
+	return plan
 }
 
 func kind(l *life) string {

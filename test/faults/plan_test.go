@@ -65,3 +65,40 @@ func TestLabels(t *testing.T) {
 		t.Fatalf("csiName = %q", got)
 	}
 }
+
+func TestPlanTakesOpsInTurnsAndEveryBoundaryBeforeRepeats(t *testing.T) {
+	perOp := map[string][]boundary{}
+	for i, op := range ops {
+		for n := 1; n <= 1+i%3; n++ {
+			perOp[op] = append(perOp[op], boundary{op, n, "before"}, boundary{op, n, "after"})
+		}
+	}
+	h := &harness{rng: rand.New(rand.NewPCG(3, 4))}
+	plan := h.plan(perOp, 100)
+	if len(plan) != 100 {
+		t.Fatalf("%d trials planned", len(plan))
+	}
+	count := map[string]int{}
+	seen := map[boundary]int{}
+	for _, b := range plan {
+		count[b.op]++
+		seen[b]++
+	}
+	for _, op := range ops {
+		if count[op] != 10 {
+			t.Errorf("%s: %d trials, want 10", op, count[op])
+		}
+		// 10 trials over 2, 4 or 6 boundaries: each hit 5, 2-3 or 1-2 times.
+		bs := perOp[op]
+		for _, b := range bs {
+			if lo := 10 / len(bs); seen[b] < lo || seen[b] > lo+1 {
+				t.Errorf("%v hit %d times", b, seen[b])
+			}
+		}
+	}
+	lives := h.packLives(plan)
+	// Every op has 10 faults: 10 persistent lives with 8, 10 inline with 2.
+	if len(lives) != 20 {
+		t.Fatalf("%d lives", len(lives))
+	}
+}
