@@ -79,14 +79,26 @@ for t in "${targets[@]}"; do
 	pkg=${t#*	}
 	log=$logdir/$name.log
 	start=$SECONDS
-	timeout --kill-after=10s "$outertimeout" \
-		$GO test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" -parallel "$FUZZPARALLEL" -fuzzminimizetime "$FUZZMINIMIZE" \
-		-timeout "${testtimeout}s" "$pkg" >"$log" 2>&1
-	rc=$?
+	note=
+	for attempt in 1 2; do
+		timeout --kill-after=10s "$outertimeout" \
+			$GO test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" -parallel "$FUZZPARALLEL" -fuzzminimizetime "$FUZZMINIMIZE" \
+			-timeout "${testtimeout}s" "$pkg" >"$log" 2>&1
+		rc=$?
+		# Go <1.27 can fail a target with a bare "context deadline exceeded"
+		# at the end of -fuzztime, having found nothing (go.dev/issue/75804,
+		# likelier on a loaded machine): run it once more; a second one fails.
+		if [ $rc -ne 0 ] && [ $attempt -eq 1 ] && grep -qx '[[:space:]]*context deadline exceeded' "$log" &&
+			! grep -q 'Failing input written' "$log" && ! grep -q 'panic:' "$log"; then
+			note=" (rerun after go.dev/issue/75804)"
+			continue
+		fi
+		break
+	done
 	took=$((SECONDS - start))
 	execs=$(grep -o 'execs: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
 	if [ $rc -eq 0 ]; then
-		printf 'ok    %-28s %-28s %4ds %12s execs\n' "$name" "$pkg" "$took" "${execs:-?}"
+		printf 'ok    %-28s %-28s %4ds %12s execs%s\n' "$name" "$pkg" "$took" "${execs:-?}" "$note"
 		continue
 	fi
 	failed=$((failed + 1))

@@ -271,7 +271,7 @@ func (b *Backend) Get(ctx context.Context, id string) (*backend.Volume, error) {
 		return nil, fmt.Errorf("lvm: get %s/%s: %w", b.vg, id, err)
 	}
 	for _, r := range rows {
-		if r.Name != id {
+		if r.Name != id || r.VG != b.vg { // as List: only this VG's LV (found by FuzzLVMReport)
 			continue
 		}
 		if !hasTag(r.Tags, b.owner) {
