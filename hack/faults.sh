@@ -3,7 +3,8 @@
 # crash-consistency trials (test/faults) on real device-mapper: carve-csi is
 # SIGKILLed at a step boundary, restarted, the call retried, the node audited.
 # Prints "faults: N trials, L leaked, M lost" and exits non-zero on failure.
-# CARVE_FAULTS_TRIALS / CARVE_FAULTS_SEED pass through to the guest.
+# CARVE_FAULTS_TRIALS / CARVE_FAULTS_SEED / CARVE_FAULTS_MODES (before,after
+# by default; "during" also kills the running tool) pass through to the guest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -22,6 +23,7 @@ cp hack/faults-guest.sh "$SHARE/faults-guest.sh"
 {
   echo "CARVE_FAULTS_TRIALS=${CARVE_FAULTS_TRIALS:-100}"
   [ -z "${CARVE_FAULTS_SEED:-}" ] || echo "CARVE_FAULTS_SEED=$CARVE_FAULTS_SEED"
+  [ -z "${CARVE_FAULTS_MODES:-}" ] || echo "CARVE_FAULTS_MODES=$CARVE_FAULTS_MODES"
 } >"$SHARE/faults.env"
 echo "[faults] build took $(( $(date +%s) - start ))s"
 

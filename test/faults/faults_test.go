@@ -94,12 +94,17 @@ var ops = []string{opCreate, opStage, opPublish, opControllerGrow, opNodeGrow, o
 
 func isInlineOp(op string) bool { return op == opInlinePublish || op == opInlineUnpublish }
 
-// boundary is one fault: kill the driver before or after the nth tool call of op.
+// boundary is one fault: kill the driver before or after the nth tool call
+// of op, or during it (together with the tool).
 type boundary struct {
 	op   string
 	n    int
-	when string // "before" or "after"
+	when string // "before", "after" or "during"
 }
+
+// maxDelay bounds how long a "during" fault lets the tool run; lvm commands
+// take 0.3-2.5 s in the emulated VM, blkid and mount much less.
+const maxDelay = 1500 * time.Millisecond
 
 func (b boundary) String() string { return fmt.Sprintf("%s %s call %d", b.op, b.when, b.n) }
 
@@ -161,7 +166,8 @@ func (t *tally) problem(format string, args ...any) {
 type trial struct {
 	tally
 	fault   boundary
-	fired   string // the shim's calls.log line of the call that killed, "" if none
+	fired   string        // the shim's calls.log line of the call that killed, "" if none
+	delay   time.Duration // "during": how long the tool ran before the kill
 	retries int
 	// abandon: after the restart the call is not retried; the pod went away
 	// meanwhile, so kubelet tears down what may have been set up instead.
@@ -203,6 +209,15 @@ func TestFaults(t *testing.T) {
 		}
 		trials = n
 	}
+	modes := []string{"before", "after"}
+	if s := os.Getenv("CARVE_FAULTS_MODES"); s != "" {
+		modes = strings.Split(s, ",")
+		for _, m := range modes {
+			if m != "before" && m != "after" && m != "during" {
+				t.Fatalf("CARVE_FAULTS_MODES=%q: want a list of before, after, during", s)
+			}
+		}
+	}
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("CARVE_FAULTS_SEED"); s != "" {
 		n, err := strconv.ParseUint(s, 10, 64)
@@ -211,7 +226,8 @@ func TestFaults(t *testing.T) {
 		}
 		seed = n
 	}
-	fmt.Printf("faults: seed %d (CARVE_FAULTS_SEED=%d repeats this run), %d trials, VG %s\n", seed, seed, trials, vg)
+	fmt.Printf("faults: seed %d (CARVE_FAULTS_SEED=%d repeats this run), %d trials, kills %s the tool call, VG %s\n",
+		seed, seed, trials, strings.Join(modes, "/"), vg)
 
 	h := &harness{t: t, vg: vg, kubelet: t.TempDir(), rng: rand.New(rand.NewPCG(seed, 0x636172766566)),
 		calls: map[string]int{}, labels: map[string][]string{}}
@@ -237,12 +253,15 @@ func TestFaults(t *testing.T) {
 		}
 		fmt.Printf("faults: %-28s %d tool calls: %s\n", op, h.calls[op], strings.Join(h.labels[op], ", "))
 		for n := 1; n <= h.calls[op]; n++ {
-			perOp[op] = append(perOp[op], boundary{op, n, "before"}, boundary{op, n, "after"})
+			for _, m := range modes {
+				perOp[op] = append(perOp[op], boundary{op, n, m})
+			}
 		}
 		bounds = append(bounds, perOp[op]...)
 	}
 	lives := h.packLives(h.plan(perOp, trials))
-	fmt.Printf("faults: %d boundaries (op x tool call x before/after); %d trials in %d volume lives\n", len(bounds), trials, len(lives))
+	fmt.Printf("faults: %d boundaries (op x tool call x %s); %d trials in %d volume lives\n",
+		len(bounds), strings.Join(modes, "/"), trials, len(lives))
 
 	var leaked, lost, fired, bad int
 	hits := map[string]map[string]int{} // op -> boundary label -> trials that killed there
@@ -359,7 +378,11 @@ func (h *harness) packLives(plan []boundary) []*life {
 		l.tag = fmt.Sprintf("l%03d", l.n)
 		for j := i; j < len(plan); j++ {
 			if c := plan[j]; !used[j] && isInlineOp(c.op) == l.inline && l.faults[c.op] == nil {
-				l.faults[c.op] = &trial{fault: c, abandon: abandonable(c.op) && h.rng.IntN(3) == 0}
+				tr := &trial{fault: c, abandon: abandonable(c.op) && h.rng.IntN(3) == 0}
+				if c.when == "during" {
+					tr.delay = time.Duration(h.rng.Int64N(int64(maxDelay/time.Millisecond))) * time.Millisecond
+				}
+				l.faults[c.op] = tr
 				used[j] = true
 			}
 		}
@@ -424,7 +447,7 @@ func (h *harness) installShim() {
 // start runs a new carve-csi --mode=node with the shim first in its PATH.
 func (h *harness) start() {
 	t := h.t
-	h.arm(0, 0, "before") // nothing counts while it starts
+	h.arm(0, 0, "before", 0) // nothing counts while it starts
 	p := driver.Start(t, []string{"PATH=" + h.shimDir + ":" + os.Getenv("PATH")},
 		"--mode=node", "--standalone", "--nodeid="+nodeID, "--drivername="+driverName,
 		"--pool=default=lvm:"+h.vg, "--kubelet-dir="+h.kubelet, "--v=2")
@@ -471,8 +494,8 @@ func pidOf(socket string) (int, error) {
 
 // arm writes the shim's configuration and empties its call log: calls from
 // pid are counted, and the kill-th (0: none) kills it.
-func (h *harness) arm(pid, kill int, when string) {
-	conf := fmt.Sprintf("pid=%d kill=%d when=%s\n", pid, kill, when)
+func (h *harness) arm(pid, kill int, when string, delay time.Duration) {
+	conf := fmt.Sprintf("pid=%d kill=%d when=%s delay=%d\n", pid, kill, when, delay.Milliseconds())
 	if err := os.WriteFile(filepath.Join(h.shimDir, "fault.conf"), []byte(conf), 0o644); err != nil {
 		h.t.Fatal(err)
 	}
@@ -481,7 +504,8 @@ func (h *harness) arm(pid, kill int, when string) {
 	}
 }
 
-// callLog returns the calls the shim counted since arm, and the one that killed.
+// callLog returns the calls the shim counted since arm, and the one that
+// killed (with " (tool killed)" or " (tool done first)" for a "during" kill).
 func (h *harness) callLog() (lines []string, fired string) {
 	b, err := os.ReadFile(filepath.Join(h.shimDir, "calls.log"))
 	if err != nil && !os.IsNotExist(err) {
@@ -489,6 +513,14 @@ func (h *harness) callLog() (lines []string, fired string) {
 	}
 	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
 		if l == "" {
+			continue
+		}
+		switch {
+		case strings.HasSuffix(l, " !tool-killed"):
+			fired += " (tool killed)"
+			continue
+		case strings.HasSuffix(l, " !tool-finished"):
+			fired += " (tool done first)"
 			continue
 		}
 		lines = append(lines, l)
@@ -506,9 +538,9 @@ func (h *harness) callLog() (lines []string, fired string) {
 func (h *harness) call(l *life, op string, fn func(context.Context) error) error {
 	tr := l.faults[op]
 	if tr != nil {
-		h.arm(h.pid, tr.fault.n, tr.fault.when)
+		h.arm(h.pid, tr.fault.n, tr.fault.when, tr.delay)
 	} else {
-		h.arm(h.pid, 0, "before")
+		h.arm(h.pid, 0, "before", 0)
 	}
 	t0 := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
@@ -516,7 +548,7 @@ func (h *harness) call(l *life, op string, fn func(context.Context) error) error
 	cancel()
 	h.tCalls += time.Since(t0)
 	lines, fired := h.callLog()
-	h.arm(0, 0, "before")
+	h.arm(0, 0, "before", 0)
 	if fired == "" {
 		if err == nil && tr == nil && len(lines) >= h.calls[op] {
 			h.calls[op] = len(lines)
@@ -1021,17 +1053,21 @@ func toolLabel(f []string) string {
 	return f[0]
 }
 
-// firedLabel turns the shim's line "<n> <tool> <args> !kill-<when>" into
-// "<when> #<n> <tool>".
+// firedLabel turns the shim's line "<n> <tool> <args> !kill-<when>[ (...)]"
+// into "<when> #<n> <tool>[ (...)]".
 func firedLabel(line string) string {
+	line, note, _ := strings.Cut(line, " (")
+	if note != "" {
+		note = " (" + note
+	}
 	f := strings.Fields(line)
 	when := strings.TrimPrefix(f[len(f)-1], "!kill-")
-	return fmt.Sprintf("%s #%s %s", when, f[0], toolLabel(f[1:len(f)-1]))
+	return fmt.Sprintf("%s #%s %s%s", when, f[0], toolLabel(f[1:len(f)-1]), note)
 }
 
 // labelKey sorts labels by call number, then before/after.
 func labelKey(l string) string {
 	f := strings.Fields(l)
 	n, _ := strconv.Atoi(strings.TrimPrefix(f[1], "#"))
-	return fmt.Sprintf("%04d %t", n, f[0] == "after")
+	return fmt.Sprintf("%04d %s %s", n, map[string]string{"before": "0", "during": "1", "after": "2"}[f[0]], l)
 }

@@ -53,13 +53,15 @@ func TestLabels(t *testing.T) {
 		{"2 mount -t ext4 -o bind,remount,ro /a /b !kill-before", "before #2 mount remount"},
 		{"2 mount -o bind /a /b !kill-before", "before #2 mount bind"},
 		{"4 mkfs.ext4 -F -m0 /dev/carve/x !kill-after", "after #4 mkfs.ext4"},
+		{"4 mkfs.ext4 -F -m0 /dev/carve/x !kill-during (tool killed)", "during #4 mkfs.ext4 (tool killed)"},
 	} {
 		if got := firedLabel(c.line); got != c.want {
 			t.Errorf("firedLabel(%q) = %q, want %q", c.line, got, c.want)
 		}
 	}
-	if labelKey("after #2 blkid") <= labelKey("before #2 blkid") || labelKey("before #10 x") <= labelKey("after #9 x") {
-		t.Fatal("labels do not sort by call, then before/after")
+	if labelKey("after #2 blkid") <= labelKey("during #2 blkid (tool killed)") || labelKey("during #2 blkid") <= labelKey("before #2 blkid") ||
+		labelKey("before #10 x") <= labelKey("after #9 x") {
+		t.Fatal("labels do not sort by call, then before/during/after")
 	}
 	if got := csiName("carve.owner=carve.csi.dev,carve.name=ZmF1bHRz"); got != "faults" {
 		t.Fatalf("csiName = %q", got)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -18,7 +19,10 @@ func TestParseConfig(t *testing.T) {
 	if c, err := parseConfig(""); err != nil || c != (Config{When: "before"}) {
 		t.Fatalf("empty: %+v, %v", c, err)
 	}
-	for _, bad := range []string{"pid", "pid=x", "kill=1 when=during", "colour=red"} {
+	if c, err := parseConfig("kill=2 when=during delay=150"); err != nil || c.When != "during" || c.DelayMS != 150 {
+		t.Fatalf("during: %+v, %v", c, err)
+	}
+	for _, bad := range []string{"pid", "pid=x", "kill=1 when=sometime", "delay=soon", "colour=red"} {
 		if _, err := parseConfig(bad); err == nil {
 			t.Errorf("%q: no error", bad)
 		}
@@ -168,5 +172,45 @@ func TestOtherParentNotCounted(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(r.shim, "calls.log")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("calls.log written for an uncounted call: %v", err)
+	}
+}
+
+func TestKillDuringNthCall(t *testing.T) {
+	r := newRig(t)
+	// tool2's real version records that it started, then sleeps: the shim
+	// kills it (and the parent) 200 ms in.
+	script := "#!/bin/sh\necho \"tool2 started\" >> " + r.record + "\nsleep 30\necho \"tool2 finished\" >> " + r.record + "\n"
+	if err := os.WriteFile(filepath.Join(r.real, "tool2"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("faultshim", filepath.Join(r.shim, "tool2")); err != nil {
+		t.Fatal(err)
+	}
+	sh := `echo "pid=$$ kill=2 when=during delay=200" > ` + filepath.Join(r.shim, "fault.conf") + `
+tool1 a; tool2 b; echo survived`
+	cmd := osexec.Command("sh", "-c", sh)
+	cmd.Env = []string{"PATH=" + r.shim + ":" + r.real + ":/usr/bin:/bin"}
+	start := time.Now()
+	out, err := cmd.Output()
+	var ee *osexec.ExitError
+	ws, _ := func() (syscall.WaitStatus, bool) {
+		if errors.As(err, &ee) {
+			w, ok := ee.Sys().(syscall.WaitStatus)
+			return w, ok
+		}
+		return 0, false
+	}()
+	if !ws.Signaled() || ws.Signal() != syscall.SIGKILL || len(out) != 0 {
+		t.Fatalf("parent: %v, out %q; want killed by SIGKILL", err, out)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Fatalf("took %v: the tool was not killed", d)
+	}
+	b, _ := os.ReadFile(r.record)
+	if got := string(b); !strings.Contains(got, "tool2 started") || strings.Contains(got, "tool2 finished") {
+		t.Fatalf("record: %q", got)
+	}
+	if got := strings.Join(r.calls(t), "|"); got != "1 tool1 a|2 tool2 b !kill-during|2 !tool-killed" {
+		t.Fatalf("calls.log: %s", got)
 	}
 }
