@@ -879,6 +879,12 @@ func (h *harness) audit(l *life, tr *tally, when string) (seen int) {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	dms := h.dmDevices()
+	suspended := map[string]bool{}
+	for _, d := range dms {
+		suspended[d.lv] = d.suspended
+
+	}
 	held := map[string]*vol{}
 	for _, v := range l.vols {
 		if v.created {
@@ -914,6 +920,12 @@ func (h *harness) audit(l *life, tr *tally, when string) (seen int) {
 			tr.problem("lost %s: volume %s is held (staged %v, published %v) but its LV is gone", when, v.name, v.staged, v.publ)
 			continue
 		}
+		if suspended[lv.Name] {
+			// Reading its data would hang; the scrub resumes it.
+			tr.lost++
+			tr.problem("lost %s: volume %s: its device-mapper device is left suspended, so its I/O blocks", when, v.name)
+			continue
+		}
 		if v.uncertain {
 			continue // owned, but whether it is mounted is not known
 		}
@@ -943,24 +955,44 @@ func (h *harness) audit(l *life, tr *tally, when string) (seen int) {
 			tr.problem("leaked %s: stray mount of %s at %s", when, m.Source, m.MountPoint)
 		}
 	}
-	// Device-mapper devices of the VG whose LV is gone.
+	for _, d := range dms {
+		if !allLVs[d.lv] {
+			seen++
+			tr.leaked++
+			tr.problem("leaked %s: device-mapper device %s has no LV", when, d.name)
+		}
+		if d.suspended {
+			h.resume(d.name)
+		}
+	}
+	return seen
+}
+
+// dmDev is a device-mapper device of the VG.
+type dmDev struct {
+	name, lv  string
+	suspended bool // I/O to it blocks until it is resumed
+}
+
+func (h *harness) dmDevices() []dmDev {
 	prefix := strings.ReplaceAll(h.vg, "-", "--") + "-"
 	names, _ := filepath.Glob("/sys/block/dm-*/dm/name")
+	var out []dmDev
 	for _, f := range names {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			continue
 		}
-		dm := strings.TrimSpace(string(b))
-		if !strings.HasPrefix(dm, prefix) {
+		d := dmDev{name: strings.TrimSpace(string(b))}
+		if !strings.HasPrefix(d.name, prefix) {
 			continue
 		}
-		if lv := strings.ReplaceAll(strings.TrimPrefix(dm, prefix), "--", "-"); !allLVs[lv] {
-			tr.leaked++
-			tr.problem("leaked %s: device-mapper device %s has no LV", when, dm)
-		}
+		d.lv = strings.ReplaceAll(strings.TrimPrefix(d.name, prefix), "--", "-")
+		sus, _ := os.ReadFile(filepath.Join(filepath.Dir(f), "suspended"))
+		d.suspended = strings.TrimSpace(string(sus)) == "1"
+		out = append(out, d)
 	}
-	return seen
+	return out
 }
 
 // mountedFrom reports whether path is mounted from the block device dev.
@@ -998,6 +1030,16 @@ func csiName(tags string) string {
 	return ""
 }
 
+// resume resumes a suspended device the audit counted, so that the life
+// can go on instead of blocking on it.
+func (h *harness) resume(name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	if _, err := h.runner.Run(ctx, "dmsetup", "resume", name); err != nil {
+		h.t.Errorf("resume %s: %v", name, err)
+	}
+}
+
 // scrub removes what the life left (mounts, LVs), after the audit counted
 // it, so that the next life starts clean.
 func (h *harness) scrub(l *life) {
@@ -1019,6 +1061,23 @@ func (h *harness) scrub(l *life) {
 			h.t.Errorf("scrub after life %d: %v", l.n, err)
 		}
 		cancel()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	lvs, err := lvmtest.LVs(ctx, &h.runner, h.vg)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, lv := range lvs {
+		have[lv.Name] = true
+	}
+	for _, d := range h.dmDevices() {
+		if !have[d.lv] {
+			if _, err := h.runner.Run(ctx, "dmsetup", "remove", "-f", d.name); err != nil {
+				h.t.Errorf("scrub after life %d: %v", l.n, err)
+			}
+		}
 	}
 }
 
