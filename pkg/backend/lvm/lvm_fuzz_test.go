@@ -3,6 +3,7 @@ package lvm
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"path"
 	"path/filepath"
 	"reflect"
@@ -157,4 +158,63 @@ func FuzzTags(f *testing.F) {
 			t.Fatalf("ParseTags(%q) = %+v; encoded again it parses as %+v, %v", raw, got, again, err)
 		}
 	})
+}
+
+// TestCapturedReportsStructure: every captured lvs/vgs report parses into as
+// many rows as it names LVs or VGs, with the fields lvm always fills, and
+// the VG numbers agree with each other (free = free extents x extent size).
+func TestCapturedReportsStructure(t *testing.T) {
+	files, err := filepath.Glob("testdata/*.txt")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("captures: %v", err)
+	}
+	lvs, vgs := 0, 0
+	for _, file := range files {
+		calls, err := readCapture(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range calls {
+			if len(c.Argv) < 2 || c.RC != 0 || c.Stdout == "" {
+				continue
+			}
+			switch c.Argv[1] {
+			case "lvs":
+				lvs++
+				rows, err := parseLVs([]byte(c.Stdout))
+				if err != nil || len(rows) != strings.Count(c.Stdout, `"lv_name"`) {
+					t.Fatalf("%s: %d rows from %d LVs: %v", file, len(rows), strings.Count(c.Stdout, `"lv_name"`), err)
+				}
+				for _, r := range rows {
+					size, err := r.Size.int()
+					if r.Name == "" || r.VG == "" || err != nil || size <= 0 || r.Path != "/dev/"+r.VG+"/"+r.Name {
+						t.Errorf("%s: row %+v (size %d, %v)", file, r, size, err)
+					}
+				}
+			case "vgs":
+				vgs++
+				var rep struct {
+					Report []struct {
+						VG []vgRow `json:"vg"`
+					} `json:"report"`
+				}
+				if err := json.Unmarshal([]byte(c.Stdout), &rep); err != nil || len(rep.Report) != 1 ||
+					len(rep.Report[0].VG) != strings.Count(c.Stdout, `"vg_name"`) {
+					t.Fatalf("%s: vgs report %+v: %v", file, rep, err)
+				}
+				for _, r := range rep.Report[0].VG {
+					size, err1 := r.Size.int()
+					free, err2 := r.Free.int()
+					ext, err3 := r.ExtentSize.int()
+					count, err4 := r.FreeCount.int()
+					if err := errors.Join(err1, err2, err3, err4); err != nil || ext <= 0 || free > size || free != count*ext {
+						t.Errorf("%s: vg %+v: %v", file, r, err)
+					}
+				}
+			}
+		}
+	}
+	if lvs < 10 || vgs < 3 {
+		t.Fatalf("only %d lvs and %d vgs captures", lvs, vgs)
+	}
 }

@@ -231,3 +231,49 @@ func FuzzRecoverName(f *testing.F) {
 		}
 	})
 }
+
+// TestCapturedListStructure: every captured `ndctl list -R` parses into the
+// regions and namespaces it names, with the numbers ndctl always keeps
+// consistent (largest extent <= available <= size, aligned).
+func TestCapturedListStructure(t *testing.T) {
+	files, err := filepath.Glob("testdata/*.txt")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("captures: %v", err)
+	}
+	n := 0
+	for _, file := range files {
+		c, err := readCapture(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, call := range c.Calls {
+			if len(call.Argv) < 3 || call.Argv[1] != "list" || call.Argv[2] != "-R" || call.RC != 0 {
+				continue
+			}
+			n++
+			rs, err := parseRegions([]byte(call.Stdout))
+			if err != nil {
+				t.Fatalf("%s: %v", file, err)
+			}
+			nss := 0
+			for _, r := range rs {
+				nss += len(r.Namespaces)
+				if !regionPattern.MatchString(r.Dev) || r.Size <= 0 || r.Align <= 0 || r.AvailableSize > r.Size ||
+					r.MaxAvailableExtent > r.AvailableSize || r.AvailableSize%r.Align != 0 {
+					t.Errorf("%s: region %+v", file, r)
+				}
+				for _, ns := range r.Namespaces {
+					if !strings.HasPrefix(ns.Dev, "namespace") || (ns.Mode == "fsdax" && ns.Size > 0 && ns.Blockdev == "" && ns.State != "disabled") {
+						t.Errorf("%s: namespace %+v", file, ns)
+					}
+				}
+			}
+			if len(rs) != strings.Count(call.Stdout, `"dev":"region`) || nss != strings.Count(call.Stdout, `"dev":"namespace`) {
+				t.Errorf("%s: %d regions, %d namespaces from %q", file, len(rs), nss, call.Stdout)
+			}
+		}
+	}
+	if n < 10 {
+		t.Fatalf("only %d captured ndctl list -R runs", n)
+	}
+}
