@@ -98,7 +98,7 @@ for t in "${targets[@]}"; do
 	took=$((SECONDS - start))
 	execs=$(grep -o 'execs: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
 	if [ $rc -eq 0 ]; then
-		printf 'ok    %-28s %-28s %4ds %12s execs%s\n' "$name" "$pkg" "$took" "${execs:-?}" "$note"
+		printf 'ok    %-28s %-28s %4ds %12s execs%s\n' "$name" "$pkg" "$took" "${execs:-0}" "$note"
 		continue
 	fi
 	failed=$((failed + 1))
