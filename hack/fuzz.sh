@@ -18,7 +18,7 @@
 # regression seed that every plain `go test` runs).
 set -uo pipefail
 
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 GO=${GO:-go}
 FUZZTIME=${FUZZTIME:-30s}
 FUZZPARALLEL=${FUZZPARALLEL:-1}
@@ -53,7 +53,7 @@ fi
 # name<TAB>package for every target go test lists.
 targets=()
 for d in "${dirs[@]}"; do
-	if ! out=$($GO test -list '^Fuzz' "./$d" 2>&1); then
+	if ! out=$("$GO" test -list '^Fuzz' "./$d" 2>&1); then
 		echo "$out" >&2
 		echo "fuzz: listing the fuzz targets of ./$d failed" >&2
 		exit 1
@@ -82,7 +82,7 @@ for t in "${targets[@]}"; do
 	note=
 	for attempt in 1 2; do
 		timeout --kill-after=10s "$outertimeout" \
-			$GO test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" -parallel "$FUZZPARALLEL" -fuzzminimizetime "$FUZZMINIMIZE" \
+			"$GO" test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" -parallel "$FUZZPARALLEL" -fuzzminimizetime "$FUZZMINIMIZE" \
 			-timeout "${testtimeout}s" "$pkg" >"$log" 2>&1
 		rc=$?
 		# Go <1.27 can fail a target with a bare "context deadline exceeded"
@@ -97,13 +97,13 @@ for t in "${targets[@]}"; do
 	done
 	took=$((SECONDS - start))
 	execs=$(grep -o 'execs: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
-	if [ $rc -eq 0 ]; then
+	if [ "$rc" -eq 0 ]; then
 		printf 'ok    %-28s %-28s %4ds %12s execs%s\n' "$name" "$pkg" "$took" "${execs:-0}" "$note"
 		continue
 	fi
 	failed=$((failed + 1))
 	why="exit $rc"
-	[ $rc -eq 124 ] || [ $rc -eq 137 ] && why="timed out after ${took}s (hang?)"
+	if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then why="timed out after ${took}s (hang?)"; fi
 	grep -q 'panic: test timed out' "$log" && why="test binary timed out (hang?)"
 	printf 'FAIL  %-28s %-28s %4ds  %s\n' "$name" "$pkg" "$took" "$why"
 	sed 's/^/      /' "$log" | grep -v '^      fuzz: elapsed' | tail -40
