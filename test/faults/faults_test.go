@@ -169,6 +169,7 @@ type trial struct {
 	fired   string        // the shim's calls.log line of the call that killed, "" if none
 	delay   time.Duration // "during": how long the tool ran before the kill
 	retries int
+	ran     bool // reported: its call was reached
 	// abandon: after the restart the call is not retried; the pod went away
 	// meanwhile, so kubelet tears down what may have been set up instead.
 	abandon bool
@@ -259,15 +260,28 @@ func TestFaults(t *testing.T) {
 		}
 		bounds = append(bounds, perOp[op]...)
 	}
-	lives := h.packLives(h.plan(perOp, trials))
+	lives := h.packLives(h.plan(perOp, trials), 1)
 	fmt.Printf("faults: %d boundaries (op x tool call x %s); %d trials in %d volume lives\n",
 		len(bounds), strings.Join(modes, "/"), trials, len(lives))
 
 	var leaked, lost, fired, bad int
 	hits := map[string]map[string]int{} // op -> boundary label -> trials that killed there
 	start := time.Now()
-	for _, l := range lives {
+	for i := 0; i < len(lives); i++ {
+		l := lives[i]
 		h.runLife(l)
+		// A life that was torn down early (an abandoned call) never reached
+		// the calls after it: their faults go to new lives.
+		var left []boundary
+		for _, op := range ops {
+			if tr := l.faults[op]; tr != nil && !tr.ran {
+				left = append(left, tr.fault)
+				delete(l.faults, op)
+			}
+		}
+		if len(left) > 0 && len(l.problems) == 0 {
+			lives = append(lives, h.packLives(left, len(lives)+1)...)
+		}
 		for _, op := range ops {
 			tr := l.faults[op]
 			if tr == nil {
@@ -321,7 +335,10 @@ func TestFaults(t *testing.T) {
 		"%d trials or lives with other problems, %.0fs (calls %.0fs, restarts %.0fs, audits %.0fs)\n",
 		fired, h.restarts, h.abandoned, bad, time.Since(start).Seconds(),
 		h.tCalls.Seconds(), h.tRestarts.Seconds(), h.tAudits.Seconds())
-	fmt.Printf("faults: %d trials, %d leaked, %d lost\n", trials, leaked, lost)
+	fmt.Printf("faults: %d trials, %d leaked, %d lost\n", h.done, leaked, lost)
+	if h.done != trials {
+		t.Errorf("%d of the %d planned trials ran", h.done, trials)
+	}
 	if leaked > 0 || lost > 0 {
 		t.Errorf("%d leaked, %d lost (see the trial lines above)", leaked, lost)
 	}
@@ -367,14 +384,14 @@ func kind(l *life) string {
 // packLives groups the planned faults into volume lives: each life takes the
 // first fault left and then, in plan order, every later one of its kind
 // (inline or persistent) on an op it has no fault on yet.
-func (h *harness) packLives(plan []boundary) []*life {
+func (h *harness) packLives(plan []boundary, first int) []*life {
 	var lives []*life
 	used := make([]bool, len(plan))
 	for i, b := range plan {
 		if used[i] {
 			continue
 		}
-		l := &life{n: len(lives) + 1, inline: isInlineOp(b.op), faults: map[string]*trial{}}
+		l := &life{n: first + len(lives), inline: isInlineOp(b.op), faults: map[string]*trial{}}
 		l.tag = fmt.Sprintf("l%03d", l.n)
 		for j := i; j < len(plan); j++ {
 			if c := plan[j]; !used[j] && isInlineOp(c.op) == l.inline && l.faults[c.op] == nil {
@@ -605,6 +622,7 @@ func (h *harness) call(l *life, op string, fn func(context.Context) error) error
 // report prints one trial's line.
 func (h *harness) report(l *life, tr *trial, t0 time.Time, outcome string) {
 	h.done++
+	tr.ran = true
 	fmt.Printf("trial %3d (life %d) %-28s %-6s call %d: %s; %d leaked, %d lost (%.1fs)\n",
 		h.done, l.n, tr.fault.op, tr.fault.when, tr.fault.n, outcome, tr.leaked, tr.lost, time.Since(t0).Seconds())
 	for _, p := range tr.problems {

@@ -16,7 +16,7 @@ func TestPackLivesUsesEveryFaultOnceAndOneFaultPerCall(t *testing.T) {
 	}
 	h := &harness{rng: rand.New(rand.NewPCG(1, 2))}
 	h.rng.Shuffle(len(plan), func(i, j int) { plan[i], plan[j] = plan[j], plan[i] })
-	lives := h.packLives(plan)
+	lives := h.packLives(plan, 1)
 	seen := map[boundary]int{}
 	for i, l := range lives {
 		if l.n != i+1 {
@@ -98,7 +98,7 @@ func TestPlanTakesOpsInTurnsAndEveryBoundaryBeforeRepeats(t *testing.T) {
 			}
 		}
 	}
-	lives := h.packLives(plan)
+	lives := h.packLives(plan, 1)
 	// Every op has 10 faults: 10 persistent lives with 8, 10 inline with 2.
 	if len(lives) != 20 {
 		t.Fatalf("%d lives", len(lives))
