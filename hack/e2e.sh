@@ -28,7 +28,7 @@ echo "[e2e] build took $(( $(date +%s) - start ))s"
 hack/vm/run.sh --share "$SHARE" --timeout "${CARVE_E2E_TIMEOUT:-3000}" --quiet -- /share/e2e-guest.sh
 rc=$?
 echo "[e2e] ---- summary ----"
-grep -a -E '^(csi-sanity|e2e node path|concurrency:|pmem suite|leak audit|suite) ' "$SHARE/guest.log" 2>/dev/null | sed 's/^/[e2e] /'
+grep -a -E '^(csi-sanity|e2e node path|concurrency|pmem suite|leak audit|suite)[: ]' "$SHARE/guest.log" 2>/dev/null | sed 's/^/[e2e] /'
 if ! grep -q -a '^suite all:' "$SHARE/guest.log" 2>/dev/null; then
   echo "[e2e] FAIL: the guest did not finish its suites (run.sh exit $rc); last lines of its log:"
   tail -n 40 "$SHARE/guest.log" 2>/dev/null | sed 's/^/    /'
