@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,7 +12,6 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/klog/v2"
 
 	"github.com/carve-csi/carve/pkg/backend"
@@ -281,17 +279,11 @@ func (n *Node) parseInline(attrs map[string]string) (inlineRequest, error) {
 	for k, v := range attrs {
 		switch {
 		case k == attrSize:
-			q, err := resource.ParseQuantity(v)
+			size, err := parseSize(attrSize, v)
 			if err != nil {
-				return r, invalid("inline volume attribute %s=%q is not a quantity: %v", attrSize, v, err)
+				return r, err
 			}
-			if q.Sign() <= 0 {
-				return r, invalid("inline volume attribute %s=%q must be positive", attrSize, v)
-			}
-			if q.CmpInt64(math.MaxInt64) > 0 { // Value() would wrap, or read 1e30 as 0
-				return r, invalid("inline volume attribute %s=%q is larger than any volume can be", attrSize, v)
-			}
-			r.size = q.Value()
+			r.size = size
 		case k == attrFSType:
 			if v == "" || !supportedFSTypes[v] {
 				return r, invalid("inline volume attribute %s=%q is not supported (ext4, xfs)", attrFSType, v)

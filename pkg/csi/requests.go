@@ -1,9 +1,13 @@
 package csi
 
 import (
+	"math"
+	"regexp"
+
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/carve-csi/carve/pkg/names"
 	"github.com/carve-csi/carve/pkg/volume"
@@ -28,6 +32,31 @@ func parseCreate(req *csi.CreateVolumeRequest) (string, volume.Range, error) {
 	}
 	r, err := parseRange(req.GetCapacityRange())
 	return pool, r, err
+}
+
+// longExponent finds a decimal exponent of three or more digits.
+// ParseQuantity works 10^exponent out in full, so "1e2147483647" holds a CPU
+// for minutes (found by FuzzInlineAttributes), and it wraps exponents at 2^32
+// ("1e4294967296" reads as 1). No size in bytes needs more than two digits.
+var longExponent = regexp.MustCompile(`[eE][+-]?[0-9]{3}`)
+
+// parseSize reads a size attribute, a Kubernetes quantity, as whole bytes
+// (rounded up): positive and at most MaxInt64.
+func parseSize(attr, v string) (int64, error) {
+	if longExponent.MatchString(v) {
+		return 0, invalid("inline volume attribute %s=%q: an exponent of more than two digits is no size", attr, v)
+	}
+	q, err := resource.ParseQuantity(v)
+	if err != nil {
+		return 0, invalid("inline volume attribute %s=%q is not a quantity: %v", attr, v, err)
+	}
+	if q.Sign() <= 0 {
+		return 0, invalid("inline volume attribute %s=%q must be positive", attr, v)
+	}
+	if q.CmpInt64(math.MaxInt64) > 0 { // Value() would wrap, or read 1e30 as 0
+		return 0, invalid("inline volume attribute %s=%q is larger than any volume can be", attr, v)
+	}
+	return q.Value(), nil
 }
 
 func parseRange(cr *csi.CapacityRange) (volume.Range, error) {

@@ -140,3 +140,19 @@ func FuzzCreateVolumeRequest(f *testing.F) {
 		}
 	})
 }
+
+// TestParseSizeExponents: sizes with a decimal exponent read exactly; the
+// exponents ParseQuantity cannot handle (it computes 10^e in full, and wraps
+// e at 2^32) are InvalidArgument at once.
+func TestParseSizeExponents(t *testing.T) {
+	for v, want := range map[string]int64{"1e9": 1e9, "5E10": 5e10, "1.5e3": 1500, "1E": 1e18, "2Ei": 1 << 61, "12e-1": 2, "1e-3": 1} {
+		if got, err := parseSize(attrSize, v); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v, want %d", v, got, err, want)
+		}
+	}
+	for _, v := range []string{"1e2147483647", "9223372E36854775808", "1e4294967296", "1e-2147483649", "1e100", "1e19", "0e5"} {
+		if got, err := parseSize(attrSize, v); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("parseSize(%q) = %d, %v, want InvalidArgument", v, got, err)
+		}
+	}
+}
