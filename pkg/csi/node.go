@@ -394,6 +394,10 @@ func (n *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVo
 		case errors.Is(err, backend.ErrNotFound):
 		case err != nil:
 			return nil, toStatus(err)
+		case v.Ephemeral && v.Name == req.GetVolumeId() && v.TargetPath != "" && v.TargetPath != req.GetTargetPath():
+			// Another target holds this inline volume (a retried or stray call): unmounting
+			// this one was all there was to do; the volume goes with its own target.
+			klog.InfoS("Inline volume kept: it belongs to another target", "volumeID", req.GetVolumeId(), "device", v.ID, "target", v.TargetPath, "unpublished", req.GetTargetPath())
 		case v.Ephemeral && v.Name == req.GetVolumeId():
 			if err := n.Vols.Delete(ctx, v.ID); err != nil {
 				return nil, toStatus(fmt.Errorf("delete inline volume %s: %w", req.GetVolumeId(), err))

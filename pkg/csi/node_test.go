@@ -173,6 +173,14 @@ func TestInlineVolumes(t *testing.T) {
 	if err != nil || !v.Ephemeral || v.SizeBytes != 100*mib || v.TargetPath != req.TargetPath {
 		t.Fatalf("inline volume %+v, %v", v, err)
 	}
+	// Unpublishing the same id at another target leaves the volume to its own target.
+	other := filepath.Join(filepath.Dir(req.TargetPath), "other")
+	if _, err := r.nodeC.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-abc", TargetPath: other}); err != nil {
+		t.Fatalf("inline unpublish at another target: %v", err)
+	}
+	if _, err := r.pool.Get(ctx, names.VolumeID("csi-abc")); err != nil {
+		t.Fatalf("unpublish at another target removed the inline volume: %v", err)
+	}
 	for i := 0; i < 2; i++ {
 		if _, err := r.nodeC.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-abc", TargetPath: req.TargetPath}); err != nil {
 			t.Fatalf("inline unpublish #%d: %v", i, err)
