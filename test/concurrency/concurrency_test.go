@@ -5,7 +5,6 @@ package concurrency
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sort"
 	"strconv"
@@ -298,30 +297,19 @@ func carveLVs(t *testing.T, info *lvmtest.VG) map[string]int64 {
 // vgFree returns vg_free and vg_size in bytes, by vgs.
 func vgFree(t *testing.T, info *lvmtest.VG) (free, size int64) {
 	t.Helper()
+	f := vgFigures(t, info)
+	return f.FreeBytes, f.SizeBytes
+}
+
+func vgFigures(t *testing.T, info *lvmtest.VG) lvmtest.VGFigures {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	out, err := info.Runner.Run(ctx, "lvm", "vgs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o", "vg_free,vg_size", info.Name)
+	f, err := lvmtest.VGReport(ctx, info.Runner, info.Name)
 	if err != nil {
-		t.Fatalf("vgs: %v", err)
+		t.Fatal(err)
 	}
-	var rep struct {
-		Report []struct {
-			VG []struct {
-				Free string `json:"vg_free"`
-				Size string `json:"vg_size"`
-			} `json:"vg"`
-		} `json:"report"`
-	}
-	if err := json.Unmarshal(out, &rep); err != nil || len(rep.Report) != 1 || len(rep.Report[0].VG) != 1 {
-		t.Fatalf("vgs: %v: %s", err, out)
-	}
-	vg := rep.Report[0].VG[0]
-	free, err1 := strconv.ParseInt(vg.Free, 10, 64)
-	size, err2 := strconv.ParseInt(vg.Size, 10, 64)
-	if err1 != nil || err2 != nil {
-		t.Fatalf("vgs: %v %v: %s", err1, err2, out)
-	}
-	return free, size
+	return f
 }
 
 func capacity(t *testing.T, ctrl csi.ControllerClient) int64 {

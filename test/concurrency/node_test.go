@@ -3,7 +3,6 @@ package concurrency
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -86,7 +85,7 @@ func TestConcurrentNodeAndController(t *testing.T) {
 		t.Fatalf("volume group %s already holds carve LVs: %v", vgName, keys(left))
 	}
 	free0, vgSize := vgFree(t, info)
-	extent := vgExtent(t, info)
+	extent := vgFigures(t, info).ExtentBytes
 	// The fill volumes' size S: fillOK of them fit even beside every small
 	// volume at its peak, fillOK+1 never fit, so exactly fillOK succeed.
 	smallPeak := int64(nodeCtrlNames+tripleVols+pairVols) * alignUp(smallBytes, extent)
@@ -461,32 +460,6 @@ func TestConcurrentNodeAndController(t *testing.T) {
 }
 
 func alignUp(n, align int64) int64 { return (n + align - 1) / align * align }
-
-// vgExtent returns the VG's extent size in bytes, by vgs.
-func vgExtent(t *testing.T, info *lvmtest.VG) int64 {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	out, err := info.Runner.Run(ctx, "lvm", "vgs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o", "vg_extent_size", info.Name)
-	if err != nil {
-		t.Fatalf("vgs: %v", err)
-	}
-	var rep struct {
-		Report []struct {
-			VG []struct {
-				Extent string `json:"vg_extent_size"`
-			} `json:"vg"`
-		} `json:"report"`
-	}
-	if err := json.Unmarshal(out, &rep); err != nil || len(rep.Report) != 1 || len(rep.Report[0].VG) != 1 {
-		t.Fatalf("vgs: %v: %s", err, out)
-	}
-	ext, err := strconv.ParseInt(rep.Report[0].VG[0].Extent, 10, 64)
-	if err != nil || ext <= 0 {
-		t.Fatalf("vgs: extent %q: %v", rep.Report[0].VG[0].Extent, err)
-	}
-	return ext
-}
 
 // lvsNamed returns the LVs of the VG called name (goroutine-safe: no t).
 func lvsNamed(info *lvmtest.VG, name string) ([]lvmtest.LV, error) {

@@ -212,3 +212,43 @@ func CarveLVs(ctx context.Context, runner exec.Runner, vg string) ([]string, err
 	}
 	return names, nil
 }
+
+// VGFigures is one volume group's size, free space and extent size in bytes, as vgs reports them.
+type VGFigures struct {
+	SizeBytes, FreeBytes, ExtentBytes int64
+}
+
+// VGReport reads vg's figures with one vgs JSON report: the tool's own view,
+// which audits compare the driver's capacity against.
+func VGReport(ctx context.Context, runner exec.Runner, vg string) (VGFigures, error) {
+	out, err := runner.Run(ctx, "lvm", "vgs", "--reportformat", "json", "--units", "b", "--nosuffix",
+		"-o", "vg_size,vg_free,vg_extent_size", vg)
+	if err != nil {
+		return VGFigures{}, err
+	}
+	var rep struct {
+		Report []struct {
+			VG []struct {
+				Size   string `json:"vg_size"`
+				Free   string `json:"vg_free"`
+				Extent string `json:"vg_extent_size"`
+			} `json:"vg"`
+		} `json:"report"`
+	}
+	if err := json.Unmarshal(out, &rep); err != nil || len(rep.Report) != 1 || len(rep.Report[0].VG) != 1 {
+		return VGFigures{}, fmt.Errorf("vgs report for %s: %v: %s", vg, err, out)
+	}
+	r := rep.Report[0].VG[0]
+	var f VGFigures
+	for _, x := range []struct {
+		field, s string
+		dst      *int64
+	}{{"vg_size", r.Size, &f.SizeBytes}, {"vg_free", r.Free, &f.FreeBytes}, {"vg_extent_size", r.Extent, &f.ExtentBytes}} {
+		n, err := strconv.ParseInt(strings.TrimSpace(x.s), 10, 64)
+		if err != nil || n < 0 {
+			return VGFigures{}, fmt.Errorf("vgs report for %s: %s %q: %v", vg, x.field, x.s, err)
+		}
+		*x.dst = n
+	}
+	return f, nil
+}
