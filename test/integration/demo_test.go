@@ -364,22 +364,7 @@ func (d *demo) nodeCrash(t *testing.T) {
 		v.ID, k8srig.MS(killed.Sub(deleted)), lv.Finalizers, n.Name, n.Name)
 	r.StartAndWait(t, n.Proc, n.Sock)
 	restarted := time.Now()
-	k8srig.WaitFor(t, "LocalVolume, LV, PV and PVC of crash-create gone", k8srig.WaitLong, 50*time.Millisecond, func() (bool, string) {
-		var left []string
-		if err := r.CL.Get(ctx, client.ObjectKey{Name: v.ID}, &v1alpha1.LocalVolume{}); !apierrors.IsNotFound(err) {
-			left = append(left, fmt.Sprintf("LocalVolume (%v)", err))
-		}
-		if lvs, err := n.LVs(ctx); err != nil || lvs[v.ID] != 0 {
-			left = append(left, fmt.Sprintf("LV (%v)", err))
-		}
-		if _, err := r.CS.CoreV1().PersistentVolumes().Get(ctx, v.PV, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-			left = append(left, fmt.Sprintf("PV (%v)", err))
-		}
-		if _, err := r.CS.CoreV1().PersistentVolumeClaims(k8srig.PodNS).Get(ctx, v.PVC, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-			left = append(left, fmt.Sprintf("PVC (%v)", err))
-		}
-		return len(left) == 0, "left: " + strings.Join(left, ", ")
-	})
+	waitVolumeGone(t, d.r, n, v, "create")
 	gone := time.Now()
 	r.Audit(t, "after the node crash", len(d.pods))
 	after := r.WaitCapacityExact(t, "after the node crash")
@@ -449,22 +434,7 @@ func (d *demo) controllerCrashInDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 	stopped = false
-	k8srig.WaitFor(t, "LocalVolume, LV, PV and PVC of crash-delete gone", k8srig.WaitLong, 50*time.Millisecond, func() (bool, string) {
-		var left []string
-		if err := r.CL.Get(ctx, client.ObjectKey{Name: v.ID}, &v1alpha1.LocalVolume{}); !apierrors.IsNotFound(err) {
-			left = append(left, fmt.Sprintf("LocalVolume (%v)", err))
-		}
-		if lvs, err := n.LVs(ctx); err != nil || lvs[v.ID] != 0 {
-			left = append(left, fmt.Sprintf("LV (%v)", err))
-		}
-		if _, err := r.CS.CoreV1().PersistentVolumes().Get(ctx, v.PV, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-			left = append(left, fmt.Sprintf("PV (%v)", err))
-		}
-		if _, err := r.CS.CoreV1().PersistentVolumeClaims(k8srig.PodNS).Get(ctx, v.PVC, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-			left = append(left, fmt.Sprintf("PVC (%v)", err))
-		}
-		return len(left) == 0, "left: " + strings.Join(left, ", ")
-	})
+	waitVolumeGone(t, d.r, n, v, "delete")
 	gone := time.Now()
 	r.Audit(t, "after the controller crash in delete", len(d.pods))
 	after := r.WaitCapacityExact(t, "after the controller crash in delete")
@@ -488,6 +458,28 @@ func (d *demo) controllerCrashInDelete(t *testing.T) {
 }
 
 // countLines counts the lines of a log that contain every one of subs.
+// waitVolumeGone waits until the LocalVolume, the LV on n, the PV and the PVC of v are all gone.
+func waitVolumeGone(t *testing.T, r *k8srig.Rig, n *k8srig.Node, v k8srig.Volume, label string) {
+	t.Helper()
+	ctx := context.Background()
+	k8srig.WaitFor(t, "LocalVolume, LV, PV and PVC of crash-"+label+" gone", k8srig.WaitLong, 50*time.Millisecond, func() (bool, string) {
+		var left []string
+		if err := r.CL.Get(ctx, client.ObjectKey{Name: v.ID}, &v1alpha1.LocalVolume{}); !apierrors.IsNotFound(err) {
+			left = append(left, fmt.Sprintf("LocalVolume (%v)", err))
+		}
+		if lvs, err := n.LVs(ctx); err != nil || lvs[v.ID] != 0 {
+			left = append(left, fmt.Sprintf("LV (%v)", err))
+		}
+		if _, err := r.CS.CoreV1().PersistentVolumes().Get(ctx, v.PV, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			left = append(left, fmt.Sprintf("PV (%v)", err))
+		}
+		if _, err := r.CS.CoreV1().PersistentVolumeClaims(k8srig.PodNS).Get(ctx, v.PVC, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			left = append(left, fmt.Sprintf("PVC (%v)", err))
+		}
+		return len(left) == 0, "left: " + strings.Join(left, ", ")
+	})
+}
+
 func countLines(t *testing.T, path string, subs ...string) int {
 	t.Helper()
 	b, err := os.ReadFile(path)
