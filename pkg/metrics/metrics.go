@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/klog/v2"
 )
 
 // BuildInfo is the constant 1 labeled with the binary's version.
@@ -27,15 +27,13 @@ func BuildInfo(version string) prometheus.Collector {
 	return g
 }
 
-// NewRegistry returns a registry with the Go runtime and process collectors,
-// carve_build_info and cs.
+// NewRegistry returns a registry with carve_build_info and cs. It has no Go
+// runtime or process collectors: carve-csi serves it together with
+// controller-runtime's registry, which has them, and the same series from two
+// gatherers is an error on every scrape.
 func NewRegistry(version string, cs ...prometheus.Collector) (*prometheus.Registry, error) {
 	reg := prometheus.NewRegistry()
-	all := append([]prometheus.Collector{
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		BuildInfo(version),
-	}, cs...)
+	all := append([]prometheus.Collector{BuildInfo(version)}, cs...)
 	for _, c := range all {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("metrics: %w", err)
@@ -62,8 +60,9 @@ func Listen(addr string, g prometheus.Gatherer) (*Server, error) {
 		return nil, fmt.Errorf("--metrics-address: %w", err)
 	}
 	mux := http.NewServeMux()
-	// ContinueOnError: one failing collector must not hide every other family.
-	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
+	// ContinueOnError: one failing collector must not hide every other family;
+	// its error is logged.
+	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError, ErrorLog: gatherLog{}}))
 	return &Server{lis: lis, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}, nil
 }
 
@@ -81,10 +80,15 @@ func (s *Server) Serve() error {
 // Shutdown lets scrapes in flight finish until ctx ends, then closes them.
 func (s *Server) Shutdown(ctx context.Context) error {
 	if err := s.srv.Shutdown(ctx); err != nil {
-		return s.srv.Close()
+		return errors.Join(err, s.srv.Close())
 	}
 	return nil
 }
+
+// gatherLog logs the errors promhttp meets while gathering.
+type gatherLog struct{}
+
+func (gatherLog) Println(v ...any) { klog.ErrorS(nil, "Serving /metrics", "error", fmt.Sprint(v...)) }
 
 // Close stops the server and its listener at once (also before Serve).
 func (s *Server) Close() error {

@@ -11,6 +11,7 @@ import (
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -344,8 +345,13 @@ func TestServerServesAllGatherers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// other stands for controller-runtime's registry, which has the Go and process collectors.
 	other := prometheus.NewRegistry()
-	other.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "other_registry_total", Help: "x"}, func() float64 { return 7 }))
+	other.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "other_registry_total", Help: "x"}, func() float64 { return 7 }),
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if _, err := (prometheus.Gatherers{reg, other}).Gather(); err != nil {
+		t.Fatalf("carve's registry and controller-runtime's collide: %v", err)
+	}
 
 	s, err := metrics.Listen("127.0.0.1:0", prometheus.Gatherers{reg, other})
 	if err != nil {

@@ -85,6 +85,9 @@ func scrape(t *testing.T, addr string) map[string]float64 {
 		if err != nil {
 			t.Fatalf("bad sample line %q: %v", line, err)
 		}
+		if _, dup := out[line[:i]]; dup {
+			t.Errorf("/metrics has series %q twice (two gatherers export it)", line[:i])
+		}
 		out[line[:i]] = v
 	}
 	if err := sc.Err(); err != nil {
