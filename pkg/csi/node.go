@@ -394,7 +394,7 @@ func (n *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVo
 		case errors.Is(err, backend.ErrNotFound):
 		case err != nil:
 			return nil, toStatus(err)
-		case v.Ephemeral && v.Name == req.GetVolumeId() && v.TargetPath != "" && v.TargetPath != req.GetTargetPath():
+		case v.Ephemeral && v.Name == req.GetVolumeId() && v.TargetPath != "" && filepath.Clean(v.TargetPath) != filepath.Clean(req.GetTargetPath()):
 			// Another target holds this inline volume (a retried or stray call): unmounting
 			// this one was all there was to do; the volume goes with its own target.
 			klog.InfoS("Inline volume kept: it belongs to another target", "volumeID", req.GetVolumeId(), "device", v.ID, "target", v.TargetPath, "unpublished", req.GetTargetPath())

@@ -108,28 +108,10 @@ func (h *Host) Run(ctx context.Context, name string, args ...string) ([]byte, er
 	if errors.As(err, &exitErr) {
 		e.ExitCode = exitErr.ExitCode()
 	}
-	if ctxErr := contextErr(ctx); ctxErr != nil {
+	if ctxErr := ctx.Err(); ctxErr != nil {
 		e.Err = fmt.Errorf("%w (%v)", ctxErr, err)
 	}
 	return stdout.Bytes(), e
-}
-
-// deadlineSlack is how close to its deadline a canceled context counts as
-// timed out; see contextErr.
-const deadlineSlack = time.Second
-
-// contextErr is ctx.Err(), except that a cancellation at the deadline is
-// DeadlineExceeded: a gRPC server sees a caller's deadline as a cancel, since
-// the client resets the stream when its own timer fires, just before the
-// server's timer (started when the request arrived) would.
-func contextErr(ctx context.Context) error {
-	err := ctx.Err()
-	if errors.Is(err, context.Canceled) {
-		if d, ok := ctx.Deadline(); ok && time.Until(d) < deadlineSlack {
-			return context.DeadlineExceeded
-		}
-	}
-	return err
 }
 
 // baseEnv keeps only what tools need from our environment: PATH and the
