@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/carve-csi/carve/pkg/names"
 )
 
 // Pool types.
@@ -37,9 +39,6 @@ var (
 	poolName = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$`)
 	region   = regexp.MustCompile(`^(region[0-9]+|all)$`)
 	share    = regexp.MustCompile(`^([0-9]{1,3})%?$`)
-	// VG names as lvm accepts them (lvm(8)), so a bad one fails here with the
-	// flag's usage rather than later in the backend.
-	vgName = regexp.MustCompile(`^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$`)
 )
 
 const usage = "want name=lvm:<volume group>, name=pmem:<region|all> or name=lvm-pmem:<region|all>[:<percent>%], e.g. fast=lvm:vg0, dax=pmem:region0, daxlvm=lvm-pmem:region0:50%"
@@ -60,7 +59,7 @@ func ParsePool(s string) (PoolSpec, error) {
 	spec := PoolSpec{Name: name, Type: typ, Source: source}
 	switch typ {
 	case TypeLVM:
-		if !vgName.MatchString(source) || source == "." || source == ".." {
+		if !names.ValidVGName(source) { // fails here with the flag's usage, not later in the backend
 			return PoolSpec{}, fmt.Errorf("pool %q: volume group %q: want a name lvm accepts ([A-Za-z0-9+_.-], not starting with '-', at most 127)", s, source)
 		}
 	case TypePMEM:

@@ -64,3 +64,10 @@ func readablePart(name string) string {
 	}
 	return strings.Trim(b.String(), "-")
 }
+
+// vgPattern is the volume group names lvm accepts (lvm(8)); "." and ".." are
+// refused separately.
+var vgPattern = regexp.MustCompile(`^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$`)
+
+// ValidVGName reports whether lvm accepts s as a volume group name.
+func ValidVGName(s string) bool { return vgPattern.MatchString(s) && s != "." && s != ".." }

@@ -52,3 +52,14 @@ func TestVolumeIDShape(t *testing.T) {
 		t.Fatal("names differing only in case map to one id")
 	}
 }
+
+func TestValidVGName(t *testing.T) {
+	for s, want := range map[string]bool{
+		"carve": true, "vg_0.x+y": true, "-vg": false, ".": false, "..": false, "": false, "vg/x": false, "vg x": false,
+		strings.Repeat("v", 127): true, strings.Repeat("v", 128): false,
+	} {
+		if got := ValidVGName(s); got != want {
+			t.Errorf("ValidVGName(%q) = %v, want %v", s, got, want)
+		}
+	}
+}

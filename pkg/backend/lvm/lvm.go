@@ -65,9 +65,6 @@ const cleanupTimeout = 30 * time.Second
 // to the CSI driver-name charset, which has no selection operators.
 var ownerPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 
-// VG names as lvm accepts them (lvm(8): [a-zA-Z0-9+_.-], not starting with '-').
-var vgPattern = regexp.MustCompile(`^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$`)
-
 // Backend is one LVM volume group used as a carve pool. It is safe for
 // concurrent use; lvm serializes commands on the VG with its own lock.
 // Callers serialize operations on one volume id (see Create's cleanup).
@@ -93,7 +90,7 @@ func New(ctx context.Context, runner exec.Runner, pool, vg, ownerTag string) (*B
 	if runner == nil {
 		return nil, errors.New("lvm: nil runner")
 	}
-	if !vgPattern.MatchString(vg) {
+	if !names.ValidVGName(vg) {
 		return nil, fmt.Errorf("lvm: invalid volume group name %q", vg)
 	}
 	if !ownerPattern.MatchString(ownerTag) {
