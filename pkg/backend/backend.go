@@ -5,6 +5,7 @@ package backend
 import (
 	"context"
 	"errors"
+	"math"
 )
 
 // Sentinel errors; implementations wrap them with %w and callers test with errors.Is.
@@ -95,12 +96,22 @@ func CanExpand(b Backend) bool {
 	return !ok || !f.FixedSize()
 }
 
-// AlignUp rounds size up to a multiple of align.
+// AlignUp rounds size up to a multiple of align. For a positive size it
+// does not wrap where the result fits (size+align-1 would); CanAlignUp says
+// whether it fits.
 func AlignUp(size, align int64) int64 {
 	if align <= 1 {
 		return size
 	}
-	return (size + align - 1) / align * align
+	if size <= 0 {
+		return (size + align - 1) / align * align
+	}
+	return (size-1)/align*align + align
+}
+
+// CanAlignUp reports whether AlignUp(size, align) fits in an int64.
+func CanAlignUp(size, align int64) bool {
+	return align <= 1 || size <= 0 || (size-1)/align < math.MaxInt64/align
 }
 
 // AlignDown rounds size down to a multiple of align.

@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"sort"
 
 	"k8s.io/klog/v2"
@@ -97,15 +96,10 @@ func SizeFor(r Range, align int64) (int64, error) {
 			want = r.LimitBytes
 		}
 	}
-	if align > 1 && (want-1)/align >= math.MaxInt64/align {
-		// Rounding up would wrap around int64 (found by FuzzSizeFor).
+	if !backend.CanAlignUp(want, align) { // found by FuzzSizeFor: rounding up wrapped around int64
 		return 0, fmt.Errorf("%w: %d bytes rounded up to the pool's %d-byte granularity exceeds the largest size", ErrOutOfRange, want, align)
 	}
-	size := want
-	if align > 1 {
-		// backend.AlignUp's size+align-1 can wrap even when the result fits.
-		size = (want-1)/align*align + align
-	}
+	size := backend.AlignUp(want, align)
 	if r.LimitBytes > 0 && size > r.LimitBytes {
 		return 0, fmt.Errorf("%w: %d bytes rounded up to the pool's %d-byte granularity is %d, above the limit %d",
 			ErrOutOfRange, want, align, size, r.LimitBytes)
