@@ -30,6 +30,12 @@ type index struct {
 type record struct {
 	Name       string `json:"name"`
 	TargetPath string `json:"targetPath,omitempty"`
+	// Pending: Create has not finished (the namespace may be half-made or
+	// not yet wiped). Create writes it before create-namespace and clears it
+	// after the wipe, so a retried Create after a crash knows the namespace
+	// was never handed out and remakes it. Absent in records of finished
+	// volumes, including those written before the field existed.
+	Pending bool `json:"pending,omitempty"`
 }
 
 func newIndex(dir string) (*index, error) {

@@ -53,7 +53,10 @@
 //
 // A new namespace can show the data of an earlier one that used the same
 // space: Create zeroes the first and last MiB of the device (wipeDevice), so
-// no old filesystem or other signature survives into a new volume.
+// no old filesystem or other signature survives into a new volume. The
+// index record stays marked pending until the wipe is done, so a Create
+// retried after a crash in between (or inside ndctl, leaving a raw-mode
+// namespace) remakes the namespace instead of answering that it exists.
 package pmem
 
 import (
@@ -246,6 +249,12 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 	if err != nil {
 		return nil, fmt.Errorf("pmem: create %s: %w: %w", req.ID, backend.ErrUnavailable, err)
 	}
+	uuid := volumeUUID(b.owner, req.ID, req.Ephemeral)
+	if len(existing) > 0 {
+		if existing, err = b.remakeInterrupted(ctx, req, uuid, existing); err != nil {
+			return nil, err
+		}
+	}
 	if len(existing) > 0 {
 		return nil, fmt.Errorf("pmem: namespace %s named %s already exists in %s: %w", existing[0].Dev, req.ID, existing[0].Region, backend.ErrExists)
 	}
@@ -253,10 +262,9 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 	if err != nil {
 		return nil, fmt.Errorf("pmem: create %s: %w", req.ID, err)
 	}
-	if err := b.idx.put(req.ID, record{Name: req.Name, TargetPath: req.TargetPath}); err != nil {
+	if err := b.idx.put(req.ID, record{Name: req.Name, TargetPath: req.TargetPath, Pending: true}); err != nil {
 		return nil, err
 	}
-	uuid := volumeUUID(b.owner, req.ID, req.Ephemeral)
 	out, err := ndctl(ctx, b.runner, "create-namespace", "-r", region, "-m", "fsdax", "-M", "dev", "-a", "2M",
 		"-s", strconv.FormatInt(raw, 10), "-n", req.ID, "-u", uuid)
 	var ns *nsJSON
@@ -267,6 +275,10 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 		}
 		if err == nil {
 			err = b.wipe("/dev/"+ns.Blockdev, ns.Size)
+		}
+		if err == nil {
+			// Only now is the volume finished and may be handed out.
+			err = b.idx.put(req.ID, record{Name: req.Name, TargetPath: req.TargetPath})
 		}
 	} else {
 		err = mapError("create", region+"/"+req.ID, err)
@@ -293,6 +305,35 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 		TargetPath: req.TargetPath,
 		DAX:        true,
 	}, nil
+}
+
+// remakeInterrupted handles a retried Create whose namespace exists: when the
+// index says the create of this very volume never finished (the driver died
+// inside or after create-namespace, before the wipe), the namespace was never
+// handed out and may be raw-mode or still show an earlier volume's data, so
+// it is destroyed and Create goes on to make it anew. It returns what is still
+// there under req.ID (nothing after a remake).
+func (b *Backend) remakeInterrupted(ctx context.Context, req backend.CreateRequest, uuid string, existing []sysNamespace) ([]sysNamespace, error) {
+	rec, ok, err := b.idx.get(req.ID)
+	if err != nil || !ok || !rec.Pending || rec.Name != req.Name {
+		return existing, nil
+	}
+	ours := false
+	for _, ns := range existing {
+		ours = ours || sameUUID(ns.UUID, uuid)
+	}
+	if !ours {
+		return existing, nil
+	}
+	klog.InfoS("Remaking the namespace of an interrupted create", "id", req.ID, "namespace", existing[0].Dev)
+	if err := b.removeHalfMade(ctx, req.ID, uuid); err != nil {
+		return nil, err
+	}
+	left, err := b.sys.namespaces(b.regions, req.ID)
+	if err != nil {
+		return nil, fmt.Errorf("pmem: create %s: %w: %w", req.ID, backend.ErrUnavailable, err)
+	}
+	return left, nil
 }
 
 // checkCreated verifies what create-namespace made before it is handed out.

@@ -939,3 +939,61 @@ func mustInt(t *testing.T, s string) int64 {
 	}
 	return n
 }
+
+// A driver killed after create-namespace (before the wipe, or inside ndctl,
+// leaving a raw namespace) leaves a namespace whose record is pending: the
+// retried Create destroys it and makes it anew, wiped, instead of answering
+// that it exists (which handed out an unwiped device showing an earlier
+// volume's filesystem, or a raw namespace Activate refuses forever).
+func TestCreateRetryRemakesInterrupted(t *testing.T) {
+	for _, raw := range []bool{false, true} {
+		t.Run(fmt.Sprintf("raw=%v", raw), func(t *testing.T) {
+			fx := replay(t, "create-killed") // create-namespace of capKillID, then its destroy
+			create, destroy := fx.calls[0], fx.calls[1]
+			create.Note = ""
+			left := create.Sysfs // the namespace as the killed create left it
+			if raw {
+				left = strings.Replace(left, "namespace0.0/holder pfn0.6", "namespace0.0/holder ", 1)
+				left = strings.Replace(left, "namespace0.0/mode memory", "namespace0.0/mode raw", 1)
+			}
+			if err := writeSysfs(fx.sys, left); err != nil {
+				t.Fatal(err)
+			}
+			fx.calls = []capCall{destroy, create}
+			b := fx.backend()
+			if err := b.idx.put(capKillID, record{Name: capKillName, Pending: true}); err != nil {
+				t.Fatal(err)
+			}
+			v, err := b.Create(ctx, backend.CreateRequest{ID: capKillID, Name: capKillName, SizeBytes: 62 << 20})
+			if err != nil {
+				t.Fatalf("retried Create: %v", err)
+			}
+			if len(fx.fake.Log) != 2 || fx.fake.Log[0][1] != "destroy-namespace" || fx.fake.Log[1][1] != "create-namespace" {
+				t.Errorf("commands %q: want the interrupted namespace destroyed, then created anew", fx.fake.Log)
+			}
+			if want := []string{fmt.Sprintf("%s:%d", v.DevicePath, v.SizeBytes)}; !reflect.DeepEqual(fx.wiped, want) {
+				t.Errorf("wiped %q, want %q", fx.wiped, want)
+			}
+			if rec, ok, _ := b.idx.get(capKillID); !ok || rec.Pending || rec.Name != capKillName {
+				t.Errorf("record after the finished create: %+v (found %v), want not pending", rec, ok)
+			}
+		})
+	}
+}
+
+// A finished volume (record not pending) is never remade by a retried Create.
+func TestCreateRetryKeepsFinished(t *testing.T) {
+	fx := replay(t, "create-killed")
+	if err := writeSysfs(fx.sys, fx.calls[0].Sysfs); err != nil {
+		t.Fatal(err)
+	}
+	fx.calls = nil
+	b := fx.backend()
+	if err := b.idx.put(capKillID, record{Name: capKillName}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := b.Create(ctx, backend.CreateRequest{ID: capKillID, Name: capKillName, SizeBytes: 62 << 20})
+	if !errors.Is(err, backend.ErrExists) || len(fx.fake.Log) != 0 || len(fx.wiped) != 0 {
+		t.Errorf("err = %v, commands %q, wiped %q; want ErrExists and nothing run", err, fx.fake.Log, fx.wiped)
+	}
+}
