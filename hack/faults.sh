@@ -4,7 +4,9 @@
 # SIGKILLed at a step boundary, restarted, the call retried, the node audited.
 # Prints "faults: N trials, L leaked, M lost" and exits non-zero on failure.
 # CARVE_FAULTS_TRIALS / CARVE_FAULTS_SEED / CARVE_FAULTS_MODES (before,after
-# by default; "during" also kills the running tool) pass through to the guest.
+# by default; "during" also kills the running tool) pass through to the guest,
+# and CARVE_FAULTS_POOLS ("lvm" by default, "pmem", or "lvm pmem" for both in
+# one boot) with CARVE_FAULTS_PMEM_TRIALS (40) for the PMEM region's trials.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -22,6 +24,8 @@ cp hack/faults-guest.sh "$SHARE/faults-guest.sh"
 # The guest gets the settings through the share (run.sh passes no environment).
 {
   echo "CARVE_FAULTS_TRIALS=${CARVE_FAULTS_TRIALS:-100}"
+  echo "CARVE_FAULTS_PMEM_TRIALS=${CARVE_FAULTS_PMEM_TRIALS:-40}"
+  echo "CARVE_FAULTS_POOLS='${CARVE_FAULTS_POOLS:-lvm}'"
   [ -z "${CARVE_FAULTS_SEED:-}" ] || echo "CARVE_FAULTS_SEED=$CARVE_FAULTS_SEED"
   [ -z "${CARVE_FAULTS_MODES:-}" ] || echo "CARVE_FAULTS_MODES=$CARVE_FAULTS_MODES"
 } >"$SHARE/faults.env"

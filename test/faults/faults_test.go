@@ -22,6 +22,11 @@
 // It needs root, lvm2, e2fsprogs and working device-mapper, so it skips
 // unless CARVE_FAULTS_VG names a dedicated volume group (hack/faults.sh runs
 // it in the QEMU VM); CARVE_FAULTS_REQUIRE=1 fails instead of skipping.
+// CARVE_FAULTS_POOL=pmem runs the same trials on a PMEM region instead
+// (CARVE_FAULTS_REGION, default region0; see pool_test.go): carve namespaces
+// instead of LVs, no expansion. Every newly published volume must come up
+// empty: the lives run one after another at the same place of the pool, so a
+// volume showing the data file of an earlier one is lost (stale) data.
 // CARVE_FAULTS_TRIALS (default 100) and CARVE_FAULTS_SEED (default: the
 // clock; always printed) pick the trials.
 package faults
@@ -52,7 +57,6 @@ import (
 
 	"github.com/carve-csi/carve/pkg/exec"
 	"github.com/carve-csi/carve/test/driver"
-	"github.com/carve-csi/carve/test/lvmtest"
 )
 
 const (
@@ -72,7 +76,7 @@ const (
 // shimTools are the names the shim is installed under: every tool carve-csi
 // runs itself (lvm through pkg/exec; mount-utils' mount, umount, blkid, fsck,
 // mkfs.*, resize2fs, xfs_growfs), and a few it might.
-var shimTools = []string{"lvm", "mount", "umount", "blkid", "fsck", "mkfs.ext4", "mkfs.xfs",
+var shimTools = []string{"lvm", "ndctl", "mount", "umount", "blkid", "fsck", "mkfs.ext4", "mkfs.xfs",
 	"resize2fs", "xfs_growfs", "e2fsck", "fsck.ext4", "dumpe2fs", "tune2fs", "wipefs", "xfs_io"}
 
 // The operations a fault can interrupt.
@@ -112,7 +116,7 @@ func (b boundary) String() string { return fmt.Sprintf("%s %s call %d", b.op, b.
 // harness is the driver under test and what the trials share.
 type harness struct {
 	t       *testing.T
-	vg      string
+	pool    pool
 	kubelet string
 	shimDir string
 	runner  exec.Host // the test's own lvm: PATH without the shim
@@ -198,8 +202,11 @@ type life struct {
 }
 
 func TestFaults(t *testing.T) {
-	vg := os.Getenv("CARVE_FAULTS_VG")
-	if reason := checkEnv(vg); reason != "" {
+	pl, err := poolFromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reason := pl.checkEnv(); reason != "" {
 		if os.Getenv("CARVE_FAULTS_REQUIRE") == "1" {
 			t.Fatalf("CARVE_FAULTS_REQUIRE=1 but the fault trials cannot run: %s", reason)
 		}
@@ -230,20 +237,20 @@ func TestFaults(t *testing.T) {
 		}
 		seed = n
 	}
-	fmt.Printf("faults: seed %d (CARVE_FAULTS_SEED=%d repeats this run), %d trials, kills %s the tool call, VG %s\n",
-		seed, seed, trials, strings.Join(modes, "/"), vg)
+	fmt.Printf("faults: seed %d (CARVE_FAULTS_SEED=%d repeats this run), %d trials, kills %s the tool call, %s\n",
+		seed, seed, trials, strings.Join(modes, "/"), pl)
 
-	h := &harness{t: t, vg: vg, kubelet: t.TempDir(), rng: rand.New(rand.NewPCG(seed, 0x636172766566)),
+	h := &harness{t: t, pool: pl, kubelet: t.TempDir(), rng: rand.New(rand.NewPCG(seed, 0x636172766566)),
 		calls: map[string]int{}, labels: map[string][]string{}}
 	h.installShim()
 	if left := h.carveLVs(); len(left) > 0 {
-		t.Fatalf("volume group %s must start without carve LVs, has %v", vg, left)
+		t.Fatalf("%s must start without carve volumes, has %v", pl, left)
 	}
 	h.start()
 
 	// Calibration: one unfaulted life of each kind counts each op's calls.
 	for i, inline := range []bool{false, true} {
-		l := &life{tag: fmt.Sprintf("cal%d", i), inline: inline, expand: !inline}
+		l := &life{tag: fmt.Sprintf("cal%d", i), inline: inline, expand: !inline && pl.canExpand()}
 		h.runLife(l)
 		if len(l.problems) > 0 || l.leaked > 0 || l.lost > 0 {
 			t.Fatalf("calibration (no fault) failed: %d leaked, %d lost: %s", l.leaked, l.lost, strings.Join(l.problems, "; "))
@@ -252,6 +259,9 @@ func TestFaults(t *testing.T) {
 	var bounds []boundary
 	perOp := map[string][]boundary{}
 	for _, op := range ops {
+		if !pl.canExpand() && (op == opControllerGrow || op == opNodeGrow) {
+			continue
+		}
 		if h.calls[op] == 0 {
 			t.Fatalf("calibration: %s ran no tool (calls: %v): the shim is not in the driver's way", op, h.calls)
 		}
@@ -332,13 +342,13 @@ func TestFaults(t *testing.T) {
 	}
 	if left := h.carveLVs(); len(left) > 0 {
 		leaked += len(left)
-		t.Errorf("carve LVs left in %s after all trials: %v", vg, left)
+		t.Errorf("carve volumes left in %s after all trials: %v", pl, left)
 	}
 	fmt.Printf("faults: %d faults fired, %d driver restarts, %d calls abandoned and torn down instead of retried, "+
 		"%d trials or lives with other problems, %.0fs (calls %.0fs, restarts %.0fs, audits %.0fs)\n",
 		fired, h.restarts, h.abandoned, bad, time.Since(start).Seconds(),
 		h.tCalls.Seconds(), h.tRestarts.Seconds(), h.tAudits.Seconds())
-	fmt.Printf("faults: %d trials, %d leaked, %d lost\n", h.done, leaked, lost)
+	fmt.Printf("faults: %d trials, %d leaked, %d lost (%s)\n", h.done, leaked, lost, pl)
 	if h.done != trials {
 		t.Errorf("%d of the %d planned trials ran", h.done, trials)
 	}
@@ -407,29 +417,11 @@ func (h *harness) packLives(plan []boundary, first int) []*life {
 			}
 		}
 		// Expansion is part of every fourth persistent life, and of those with a fault on it.
-		l.expand = !l.inline && (l.faults[opControllerGrow] != nil || l.faults[opNodeGrow] != nil || h.rng.IntN(4) == 0)
+		l.expand = !l.inline && (l.faults[opControllerGrow] != nil || l.faults[opNodeGrow] != nil || h.rng.IntN(4) == 0) &&
+			h.pool.kind != "pmem"
 		lives = append(lives, l)
 	}
 	return lives
-}
-
-// checkEnv says why the trials cannot run here, or "".
-func checkEnv(vg string) string {
-	if vg == "" {
-		return "CARVE_FAULTS_VG is not set; the trials need a dedicated LVM volume group with working device-mapper (hack/faults.sh runs them in the QEMU VM)"
-	}
-	if os.Geteuid() != 0 {
-		return "not root"
-	}
-	if !lvmtest.DeviceMapperAvailable() {
-		return "device-mapper is not usable, so logical volumes cannot be activated"
-	}
-	for _, tool := range []string{"lvm", "mkfs.ext4", "mount", "umount", "blkid", "resize2fs"} {
-		if _, err := osexec.LookPath(tool); err != nil {
-			return tool + " is not installed"
-		}
-	}
-	return ""
 }
 
 // installShim puts the shim binary and a symlink per tool into a directory
@@ -470,7 +462,7 @@ func (h *harness) start() {
 	h.arm(0, 0, "before", 0) // nothing counts while it starts
 	p := driver.Start(t, []string{"PATH=" + h.shimDir + ":" + os.Getenv("PATH")},
 		"--mode=node", "--standalone", "--nodeid="+nodeID, "--drivername="+driverName,
-		"--pool=default=lvm:"+h.vg, "--kubelet-dir="+h.kubelet, "--v=2")
+		h.pool.flag(), "--kubelet-dir="+h.kubelet, "--v=2")
 	pid, err := pidOf(p.Socket)
 	if err != nil {
 		t.Fatal(err)
@@ -722,6 +714,7 @@ func (h *harness) persistentLife(l *life) error {
 			return err
 		}
 	}
+	h.checkFresh(&l.tally, v)
 	if err := h.writeData(v); err != nil {
 		return err
 	}
@@ -817,6 +810,7 @@ func (h *harness) inlineLife(l *life) error {
 	case err != nil:
 		return err
 	default:
+		h.checkFresh(&l.tally, v)
 		if err := h.writeData(v); err != nil {
 			return err
 		}
@@ -857,6 +851,26 @@ func (h *harness) writeData(v *vol) error {
 	return nil
 }
 
+// checkFresh checks that a newly created and published volume holds nothing
+// but what mkfs makes: every life writes a data file and deletes its volume,
+// and the next one is created at the same place of the pool (same size, the
+// allocators fit first), so a data file here is an earlier volume's, whose
+// filesystem survived into the new volume and was mounted instead of a new
+// one (stale data handed to another volume).
+func (h *harness) checkFresh(tr *tally, v *vol) {
+	ents, err := os.ReadDir(v.target)
+	if err != nil {
+		tr.problem("reading the new volume %s at %s: %v", v.name, v.target, err)
+		return
+	}
+	for _, e := range ents {
+		if e.Name() != "lost+found" {
+			tr.lost++
+			tr.problem("stale data: the new volume %s shows %s of an earlier volume in %s", v.name, e.Name(), v.target)
+		}
+	}
+}
+
 // checkData reads the data file back through the target, or the staging
 // mount when the volume is staged but not published; a difference is lost data.
 func (h *harness) checkData(tr *tally, v *vol, when string) {
@@ -878,13 +892,18 @@ func (h *harness) checkData(tr *tally, v *vol, when string) {
 	}
 }
 
-// carveLVs lists the carve-tagged LVs of the VG with the test's own lvm.
+// carveLVs lists carve's volumes in the pool (LVs, namespaces) with the
+// test's own tools.
 func (h *harness) carveLVs() []string {
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
-	names, err := lvmtest.CarveLVs(ctx, &h.runner, h.vg)
+	vols, _, err := h.carveVolumes(ctx)
 	if err != nil {
 		h.t.Fatal(err)
+	}
+	var names []string
+	for _, c := range vols {
+		names = append(names, c.label)
 	}
 	return names
 }
@@ -896,7 +915,7 @@ func (h *harness) audit(l *life, tr *tally, when string) (seen int) {
 	defer func() { h.tAudits += time.Since(t0) }()
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
-	lvs, err := lvmtest.LVs(ctx, &h.runner, h.vg)
+	cvs, allLVs, err := h.carveVolumes(ctx)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -916,21 +935,21 @@ func (h *harness) audit(l *life, tr *tally, when string) (seen int) {
 			held[v.name] = v
 		}
 	}
-	lvOf := map[string]lvmtest.LV{} // CSI name -> LV
-	allLVs := map[string]bool{}
-	for _, lv := range lvs {
-		allLVs[lv.Name] = true
-		if !hasTag(lv.Tags, ownerTag) {
-			continue
-		}
+	lvOf := map[string]carveVol{} // CSI name -> LV or namespace
+	for _, c := range cvs {
 		seen++
-		name := csiName(lv.Tags)
-		if held[name] == nil {
+		var owner *vol
+		for _, v := range held {
+			if c.owns(h.pool.pmem(), v) {
+				owner = v
+			}
+		}
+		if owner == nil {
 			tr.leaked++
-			tr.problem("leaked %s: LV %s (carve.name %q) is owned by no volume or pod", when, lv.Name, name)
+			tr.problem("leaked %s: %s is owned by no volume or pod", when, c.label)
 			continue
 		}
-		lvOf[name] = lv
+		lvOf[owner.name] = c
 	}
 	for _, v := range l.vols {
 		if !v.created {
@@ -945,7 +964,7 @@ func (h *harness) audit(l *life, tr *tally, when string) (seen int) {
 			tr.problem("lost %s: volume %s is held (staged %v, published %v) but its LV is gone", when, v.name, v.staged, v.publ)
 			continue
 		}
-		if suspended[lv.Name] {
+		if suspended[lv.obj] {
 			// Reading its data would hang; the scrub resumes it.
 			tr.lost++
 			tr.problem("lost %s: volume %s: its device-mapper device is left suspended, so its I/O blocks", when, v.name)
@@ -954,7 +973,12 @@ func (h *harness) audit(l *life, tr *tally, when string) (seen int) {
 		if v.uncertain {
 			continue // owned, but whether it is mounted is not known
 		}
-		dev := "/dev/" + h.vg + "/" + lv.Name
+		dev := lv.dev
+		if dev == "" {
+			tr.lost++
+			tr.problem("lost %s: volume %s: %s has no block device", when, v.name, lv.label)
+			continue
+		}
 		for _, m := range []struct {
 			on   bool
 			path string
@@ -1000,7 +1024,10 @@ type dmDev struct {
 }
 
 func (h *harness) dmDevices() []dmDev {
-	prefix := strings.ReplaceAll(h.vg, "-", "--") + "-"
+	if h.pool.pmem() {
+		return nil // a namespace is no device-mapper device
+	}
+	prefix := strings.ReplaceAll(h.pool.vg, "-", "--") + "-"
 	names, _ := filepath.Glob("/sys/block/dm-*/dm/name")
 	var out []dmDev
 	for _, f := range names {
@@ -1080,22 +1107,20 @@ func (h *harness) scrub(l *life) {
 			}
 		}
 	}
-	for _, lv := range h.carveLVs() {
-		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-		if _, err := h.runner.Run(ctx, "lvm", "lvremove", "-f", h.vg+"/"+lv); err != nil {
-			h.t.Errorf("scrub after life %d: %v", l.n, err)
-		}
-		cancel()
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
-	lvs, err := lvmtest.LVs(ctx, &h.runner, h.vg)
+	cvs, _, err := h.carveVolumes(ctx)
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	have := map[string]bool{}
-	for _, lv := range lvs {
-		have[lv.Name] = true
+	for _, c := range cvs {
+		if err := h.removeVolume(ctx, c); err != nil {
+			h.t.Errorf("scrub after life %d: %s: %v", l.n, c.label, err)
+		}
+	}
+	_, have, err := h.carveVolumes(ctx)
+	if err != nil {
+		h.t.Fatal(err)
 	}
 	for _, d := range h.dmDevices() {
 		if !have[d.lv] {

@@ -104,3 +104,26 @@ func TestPlanTakesOpsInTurnsAndEveryBoundaryBeforeRepeats(t *testing.T) {
 		t.Fatalf("%d lives", len(lives))
 	}
 }
+
+// ndctl list prints one namespace as an object, several as an array, and
+// regions holding them with -R; the audit must see every one in each shape.
+func TestParseNamespaces(t *testing.T) {
+	one := `{"dev":"namespace0.0","mode":"fsdax","size":65011712,"blockdev":"pmem0","name":"carve-a-0123456789abcdef"}`
+	two := `[` + one + `,{"dev":"namespace0.1","mode":"raw","size":67108864,"name":"carve-b-0123456789abcdef"}]`
+	regions := `{"dev":"region0","size":4294836224,"namespaces":` + two + `}`
+	for _, c := range []struct {
+		in   string
+		want int
+	}{{"", 0}, {one, 1}, {two, 2}, {regions, 2}, {"[" + regions + "]", 2}} {
+		got, err := parseNamespaces([]byte(c.in))
+		if err != nil || len(got) != c.want {
+			t.Fatalf("parseNamespaces(%s) = %+v, %v; want %d namespaces", c.in, got, err, c.want)
+		}
+		if c.want > 0 && (got[0].Dev != "namespace0.0" || got[0].Blockdev != "pmem0" || got[0].Mode != "fsdax" || got[0].Size != 65011712) {
+			t.Errorf("first namespace %+v", got[0])
+		}
+	}
+	if _, err := parseNamespaces([]byte("{")); err == nil {
+		t.Error("bad JSON accepted")
+	}
+}
