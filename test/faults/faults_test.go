@@ -138,6 +138,9 @@ type harness struct {
 	// seen), labels what they were (from the calibration run).
 	calls  map[string]int
 	labels map[string][]string
+	// fsSeen: the filesystem UUID of each volume that came up, and which
+	// volume it was, so that a new volume mounting an old filesystem shows.
+	fsSeen map[string]string
 }
 
 // vol is a volume as the test (kubelet and the sidecars) holds it. Its
@@ -857,7 +860,36 @@ func (h *harness) writeData(v *vol) error {
 // allocators fit first), so a data file here is an earlier volume's, whose
 // filesystem survived into the new volume and was mounted instead of a new
 // one (stale data handed to another volume).
+//
+// The data file shows only if the earlier volume got as far as writing it, so
+// the filesystem's UUID is also compared with those of all earlier volumes: a
+// new volume must have been formatted anew.
 func (h *harness) checkFresh(tr *tally, v *vol) {
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	cvs, _, err := h.carveVolumes(ctx)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if h.fsSeen == nil {
+		h.fsSeen = map[string]string{}
+	}
+	for _, c := range cvs {
+		if !c.owns(h.pool.pmem(), v) || c.dev == "" {
+			continue
+		}
+		out, err := h.runner.Run(ctx, "blkid", "-p", "-o", "value", "-s", "UUID", c.dev)
+		uuid := strings.TrimSpace(string(out))
+		if err != nil || uuid == "" {
+			tr.problem("blkid %s of the new volume %s: %q, %v", c.dev, v.name, out, err)
+			continue
+		}
+		if prev, ok := h.fsSeen[uuid]; ok && prev != v.name {
+			tr.lost++
+			tr.problem("stale filesystem: the new volume %s (%s) came up with filesystem %s of the earlier volume %s instead of a new one", v.name, c.label, uuid, prev)
+		}
+		h.fsSeen[uuid] = v.name
+	}
 	ents, err := os.ReadDir(v.target)
 	if err != nil {
 		tr.problem("reading the new volume %s at %s: %v", v.name, v.target, err)
