@@ -707,6 +707,9 @@ func (h *harness) persistentLife(l *life) error {
 	}
 	for _, s := range steps {
 		err := h.call(l, s.op, s.fn)
+		if err == nil && s.op == opCreate {
+			h.checkBlank(&l.tally, v)
+		}
 		if errors.Is(err, errAbandoned) {
 			v.uncertain = true
 			v.staged = v.staged || s.op == opStage
@@ -852,6 +855,35 @@ func (h *harness) writeData(v *vol) error {
 	}
 	v.data = data
 	return nil
+}
+
+// checkBlank checks that a just created volume's device holds no filesystem
+// or other signature (carve wipes a new volume: lvcreate -W y, the pmem
+// backend's wipe), which the publish's checkFresh could miss when the
+// earlier volume at that place never got a data file. A device that is not
+// there (an inactive LV) is left to the later checks.
+func (h *harness) checkBlank(tr *tally, v *vol) {
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	cvs, _, err := h.carveVolumes(ctx)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	for _, c := range cvs {
+		if !c.owns(h.pool.pmem(), v) || c.dev == "" {
+			continue
+		}
+		if _, err := os.Stat(c.dev); err != nil {
+			continue
+		}
+		// blkid -p exits 2 when it finds nothing.
+		out, err := h.runner.Run(ctx, "blkid", "-p", "-o", "export", c.dev)
+		if err == nil && len(bytes.TrimSpace(out)) > 0 {
+			tr.lost++
+			tr.problem("stale data: the new volume %s (%s) already holds %s", v.name, c.label,
+				strings.Join(strings.Fields(string(out)), " "))
+		}
+	}
 }
 
 // checkFresh checks that a newly created and published volume holds nothing
