@@ -48,7 +48,9 @@ test-e2e:
 	hack/e2e.sh
 
 # Crash consistency in the QEMU VM: carve-csi SIGKILLed at every step boundary,
-# restarted, the call retried, leaks and losses audited (CARVE_FAULTS_TRIALS, CARVE_FAULTS_SEED).
+# restarted, the call retried, leaks and losses audited, on an LVM volume group
+# and then a PMEM region in one boot (CARVE_FAULTS_TRIALS, CARVE_FAULTS_PMEM_TRIALS,
+# CARVE_FAULTS_POOLS, CARVE_FAULTS_SEED).
 .PHONY: test-faults
 test-faults:
 	hack/faults.sh

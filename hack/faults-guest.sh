@@ -1,7 +1,7 @@
 #!/bin/sh
 # Runs INSIDE the VM rig (see hack/faults.sh): the fault-injection trials, on
-# each pool kind in CARVE_FAULTS_POOLS (default "lvm"; "lvm pmem" runs both
-# in this one boot): lvm on a volume group on /dev/vda (CARVE_FAULTS_TRIALS),
+# each pool kind in CARVE_FAULTS_POOLS (hack/faults.sh passes "lvm pmem" by
+# default: both in this one boot): lvm on a volume group on /dev/vda (CARVE_FAULTS_TRIALS),
 # pmem on the emulated NVDIMM's region0 (CARVE_FAULTS_PMEM_TRIALS, default 40).
 set -u
 say() { echo "faults-guest: $*"; }

@@ -5,8 +5,9 @@
 # Prints "faults: N trials, L leaked, M lost" and exits non-zero on failure.
 # CARVE_FAULTS_TRIALS / CARVE_FAULTS_SEED / CARVE_FAULTS_MODES (before,after
 # by default; "during" also kills the running tool) pass through to the guest,
-# and CARVE_FAULTS_POOLS ("lvm" by default, "pmem", or "lvm pmem" for both in
-# one boot) with CARVE_FAULTS_PMEM_TRIALS (40) for the PMEM region's trials.
+# and CARVE_FAULTS_POOLS ("lvm pmem" by default: both in one boot, the LVM
+# volume group's CARVE_FAULTS_TRIALS, then CARVE_FAULTS_PMEM_TRIALS=40 on the
+# emulated NVDIMM's region; "lvm" or "pmem" runs one).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -25,7 +26,7 @@ cp hack/faults-guest.sh "$SHARE/faults-guest.sh"
 {
   echo "CARVE_FAULTS_TRIALS=${CARVE_FAULTS_TRIALS:-100}"
   echo "CARVE_FAULTS_PMEM_TRIALS=${CARVE_FAULTS_PMEM_TRIALS:-40}"
-  echo "CARVE_FAULTS_POOLS='${CARVE_FAULTS_POOLS:-lvm}'"
+  echo "CARVE_FAULTS_POOLS='${CARVE_FAULTS_POOLS:-lvm pmem}'"
   [ -z "${CARVE_FAULTS_SEED:-}" ] || echo "CARVE_FAULTS_SEED=$CARVE_FAULTS_SEED"
   [ -z "${CARVE_FAULTS_MODES:-}" ] || echo "CARVE_FAULTS_MODES=$CARVE_FAULTS_MODES"
 } >"$SHARE/faults.env"
