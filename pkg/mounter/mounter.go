@@ -111,9 +111,10 @@ func MountOptions(readOnly bool, flags []string) []string {
 // FormatAndMount mounts the filesystem on device at target (a directory,
 // created 0750 if missing), first formatting the device with fsType ("" means
 // ext4) if blkid finds nothing on it. options are passed to mount(8); "ro"
-// among them mounts read-only (and an unformatted device is then an error, as
-// it cannot be formatted). It never reformats: an existing filesystem of
-// another type is ErrFilesystemMismatch.
+// among them mounts read-only, after formatting a blank device. It never
+// reformats: an existing filesystem of another type is ErrFilesystemMismatch;
+// a blank device below MinSizeBytes(fsType) is ErrDeviceTooSmall. Errors are
+// one line; a tool's whole output is logged at --v=4.
 //
 // Idempotent: if target is already a mount of device, it returns nil (or
 // ErrIncompatibleMount on a read-only or DAX mismatch); if it is a mount of
@@ -174,22 +175,28 @@ func (m *Mounter) FormatAndMount(device, target, fsType string, options []string
 	// accepted (and a device with data is never handed to mkfs).
 	existing, err := m.sfm.GetDiskFormat(device)
 	if err != nil {
-		return fmt.Errorf("probe filesystem on %s: %w", device, err)
+		return oneLine("probe filesystem on "+device+" (blkid)", err)
 	}
 	if existing != "" && existing != fsType {
 		return fmt.Errorf("%w: %s holds %q, requested %q; refusing to mount or reformat it",
 			ErrFilesystemMismatch, device, existing, fsType)
 	}
-	if existing == "" && !readOnly {
-		klog.InfoS("Formatting device", "device", device, "fsType", fsType)
+	if existing == "" {
+		// Formatted here, also for a read-only mount: a new volume (an inline
+		// one, or a PVC staged read-only first) has nothing on it to protect,
+		// and mount-utils would refuse it as "unformatted ... read-only mode".
+		var formatOptions []string
+		if dax {
+			formatOptions = daxFormatOptions(fsType)
+		}
+		if err := m.format(device, fsType, formatOptions); err != nil {
+			return err
+		}
 	}
-	var formatOptions []string
-	if dax {
-		formatOptions = daxFormatOptions(fsType)
-	}
-	// Cloned: mount-utils appends "defaults" to the slice it is given.
-	if err := m.sfm.FormatAndMountSensitiveWithFormatOptions(device, target, fsType, slices.Clone(options), nil, formatOptions); err != nil {
-		return fmt.Errorf("format and mount %s at %s as %s: %w", device, target, fsType, err)
+	// Cloned: mount-utils appends "defaults" to the slice it is given. It finds
+	// the filesystem made above and only checks (fsck) and mounts it.
+	if err := m.sfm.FormatAndMountSensitiveWithFormatOptions(device, target, fsType, slices.Clone(options), nil, nil); err != nil {
+		return oneLine(fmt.Sprintf("mount %s at %s as %s", device, target, fsType), err)
 	}
 	if dax {
 		if ok, err := m.MountedWithDAX(target); err != nil || !ok {
@@ -253,7 +260,7 @@ func (m *Mounter) BindMount(source, target string, readOnly bool, options []stri
 	opts := MountOptions(readOnly, append(slices.Clone(options), "bind"))
 	if err := m.sfm.Mount(source, target, "", opts); err != nil {
 		m.undoPartialMount(target)
-		return fmt.Errorf("bind mount %s at %s: %w", source, target, err)
+		return oneLine(fmt.Sprintf("bind mount %s at %s", source, target), err)
 	}
 	klog.InfoS("Bind mounted", "source", source, "target", target, "readOnly", readOnly, "options", opts)
 	return nil
@@ -291,7 +298,7 @@ func (m *Mounter) BindBlock(device, target string, readOnly bool) error {
 	opts := MountOptions(readOnly, []string{"bind"})
 	if err := m.sfm.Mount(device, target, "", opts); err != nil {
 		m.undoPartialMount(target)
-		return fmt.Errorf("bind mount block device %s at %s: %w", device, target, err)
+		return oneLine(fmt.Sprintf("bind mount block device %s at %s", device, target), err)
 	}
 	klog.InfoS("Bind mounted block device", "device", device, "target", target, "readOnly", readOnly)
 	return nil
@@ -319,7 +326,7 @@ func (m *Mounter) Unmount(target string) error {
 			return fmt.Errorf("%s is still mounted after %d unmounts", target, maxStackedMounts)
 		}
 		if err := m.sfm.Unmount(target); err != nil {
-			return fmt.Errorf("unmount %s: %w", target, err)
+			return oneLine("unmount "+target, err)
 		}
 		klog.InfoS("Unmounted", "target", target, "stale", stale)
 	}
@@ -374,7 +381,7 @@ func (m *Mounter) Resize(device, mountPath string) error {
 	}
 	klog.InfoS("Resizing filesystem", "device", device, "mountPath", mountPath, "fsType", mi.FsType)
 	if _, err := m.resizer.Resize(device, mountPath); err != nil {
-		return fmt.Errorf("resize %s filesystem on %s mounted at %s: %w", mi.FsType, device, mountPath, err)
+		return oneLine(fmt.Sprintf("resize %s filesystem on %s mounted at %s", mi.FsType, device, mountPath), err)
 	}
 	klog.InfoS("Resized filesystem", "device", device, "mountPath", mountPath)
 	return nil
@@ -389,7 +396,7 @@ func (m *Mounter) prepareTarget(target string, dir bool) (bool, error) {
 		// As kubelet does: a dead mount is cleared and the mount redone.
 		klog.InfoS("Unmounting stale mount", "target", target, "err", err)
 		if err := m.sfm.Unmount(target); err != nil {
-			return false, fmt.Errorf("%w: unmount %s: %w", ErrStaleMount, target, err)
+			return false, fmt.Errorf("%w: %w", ErrStaleMount, oneLine("unmount "+target, err))
 		}
 		st, err = os.Stat(target)
 	}

@@ -641,6 +641,7 @@ func TestResizeExt4(t *testing.T) {
 		if !strings.Contains(resizeErr.Error(), "resize2fs") || !strings.Contains(resizeErr.Error(), dev) {
 			t.Fatalf("resize error %q should name resize2fs and the device", resizeErr)
 		}
+		wantOneLine(t, resizeErr, "resize2fs: Permission denied", "1.47.0 (")
 		if after.TotalBytes != before.TotalBytes {
 			t.Fatalf("Resize failed but TotalBytes changed %d -> %d", before.TotalBytes, after.TotalBytes)
 		}
