@@ -50,6 +50,7 @@ type options struct {
 	kubeconfig, metricsAddr             string
 	standalone                          bool
 	startupTimeout, resync              time.Duration
+	inlineCleanup                       time.Duration
 }
 
 func main() {
@@ -94,6 +95,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.metricsAddr, "metrics-address", "", `address to serve Prometheus metrics on at /metrics, e.g. ":8080" (default "": none)`)
 	fs.DurationVar(&o.startupTimeout, "startup-timeout", time.Minute, "limit for reading the pools at start-up")
 	fs.DurationVar(&o.resync, "capacity-resync", time.Minute, "node mode: period of the NodeStorage refresh besides every change")
+	fs.DurationVar(&o.inlineCleanup, "inline-cleanup-period", time.Minute, "node mode: period of the sweep that removes inline volumes whose pod is gone (unmounted target, pod directory gone); 0: only at start-up")
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -226,6 +228,7 @@ func runNode(ctx context.Context, o *options) error {
 	if ctx.Err() != nil {
 		return nil // stopped while starting: do not open the socket
 	}
+	go node.ReclaimOrphans(ctx, o.inlineCleanup)
 	ids := &csi.Identity{Name: o.driverName, Version: version, Ready: vols.Check, Controller: true}
 	srv := csi.NewServer(ids, ctrlSvc, node, grpcMetrics.UnaryInterceptor)
 	klog.InfoS("carve-csi starting", "mode", o.mode, "version", version, "endpoint", o.endpoint, "driver", o.driverName,

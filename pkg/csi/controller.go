@@ -221,8 +221,11 @@ func (c *LocalController) GetCapacity(ctx context.Context, req *csi.GetCapacityR
 	}
 	resp := &csi.GetCapacityResponse{AvailableCapacity: capa.FreeBytes}
 	resp.MaximumVolumeSize = wrapInt64(capa.MaxVolumeBytes)
-	if capa.AlignBytes > 0 {
-		resp.MinimumVolumeSize = wrapInt64(capa.AlignBytes)
+	// The smallest volume: one allocation unit, or the filesystem's minimum
+	// (CreateVolume rounds up to it), whichever is larger.
+	_, fsMin := filesystemMinimum(req.GetVolumeCapabilities())
+	if min := max(capa.AlignBytes, backend.AlignUp(fsMin, capa.AlignBytes)); min > 0 {
+		resp.MinimumVolumeSize = wrapInt64(min)
 	}
 	return resp, nil
 }

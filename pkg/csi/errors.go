@@ -30,7 +30,7 @@ func toStatus(err error) error {
 		code = codes.InvalidArgument
 	case errors.Is(err, mounter.ErrFilesystemMismatch), errors.Is(err, mounter.ErrNotMounted),
 		errors.Is(err, mounter.ErrNotBlockDevice), errors.Is(err, mounter.ErrStaleMount),
-		errors.Is(err, mounter.ErrDAXUnsupported):
+		errors.Is(err, mounter.ErrDAXUnsupported), errors.Is(err, mounter.ErrDeviceTooSmall):
 		code = codes.FailedPrecondition
 	}
 	return status.Error(code, err.Error())

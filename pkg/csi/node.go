@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -55,6 +57,11 @@ type Node struct {
 	// Changed, if set, is called after a volume was created or deleted here,
 	// so that published capacity follows at once.
 	Changed func()
+
+	// failed holds the ids of inline volumes whose last publish failed after
+	// the device was made (id -> target path): kubelet retries those while
+	// the pod exists, so ReclaimOrphans keeps them until its directory is gone.
+	failed sync.Map
 }
 
 func (n *Node) changed() {
@@ -315,6 +322,13 @@ func (n *Node) publishInline(ctx context.Context, req *csi.NodePublishVolumeRequ
 	if fs := c.GetMount().GetFsType(); fs != "" && req.GetVolumeContext()[attrFSType] == "" {
 		ir.fsType = fs
 	}
+	if min := mounter.MinSizeBytes(ir.fsType); ir.size < min {
+		// Inline volumes have no limit: round up rather than make a device
+		// that mkfs refuses at every retry.
+		klog.V(2).InfoS("Inline volume size raised to the filesystem's minimum", "volumeID", req.GetVolumeId(),
+			"fsType", ir.fsType, "asked", ir.size, "bytes", min)
+		ir.size = min
+	}
 	id := names.VolumeID(req.GetVolumeId())
 	unlock, err := n.lock(ctx, id)
 	if err != nil {
@@ -342,12 +356,15 @@ func (n *Node) publishInline(ctx context.Context, req *csi.NodePublishVolumeRequ
 			err = n.Mount.FormatAndMount(dev, req.GetTargetPath(), ir.fsType, opts)
 		}
 	}
+	n.changed() // created, or found again: capacity follows either way
 	if err != nil {
-		// Nothing half-made: a volume nobody mounted would leak.
-		n.removeInline(ctx, v)
+		// The device stays for kubelet's retry: deleting it here made every
+		// retry create and delete a device. It is removed by NodeUnpublishVolume
+		// or, once the pod's directory is gone, by ReclaimOrphans.
+		n.failed.Store(v.ID, req.GetTargetPath())
 		return nil, toStatus(fmt.Errorf("inline volume %s: %w", req.GetVolumeId(), err))
 	}
-	n.changed()
+	n.failed.Delete(v.ID)
 	klog.InfoS("Inline volume published", "volumeID", req.GetVolumeId(), "device", v.ID, "target", req.GetTargetPath(), "bytes", v.SizeBytes)
 	return &csi.NodePublishVolumeResponse{}, nil
 }
@@ -402,6 +419,7 @@ func (n *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVo
 			if err := n.Vols.Delete(ctx, v.ID); err != nil {
 				return nil, toStatus(fmt.Errorf("delete inline volume %s: %w", req.GetVolumeId(), err))
 			}
+			n.failed.Delete(v.ID)
 			n.changed()
 			klog.InfoS("Inline volume removed", "volumeID", req.GetVolumeId(), "device", v.ID)
 		}
@@ -503,8 +521,9 @@ func (n *Node) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeG
 	}, nil
 }
 
-// CleanupOrphans removes inline volumes whose target path is no longer
-// mounted: their pod is gone, and nothing else would ever delete them.
+// CleanupOrphans removes the inline volumes whose pod is gone (see
+// orphaned), once; the node runs it at start-up, and ReclaimOrphans
+// periodically after that.
 func (n *Node) CleanupOrphans(ctx context.Context) error {
 	vols, err := n.Vols.List(ctx)
 	if err != nil {
@@ -512,24 +531,114 @@ func (n *Node) CleanupOrphans(ctx context.Context) error {
 	}
 	var errs []error
 	for i := range vols {
-		v := &vols[i]
-		if !v.Ephemeral {
+		if !vols[i].Ephemeral {
 			continue
 		}
-		unlock, err := n.Locks.Lock(ctx, v.ID)
-		if err != nil {
-			return err
+		if err := n.reclaimIfOrphaned(ctx, vols[i].ID); err != nil {
+			errs = append(errs, err)
 		}
-		mounted, err := n.Mount.IsMountPoint(v.TargetPath)
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("inline volume %s at %q: %w", v.ID, v.TargetPath, err))
-		} else if !mounted {
-			klog.InfoS("Removing orphaned inline volume", "device", v.ID, "volumeID", v.Name, "target", v.TargetPath)
-			if err := n.removeInline(ctx, v); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		unlock()
 	}
 	return errors.Join(errs...)
+}
+
+// ReclaimOrphans runs CleanupOrphans every period until ctx ends, so that
+// the space of an inline volume whose pod went away without
+// NodeUnpublishVolume (kubelet restarted and forgot it) comes back while the
+// driver runs. A period of 0 or less does nothing.
+func (n *Node) ReclaimOrphans(ctx context.Context, period time.Duration) {
+	if period <= 0 {
+		return
+	}
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := n.CleanupOrphans(ctx); err != nil && ctx.Err() == nil {
+			klog.ErrorS(err, "Reclaiming orphaned inline volumes")
+		}
+	}
+}
+
+// reclaimIfOrphaned removes the inline volume id if it is orphaned. It holds
+// the volume's lock and reads the volume again under it, so a publish or
+// unpublish in flight is waited for and its outcome seen; a volume busy for
+// longer than a second is left for the next round.
+func (n *Node) reclaimIfOrphaned(ctx context.Context, id string) error {
+	lctx, cancel := context.WithTimeout(ctx, time.Second)
+	unlock, err := n.Locks.Lock(lctx, id)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return nil // busy: a call is in flight
+	}
+	defer unlock()
+	v, err := n.Vols.Find(ctx, id)
+	switch {
+	case errors.Is(err, backend.ErrNotFound):
+		n.failed.Delete(id)
+		return nil
+	case err != nil:
+		return fmt.Errorf("inline volume %s: %w", id, err)
+	case !v.Ephemeral:
+		return nil
+	}
+	orphan, why, err := n.orphaned(v)
+	if err != nil || !orphan {
+		return err
+	}
+	klog.InfoS("Removing orphaned inline volume", "device", v.ID, "volumeID", v.Name, "target", v.TargetPath, "reason", why)
+	if err := n.removeInline(ctx, v); err != nil {
+		return err
+	}
+	n.failed.Delete(id)
+	return nil
+}
+
+// orphaned is the one safety rule for removing an inline volume nobody
+// unpublished (the caller holds its lock, so no call on it is in flight): its
+// target is not a mount point (a mounted target may serve a live pod: never
+// taken), and either its pod's directory is gone, or no publish of it failed
+// in this process. A failed publish is retried by kubelet while the pod
+// exists, and its device is kept for that retry.
+func (n *Node) orphaned(v *backend.Volume) (bool, string, error) {
+	if v.TargetPath == "" {
+		return false, "", nil
+	}
+	mounted, err := n.Mount.IsMountPoint(v.TargetPath)
+	if err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, mounter.ErrNotFound) {
+		return false, "", fmt.Errorf("inline volume %s at %q: %w", v.ID, v.TargetPath, err)
+	}
+	if mounted {
+		return false, "", nil
+	}
+	pod := podDir(v.TargetPath)
+	if _, err := os.Lstat(pod); errors.Is(err, os.ErrNotExist) {
+		return true, "target not mounted, pod directory " + pod + " gone", nil
+	} else if err != nil {
+		return false, "", fmt.Errorf("inline volume %s: pod directory: %w", v.ID, err)
+	}
+	if _, retrying := n.failed.Load(v.ID); retrying {
+		return false, "", nil
+	}
+	return true, "target not mounted", nil
+}
+
+// podDir is the pod's directory of a kubelet target path
+// (<kubelet>/pods/<uid>/volumes/kubernetes.io~csi/<name>/mount), or the
+// target's parent for paths not laid out that way.
+func podDir(target string) string {
+	target = filepath.Clean(target)
+	parts := strings.Split(target, string(filepath.Separator))
+	for i := len(parts) - 3; i >= 0; i-- {
+		if parts[i] == "pods" && i+2 < len(parts) && parts[i+2] == "volumes" && parts[i+1] != "" {
+			return strings.Join(parts[:i+2], string(filepath.Separator))
+		}
+	}
+	return filepath.Dir(target)
 }

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/carve-csi/carve/pkg/mounter"
 	"github.com/carve-csi/carve/pkg/names"
 	"github.com/carve-csi/carve/pkg/volume"
 )
@@ -31,7 +32,47 @@ func parseCreate(req *csi.CreateVolumeRequest) (string, volume.Range, error) {
 		return "", volume.Range{}, err
 	}
 	r, err := parseRange(req.GetCapacityRange())
+	if err != nil {
+		return "", r, err
+	}
+	r, err = fitFilesystem(r, req.GetVolumeCapabilities())
 	return pool, r, err
+}
+
+// filesystemMinimum is the largest minimum device size (bytes) among the
+// filesystems the capabilities ask for (mount without fsType = ext4, as
+// NodeStage formats it), and that filesystem; 0 for block only.
+func filesystemMinimum(cs []*csi.VolumeCapability) (string, int64) {
+	fs, min := "", int64(0)
+	for _, c := range cs {
+		if c.GetMount() == nil {
+			continue
+		}
+		t := fsTypeOf(c)
+		if m := mounter.MinSizeBytes(t); m > min {
+			fs, min = t, m
+		}
+	}
+	return fs, min
+}
+
+// fitFilesystem raises a required size below the filesystem's minimum to it
+// (mkfs would refuse the device at every NodeStage), or refuses a limit below
+// it with OutOfRange, before any device exists. An unset required size stays
+// unset: the default size is above every minimum.
+func fitFilesystem(r volume.Range, cs []*csi.VolumeCapability) (volume.Range, error) {
+	fs, min := filesystemMinimum(cs)
+	if min == 0 {
+		return r, nil
+	}
+	if r.LimitBytes > 0 && r.LimitBytes < min {
+		return r, status.Errorf(codes.OutOfRange, "capacity limit %d bytes is below %d bytes, the smallest device mkfs.%s formats",
+			r.LimitBytes, min, fs)
+	}
+	if r.RequiredBytes > 0 && r.RequiredBytes < min {
+		r.RequiredBytes = min
+	}
+	return r, nil
 }
 
 // longExponent finds a decimal exponent of three or more digits.

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 
 	"k8s.io/klog/v2"
@@ -38,6 +39,7 @@ type Pool struct {
 type Manager struct {
 	pools       []Pool
 	defaultPool string
+	dm          DeviceMapper // the real /sys and /dev; tests point it elsewhere
 }
 
 // NewManager takes the pools in order; the default pool must be among them.
@@ -263,12 +265,34 @@ func (m *Manager) List(ctx context.Context) ([]backend.Volume, error) {
 }
 
 // Activate makes the volume's device node available and returns its path.
+// For an LV whose /dev/<vg>/<lv> link is missing (no udev, a container's
+// /dev), the node comes from device-mapper itself (DeviceMapper.Lookup):
+// before activation if the LV is active already, else after lvm2 activated it
+// without making the link (the backend's ErrUnavailable).
 func (m *Manager) Activate(ctx context.Context, v *backend.Volume) (string, error) {
 	p, err := m.pool(v.Pool)
 	if err != nil {
 		return "", err
 	}
-	return p.Backend.Activate(ctx, v.ID)
+	vg, lv, isLV := splitLVPath(v.DevicePath)
+	if isLV {
+		if _, err := os.Stat(v.DevicePath); errors.Is(err, os.ErrNotExist) {
+			if dev, err := m.dm.Lookup(vg, lv); err == nil {
+				klog.InfoS("Device link missing: using the device-mapper node", "link", v.DevicePath, "device", dev)
+				return dev, nil
+			}
+		}
+	}
+	dev, err := p.Backend.Activate(ctx, v.ID)
+	if err != nil && isLV && errors.Is(err, backend.ErrUnavailable) {
+		alt, derr := m.dm.Lookup(vg, lv)
+		if derr != nil {
+			return "", fmt.Errorf("%w (device-mapper: %v)", err, derr)
+		}
+		klog.InfoS("Device link missing after activation: using the device-mapper node", "link", v.DevicePath, "device", alt)
+		return alt, nil
+	}
+	return dev, err
 }
 
 // Check reads every pool once; it is the readiness probe.

@@ -147,11 +147,11 @@ type drv struct {
 
 // startDriver runs a carve-csi --mode=node on the suite's VG and kubelet
 // directory; it stops when t ends (a crash test stops it earlier).
-func startDriver(t *testing.T, s *suite) *drv {
+func startDriver(t *testing.T, s *suite, extra ...string) *drv {
 	t.Helper()
 	start := time.Now()
-	p := driver.Start(t, nil, "--mode=node", "--nodeid="+nodeID, "--drivername="+driverName,
-		"--pool=default=lvm:"+s.vg, "--kubelet-dir="+s.kubelet, "--allow-inline-pool", "--v=4")
+	p := driver.Start(t, nil, append([]string{"--mode=node", "--nodeid=" + nodeID, "--drivername=" + driverName,
+		"--pool=default=lvm:" + s.vg, "--kubelet-dir=" + s.kubelet, "--allow-inline-pool", "--v=4"}, extra...)...)
 	conn, err := grpc.NewClient("unix://"+p.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatalf("grpc client for %s: %v", p.Socket, err)
@@ -167,9 +167,9 @@ func startDriver(t *testing.T, s *suite) *drv {
 }
 
 // start runs a driver of the scenario's own, stopped when the scenario ends.
-func (sc *scenario) start() *drv {
+func (sc *scenario) start(extra ...string) *drv {
 	sc.t.Helper()
-	d := startDriver(sc.t, sc.s)
+	d := startDriver(sc.t, sc.s, extra...)
 	d.sc = sc
 	return d
 }

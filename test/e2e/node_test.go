@@ -49,9 +49,12 @@ func TestNodePath(t *testing.T) {
 		{"6-inline-bad-attributes", testInlineBadAttributes},
 		{"8-full-pool", testFullPool},
 		{"10-delete-while-staged", testDeleteWhileStaged},
+		{"11-never-up", testNeverUp},
+		{"12-missing-dev-link", testMissingDevLink},
 		// These kill and start drivers of their own: the shared one goes first.
 		{"7-restart-keeps-published", testRestart},
 		{"7-restart-removes-orphans", testRestartOrphans},
+		{"7-periodic-reclaim", testPeriodicReclaim},
 		{"9-leak-audit", s.audit},
 	}
 	for _, sc := range scenarios {
