@@ -301,7 +301,7 @@ type Multi struct {
 }
 
 // NewMultiVG creates volume group name over n fresh loop devices of
-// sizeBytes each (skipping like NewVGInfo). Everything is removed at cleanup.
+// sizeBytes each (skipping like NewVGInfo); name "" picks a unique one. Everything is removed at cleanup.
 func NewMultiVG(t testing.TB, n int, sizeBytes int64, name string) *Multi {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -309,6 +309,13 @@ func NewMultiVG(t testing.TB, n int, sizeBytes int64, name string) *Multi {
 	}
 	if _, err := osexec.LookPath("lvm"); err != nil {
 		t.Skip("skipping: lvm2 not installed (apt-get install lvm2)")
+	}
+	if name == "" {
+		var b [6]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			t.Fatal(err)
+		}
+		name = "carvetest" + hex.EncodeToString(b[:])
 	}
 	m := &Multi{}
 	for i := 0; i < n; i++ {
