@@ -22,6 +22,11 @@ var (
 	ErrInUse = errors.New("volume is in use")
 	// ErrUnavailable: the pool itself cannot be read (missing VG, tool failing).
 	ErrUnavailable = errors.New("pool unavailable")
+	// ErrDegraded: the pool is there but cannot create or grow volumes until
+	// an admin repairs it (a VG with a missing PV, a region whose namespaces
+	// the kernel will not enable). Capacity reports it with zero free bytes;
+	// existing volumes can still be read and deleted.
+	ErrDegraded = errors.New("pool degraded")
 	// ErrNotExpandable: the volume cannot grow (PMEM namespaces have a fixed size).
 	ErrNotExpandable = errors.New("volumes in this pool cannot be expanded")
 )
@@ -38,6 +43,10 @@ type Volume struct {
 	// DAX: the device is persistent memory (a PMEM namespace or an LV on one), so
 	// filesystems on it mount with -o dax unless the volume context says otherwise.
 	DAX bool
+	// Condition is "" for a healthy volume, else why it is not (lvm's
+	// lv_health_status "partial": a physical volume holding part of it is
+	// missing). NodeGetVolumeStats reports it as an abnormal volume_condition.
+	Condition string `json:",omitempty"`
 }
 
 // CreateRequest asks for a new volume. SizeBytes is already aligned by the caller
@@ -79,6 +88,8 @@ type Backend interface {
 	Get(ctx context.Context, id string) (*Volume, error)
 	// List returns carve-owned volumes only.
 	List(ctx context.Context) ([]Volume, error)
+	// Capacity of the pool. A pool that cannot create volumes now returns an
+	// error wrapping ErrDegraded with zero free and maximum volume bytes.
 	Capacity(ctx context.Context) (Capacity, error)
 	// Activate makes the volume's device node available (no-op where not needed).
 	Activate(ctx context.Context, id string) (string, error)

@@ -505,6 +505,7 @@ func (n *Node) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequ
 		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
 		csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
 		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH, // NodeGetVolumeHealth, node_health.go
 	} {
 		if t == csi.NodeServiceCapability_RPC_EXPAND_VOLUME && !canExpand(n.Vols) {
 			continue // only PMEM pools, whose namespaces cannot grow

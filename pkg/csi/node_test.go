@@ -252,7 +252,7 @@ func TestNodeInfoAndCapabilities(t *testing.T) {
 		t.Fatalf("info %v, %v", info, err)
 	}
 	caps, err := r.nodeC.NodeGetCapabilities(context.Background(), &csi.NodeGetCapabilitiesRequest{})
-	if err != nil || len(caps.GetCapabilities()) != 4 {
+	if err != nil || len(caps.GetCapabilities()) != 5 {
 		t.Fatalf("caps %v, %v", caps, err)
 	}
 }

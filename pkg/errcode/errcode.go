@@ -27,7 +27,10 @@ func Of(err error) codes.Code {
 		return codes.DeadlineExceeded
 	case errors.Is(err, context.Canceled):
 		return codes.Canceled
-	case errors.Is(err, backend.ErrNoSpace):
+	case errors.Is(err, backend.ErrNoSpace), errors.Is(err, backend.ErrDegraded):
+		// A degraded pool has no space it can deliver until an admin repairs
+		// it: ResourceExhausted makes external-provisioner reschedule a
+		// late-bound volume to another node instead of retrying this one.
 		return codes.ResourceExhausted
 	case errors.Is(err, backend.ErrNotFound):
 		return codes.NotFound

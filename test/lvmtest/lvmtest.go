@@ -20,7 +20,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"os"
 	osexec "os/exec"
@@ -30,6 +29,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/carve-csi/carve/pkg/backend/report"
 	"github.com/carve-csi/carve/pkg/exec"
 	"github.com/carve-csi/carve/test/loopdev"
 )
@@ -181,7 +181,7 @@ func LVs(ctx context.Context, runner exec.Runner, vg string) ([]LV, error) {
 			} `json:"lv"`
 		} `json:"report"`
 	}
-	if err := json.Unmarshal(out, &rep); err != nil {
+	if _, _, err := report.Decode(out, &rep); err != nil {
 		return nil, fmt.Errorf("lvs report: %w: %s", err, out)
 	}
 	var lvs []LV
@@ -235,7 +235,7 @@ func VGReport(ctx context.Context, runner exec.Runner, vg string) (VGFigures, er
 			} `json:"vg"`
 		} `json:"report"`
 	}
-	if err := json.Unmarshal(out, &rep); err != nil || len(rep.Report) != 1 || len(rep.Report[0].VG) != 1 {
+	if _, _, err := report.Decode(out, &rep); err != nil || len(rep.Report) != 1 || len(rep.Report[0].VG) != 1 {
 		return VGFigures{}, fmt.Errorf("vgs report for %s: %v: %s", vg, err, out)
 	}
 	r := rep.Report[0].VG[0]
@@ -251,4 +251,148 @@ func VGReport(ctx context.Context, runner exec.Runner, vg string) (VGFigures, er
 		*x.dst = n
 	}
 	return f, nil
+}
+
+// Config is an lvm.conf for a metadata-only VG: like ConfigTemplate, over
+// any number of devices and, with ArchiveDir and BackupDir set, with
+// metadata backups and archives on (as on most hosts, whose lvm.conf carve
+// uses through nsenter).
+type Config struct {
+	Devices               []string
+	ArchiveDir, BackupDir string
+}
+
+// Write writes dir/lvm.conf.
+func (c Config) Write(dir string) error {
+	var accept strings.Builder
+	for _, d := range c.Devices {
+		if !strings.HasPrefix(d, "/dev/") || strings.ContainsAny(d, "|\"$ \n") {
+			return fmt.Errorf("lvmtest: unexpected device path %q", d)
+		}
+		fmt.Fprintf(&accept, `"a|^%s$|", `, d)
+	}
+	backup := "backup = 0\n\tarchive = 0"
+	if c.ArchiveDir != "" {
+		backup = fmt.Sprintf("backup = 1\n\tbackup_dir = %q\n\tarchive = 1\n\tarchive_dir = %q", c.BackupDir, c.ArchiveDir)
+	}
+	conf := fmt.Sprintf(`# Written by carve's test/lvmtest: metadata-only LVM.
+devices {
+	filter = [ %[1]s"r|.*|" ]
+	global_filter = [ %[1]s"r|.*|" ]
+	obtain_device_list_from_udev = 0
+	use_devicesfile = 0
+	hints = "none"
+}
+global {
+	activation = 0
+}
+backup {
+	%[2]s
+}
+`, accept.String(), backup)
+	return os.WriteFile(filepath.Join(dir, "lvm.conf"), []byte(conf), 0o644)
+}
+
+// Multi is a volume group over several loop devices.
+type Multi struct {
+	VG
+	LoopDevs []string
+	conf     Config
+}
+
+// NewMultiVG creates volume group name over n fresh loop devices of
+// sizeBytes each (skipping like NewVGInfo); name "" picks a unique one. Everything is removed at cleanup.
+func NewMultiVG(t testing.TB, n int, sizeBytes int64, name string) *Multi {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: real lvm2 tests need root")
+	}
+	if _, err := osexec.LookPath("lvm"); err != nil {
+		t.Skip("skipping: lvm2 not installed (apt-get install lvm2)")
+	}
+	if name == "" {
+		var b [6]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			t.Fatal(err)
+		}
+		name = "carvetest" + hex.EncodeToString(b[:])
+	}
+	m := &Multi{}
+	for i := 0; i < n; i++ {
+		m.LoopDevs = append(m.LoopDevs, loopdev.New(t, sizeBytes))
+	}
+	dir := t.TempDir()
+	m.conf = Config{Devices: m.LoopDevs}
+	if err := m.conf.Write(dir); err != nil {
+		t.Fatal(err)
+	}
+	m.VG = VG{Name: name, LoopDev: m.LoopDevs[0], ConfigDir: dir, Runner: &exec.Host{Env: Env(dir)}}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	run := func(args ...string) {
+		t.Helper()
+		if _, err := m.Runner.Run(ctx, "lvm", args...); err != nil {
+			t.Fatalf("lvmtest: %v", err)
+		}
+	}
+	run(append([]string{"pvcreate", "-y"}, m.LoopDevs...)...)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if _, err := m.Runner.Run(ctx, "lvm", append([]string{"pvremove", "-y", "-ff"}, m.LoopDevs...)...); err != nil {
+			t.Errorf("lvmtest cleanup: %v", err)
+		}
+	})
+	run(append([]string{"vgcreate", "-y", name}, m.LoopDevs...)...)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if _, err := m.Runner.Run(ctx, "lvm", "vgremove", "-f", name); err != nil {
+			t.Errorf("lvmtest cleanup: %v", err)
+		}
+	})
+	return m
+}
+
+// HideDevice makes lvm stop seeing dev, as when the disk is unplugged or
+// its loop device detached: the VG then misses a PV ("WARNING: Couldn't find
+// device with uuid ..."; lvm2 prints the same for a detached loop device).
+// The device is taken out of the filter rather than detached so that the
+// test gives it back (registered cleanup) and the VG can be removed.
+func (m *Multi) HideDevice(t testing.TB, dev string) {
+	t.Helper()
+	hidden := m.conf
+	hidden.Devices = nil
+	for _, d := range m.conf.Devices {
+		if d != dev {
+			hidden.Devices = append(hidden.Devices, d)
+		}
+	}
+	if err := hidden.Write(m.ConfigDir); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.conf.Write(m.ConfigDir); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// EnableArchive turns metadata backups and archives on (directories under
+// the test's temp dir) and returns the archive and backup directories.
+func (v *VG) EnableArchive(t testing.TB, devices ...string) (archiveDir, backupDir string) {
+	t.Helper()
+	archiveDir, backupDir = filepath.Join(v.ConfigDir, "archive"), filepath.Join(v.ConfigDir, "backup")
+	for _, d := range []string{archiveDir, backupDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(devices) == 0 {
+		devices = []string{v.LoopDev}
+	}
+	if err := (Config{Devices: devices, ArchiveDir: archiveDir, BackupDir: backupDir}).Write(v.ConfigDir); err != nil {
+		t.Fatal(err)
+	}
+	return archiveDir, backupDir
 }

@@ -160,3 +160,13 @@ func (m *Memory) Activate(ctx context.Context, id string) (string, error) {
 	}
 	return v.DevicePath, nil
 }
+
+// SetCondition sets the Condition of volume id (as lvm reports a partial LV).
+func (m *Memory) SetCondition(id, condition string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if v, ok := m.vols[id]; ok {
+		v.Condition = condition
+		m.vols[id] = v
+	}
+}

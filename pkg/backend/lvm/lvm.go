@@ -31,6 +31,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/carve-csi/carve/pkg/backend"
+	"github.com/carve-csi/carve/pkg/backend/report"
 	"github.com/carve-csi/carve/pkg/exec"
 	"github.com/carve-csi/carve/pkg/names"
 )
@@ -53,8 +54,11 @@ const (
 var reportArgs = []string{"--reportformat", "json", "--units", "b", "--nosuffix"}
 
 const (
-	lvColumns = "lv_name,vg_name,lv_size,lv_tags,lv_path"
+	lvColumns = "lv_name,vg_name,lv_size,lv_tags,lv_path,lv_health_status"
 	vgColumns = "vg_name,vg_size,vg_free,vg_extent_size,vg_free_count"
+	// capColumns adds what tells a degraded VG; New keeps vgColumns (the
+	// lvm-on-PMEM captures, recorded in the VM, hold that command).
+	capColumns = vgColumns + ",vg_missing_pv_count"
 )
 
 // cleanupTimeout bounds the removal of a half-made LV after a failed lvcreate;
@@ -106,7 +110,7 @@ func New(ctx context.Context, runner exec.Runner, pool, vg, ownerTag string) (*B
 		owner:     TagOwner + "=" + ownerTag,
 		devExists: fileExists,
 	}
-	row, err := b.vgs(ctx)
+	row, err := b.vgs(ctx, vgColumns)
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +152,7 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 	args = append(args, b.vg)
 	if _, err := b.runner.Run(ctx, "lvm", args...); err != nil {
 		err = b.mapError("create", req.ID, err)
-		if errors.Is(err, backend.ErrExists) || errors.Is(err, backend.ErrNoSpace) {
+		if errors.Is(err, backend.ErrExists) || errors.Is(err, backend.ErrNoSpace) || errors.Is(err, backend.ErrDegraded) {
 			// lvm refused before allocating anything: nothing of ours to undo,
 			// and an existing LV is never ours to remove here.
 			return nil, err
@@ -316,9 +320,13 @@ func (b *Backend) List(ctx context.Context) ([]backend.Volume, error) {
 }
 
 // Capacity implements backend.Backend with one vgs. Space used by LVs that
-// are not carve's is simply not free.
+// are not carve's is simply not free. A VG with a missing PV, where lvm
+// refuses every lvcreate and lvextend ("Cannot change VG ... while PVs are
+// missing"), has no free space to offer: Capacity then returns its total size,
+// zero free and maximum volume bytes, and an error wrapping
+// backend.ErrDegraded that names the cause.
 func (b *Backend) Capacity(ctx context.Context) (backend.Capacity, error) {
-	row, err := b.vgs(ctx)
+	row, err := b.vgs(ctx, capColumns)
 	if err != nil {
 		return backend.Capacity{}, err
 	}
@@ -326,11 +334,17 @@ func (b *Backend) Capacity(ctx context.Context) (backend.Capacity, error) {
 	free, err2 := row.Free.int()
 	ext, err3 := row.ExtentSize.int()
 	count, err4 := row.FreeCount.int()
-	if err := errors.Join(err1, err2, err3, err4); err != nil {
+	missing, err5 := row.MissingPVs.int()
+	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
 		return backend.Capacity{}, fmt.Errorf("lvm: vgs %s: %w", b.vg, err)
 	}
 	if ext <= 0 {
 		return backend.Capacity{}, fmt.Errorf("lvm: vgs %s: bad extent size %d", b.vg, ext)
+	}
+	if missing > 0 {
+		return backend.Capacity{TotalBytes: total, AlignBytes: ext},
+			fmt.Errorf("lvm: volume group %q is missing %d physical volume(s), so lvm refuses to create or extend LVs in it (reattach the disk, or vgreduce --removemissing): %w",
+				b.vg, missing, backend.ErrDegraded)
 	}
 	maxVol := backend.AlignDown(free, ext)
 	if count < maxVol/ext { // compared as extents: count*ext could wrap
@@ -371,8 +385,8 @@ func (b *Backend) Activate(ctx context.Context, id string) (string, error) {
 
 func (b *Backend) devicePath(id string) string { return "/dev/" + b.vg + "/" + id }
 
-func (b *Backend) vgs(ctx context.Context) (*vgRow, error) {
-	args := append([]string{"vgs", "-o", vgColumns}, reportArgs...)
+func (b *Backend) vgs(ctx context.Context, columns string) (*vgRow, error) {
+	args := append([]string{"vgs", "-o", columns}, reportArgs...)
 	out, err := b.runner.Run(ctx, "lvm", append(args, b.vg)...)
 	if err != nil {
 		return nil, fmt.Errorf("lvm: volume group %q: %w: %w", b.vg, backend.ErrUnavailable, err)
@@ -382,7 +396,7 @@ func (b *Backend) vgs(ctx context.Context) (*vgRow, error) {
 			VG []vgRow `json:"vg"`
 		} `json:"report"`
 	}
-	if err := json.Unmarshal(out, &rep); err != nil {
+	if err := DecodeReport(out, &rep); err != nil {
 		return nil, fmt.Errorf("lvm: volume group %q: parsing vgs report: %w: %w", b.vg, backend.ErrUnavailable, err)
 	}
 	for _, r := range rep.Report {
@@ -395,40 +409,18 @@ func (b *Backend) vgs(ctx context.Context) (*vgRow, error) {
 	return nil, fmt.Errorf("lvm: volume group %q not in vgs report: %w", b.vg, backend.ErrUnavailable)
 }
 
-// mapError turns a failed lvm command into an error wrapping the matching
-// backend sentinel and the *exec.Error (command line, exit code, stderr).
-// lvm exits 5 for all of these, so the (C-locale) message decides:
-//
-//	lvcreate: Volume group "vg" has insufficient free space (470 extents): 1280 required.
-//	lvextend: Insufficient free space: 25596 extents needed, but only 482 available
-//	lvcreate: Logical Volume "x" already exists in volume group "vg"
-//	lvs:      Failed to find logical volume "vg/x"
-//	lvextend: Logical volume x not found in volume group vg.
-//	any:      Volume group "vg" not found
-func (b *Backend) mapError(op, id string, err error) error {
-	what := b.vg
-	if id != "" {
-		what += "/" + id
+// DecodeReport unmarshals an lvm `--reportformat json` report into v,
+// ignoring the notices lvm prints on stdout in and around it (see package
+// report); they are logged. Output without a report is an error.
+func DecodeReport(out []byte, v any) error {
+	noise, ok, err := report.Decode(out, v)
+	if len(noise) > 0 {
+		klog.InfoS("lvm printed text in its JSON report; ignored it", "lines", noise)
 	}
-	stderr := strings.ToLower(exec.Stderr(err))
-	var sentinel error
-	switch {
-	case strings.Contains(stderr, "insufficient free space"):
-		sentinel = backend.ErrNoSpace
-	case strings.Contains(stderr, "already exists"):
-		sentinel = backend.ErrExists
-	case strings.Contains(stderr, "failed to find logical volume"),
-		strings.Contains(stderr, "not found in volume group"):
-		sentinel = backend.ErrNotFound
-	case strings.Contains(stderr, " in use"): // "Logical volume vg/lv contains a filesystem in use." / "... in use."
-		sentinel = backend.ErrInUse
-	case strings.Contains(stderr, `volume group "`+strings.ToLower(b.vg)+`" not found`):
-		sentinel = backend.ErrUnavailable
+	if err == nil && !ok {
+		err = fmt.Errorf("no JSON report in lvm output %q", out)
 	}
-	if sentinel == nil {
-		return fmt.Errorf("lvm: %s %s: %w", op, what, err)
-	}
-	return fmt.Errorf("lvm: %s %s: %w: %w", op, what, sentinel, err)
+	return err
 }
 
 func checkID(id string) error {
@@ -579,6 +571,12 @@ func (b *Backend) volume(r lvRow) (*backend.Volume, error) {
 		Ephemeral:  info.Ephemeral,
 		TargetPath: info.TargetPath,
 	}
+	if r.Health != "" {
+		vol.Condition = fmt.Sprintf("lvm reports logical volume %s/%s as %q", r.VG, r.Name, r.Health)
+		if r.Health == "partial" {
+			vol.Condition += ": a physical volume holding part of it is missing"
+		}
+	}
 	if err != nil {
 		return vol, fmt.Errorf("tags of %s/%s: %w", r.VG, r.Name, err)
 	}
@@ -591,6 +589,10 @@ type lvRow struct {
 	Size num    `json:"lv_size"`
 	Tags string `json:"lv_tags"`
 	Path string `json:"lv_path"`
+	// Health is lv_health_status: "" when healthy, "partial" when a PV
+	// holding part of the LV is missing (health-missing-pv.txt), and raid
+	// states ("refresh needed", "mismatches exist").
+	Health string `json:"lv_health_status"`
 }
 
 type vgRow struct {
@@ -599,6 +601,7 @@ type vgRow struct {
 	Free       num    `json:"vg_free"`
 	ExtentSize num    `json:"vg_extent_size"`
 	FreeCount  num    `json:"vg_free_count"`
+	MissingPVs num    `json:"vg_missing_pv_count"` // only with capColumns
 }
 
 func parseLVs(out []byte) ([]lvRow, error) {
@@ -607,7 +610,7 @@ func parseLVs(out []byte) ([]lvRow, error) {
 			LV []lvRow `json:"lv"`
 		} `json:"report"`
 	}
-	if err := json.Unmarshal(out, &rep); err != nil {
+	if err := DecodeReport(out, &rep); err != nil {
 		return nil, fmt.Errorf("parsing lvs report: %w", err)
 	}
 	var rows []lvRow

@@ -82,6 +82,8 @@ func FuzzLVMReport(f *testing.F) {
 				c.MaxVolumeBytes > c.FreeBytes || c.MaxVolumeBytes%c.AlignBytes != 0 {
 				t.Fatalf("Capacity from %q = %+v", out, c)
 			}
+		} else if c.FreeBytes != 0 || c.MaxVolumeBytes != 0 {
+			t.Fatalf("Capacity from %q = %+v with error %v: a pool that fails offers no space", out, c, err)
 		}
 
 		vols, listErr := b.List(ctx)
@@ -198,7 +200,7 @@ func TestCapturedReportsStructure(t *testing.T) {
 						VG []vgRow `json:"vg"`
 					} `json:"report"`
 				}
-				if err := json.Unmarshal([]byte(c.Stdout), &rep); err != nil || len(rep.Report) != 1 ||
+				if err := DecodeReport([]byte(c.Stdout), &rep); err != nil || len(rep.Report) != 1 ||
 					len(rep.Report[0].VG) != strings.Count(c.Stdout, `"vg_name"`) {
 					t.Fatalf("%s: vgs report %+v: %v", file, rep, err)
 				}

@@ -11,7 +11,10 @@ import (
 	"sync"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+
 	"github.com/carve-csi/carve/pkg/backend"
+	"github.com/carve-csi/carve/pkg/errcode"
 	"github.com/carve-csi/carve/pkg/exec"
 	"github.com/carve-csi/carve/pkg/exec/exectest"
 )
@@ -630,8 +633,8 @@ func TestParseTagsDamaged(t *testing.T) {
 
 func TestNumAcceptsStringsAndNumbers(t *testing.T) {
 	for _, out := range []string{
-		`{"report":[{"vg":[{"vg_name":"carvevg","vg_size":"2143289344","vg_free":"4194304","vg_extent_size":"4194304","vg_free_count":"1"}]}]}`,
-		`{"report":[{"vg":[{"vg_name":"carvevg","vg_size":2143289344,"vg_free":4194304,"vg_extent_size":4194304,"vg_free_count":1}]}]}`, // json_std
+		`{"report":[{"vg":[{"vg_name":"carvevg","vg_size":"2143289344","vg_free":"4194304","vg_extent_size":"4194304","vg_free_count":"1","vg_missing_pv_count":"0"}]}]}`,
+		`{"report":[{"vg":[{"vg_name":"carvevg","vg_size":2143289344,"vg_free":4194304,"vg_extent_size":4194304,"vg_free_count":1,"vg_missing_pv_count":0}]}]}`, // json_std
 	} {
 		f := &exectest.Fake{}
 		f.Handler = func(context.Context, []string) (exectest.Response, bool) { return exectest.Response{Stdout: out}, true }
@@ -652,5 +655,98 @@ func TestDeleteOfAnLVInUse(t *testing.T) {
 	err := bareBackend(f, "carvevg").Delete(context.Background(), id)
 	if !errors.Is(err, backend.ErrInUse) || !strings.Contains(err.Error(), "filesystem in use") {
 		t.Fatalf("delete of a mounted LV: %v", err)
+	}
+}
+
+// lvm2 printed its archive advice ("Consider pruning carvevg VG archive ...")
+// on stdout inside the vgs JSON report (lvmteam/lvm2#137, recorded with 9000
+// files in the archive and the backup removed): start-up (New) and Capacity
+// must read the report around it. Before the fix both failed with "invalid
+// character 'C' looking for beginning of value".
+func TestArchiveAdviceInReport(t *testing.T) {
+	for _, c := range loadCalls(t, "new-archive", "capacity-archive") {
+		if !strings.Contains(c.Stdout, "Consider pruning carvevg VG archive") {
+			t.Fatalf("capture lost the advice: %q", c.Stdout)
+		}
+	}
+	f := replay(t, "new-archive", "capacity-archive")
+	b, err := New(context.Background(), f, capPool, capVG, capOwner)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	c, err := b.Capacity(context.Background())
+	if err != nil || c.TotalBytes != 2143289344 || c.FreeBytes != 1807745024 || c.MaxVolumeBytes != 1807745024 || c.AlignBytes != 4194304 {
+		t.Fatalf("Capacity = %+v, %v", c, err)
+	}
+}
+
+// A VG with a missing PV (recorded: two PVs, one hidden from lvm): lvm
+// refuses lvcreate and lvextend, so Capacity says degraded with no space,
+// Create and Expand fail with ErrDegraded (ResourceExhausted: the provisioner
+// reschedules, the node agent stops retrying), the LV on the lost PV reports
+// its condition, and delete still works. New (start-up) still succeeds: the
+// node must serve its other volumes.
+func TestMissingPV(t *testing.T) {
+	ctx := context.Background()
+	f := replay(t, "new-missing-pv", "capacity-missing-pv", "create-missing-pv", "expand-missing-pv",
+		"get-missing-pv", "list-missing-pv", "delete-missing-pv")
+	b, err := New(ctx, f, capPool, capMissVG, capOwner)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	c, err := b.Capacity(ctx)
+	wantIs(t, err, backend.ErrDegraded)
+	if c.FreeBytes != 0 || c.MaxVolumeBytes != 0 || c.TotalBytes <= 0 || !strings.Contains(err.Error(), "missing 1 physical volume") {
+		t.Errorf("Capacity = %+v, %v", c, err)
+	}
+	_, err = b.Create(ctx, backend.CreateRequest{ID: capMissNew, Name: "pvc-after-loss", SizeBytes: 8 << 20})
+	wantIs(t, err, backend.ErrDegraded)
+	if errcode.Of(err) != codes.ResourceExhausted {
+		t.Errorf("Create: code %v", errcode.Of(err))
+	}
+	_, err = b.Expand(ctx, capOnKept, 128<<20)
+	wantIs(t, err, backend.ErrDegraded)
+	v, err := b.Get(ctx, capOnLost)
+	if err != nil || !strings.Contains(v.Condition, "partial") {
+		t.Errorf("Get(on lost PV) = %+v, %v: want a partial condition", v, err)
+	}
+	vols, err := b.List(ctx)
+	if err != nil || len(vols) != 2 {
+		t.Fatalf("List = %+v, %v", vols, err)
+	}
+	for _, v := range vols {
+		if (v.ID == capOnLost) != (v.Condition != "") {
+			t.Errorf("List: %s has condition %q", v.ID, v.Condition)
+		}
+	}
+	if err := b.Delete(ctx, capOnLost); err != nil {
+		t.Errorf("Delete(on lost PV): %v", err)
+	}
+}
+
+// Only lvm's own error lines decide, and only with its failure exit code: a
+// WARNING that contains the words of another error, or the same text from a
+// killed or crashed command, is no such error.
+func TestClassifyIgnoresWarningsAndOtherExitCodes(t *testing.T) {
+	e := func(rc int, stderr string) error {
+		return &exec.Error{Cmd: []string{"lvm"}, ExitCode: rc, Stderr: stderr, Err: errors.New("exit")}
+	}
+	for _, c := range []struct {
+		err  error
+		want error
+	}{
+		{e(5, "  WARNING: PV /dev/sdb in use by another host.\n  Internal error: something"), nil},
+		{e(5, "  WARNING: insufficient free space warning\n  Cannot process volume group carvevg"), nil},
+		{e(-1, "  Volume group \"carvevg\" has insufficient free space (1 extents): 2 required."), nil},
+		{e(5, "  Volume group \"carvevg\" has insufficient free space (1 extents): 2 required."), backend.ErrNoSpace},
+		{e(5, "  Cannot change VG carvevg while PVs are missing.\n  See vgreduce --removemissing and vgextend --restoremissing."), backend.ErrDegraded},
+		{e(5, "  Logical volume carvevg/x contains a filesystem in use."), backend.ErrInUse},
+		{e(5, "  Volume group \"carvevg\" not found"), backend.ErrUnavailable},
+		{e(5, "  Volume group \"other\" not found"), nil},
+	} {
+		got, _ := classify(c.err, capVG)
+		if got != c.want {
+			t.Errorf("classify(%q) = %v, want %v", exec.Stderr(c.err), got, c.want)
+		}
 	}
 }

@@ -2,7 +2,6 @@ package pmem
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -175,7 +174,7 @@ func lvmNamespace(ctx context.Context, runner exec.Runner, r regionJSON, sharePe
 			return "", mapError("list", ours.Dev, err)
 		}
 		var nss []nsJSON
-		if err := json.Unmarshal(out, &nss); err != nil || len(nss) != 1 || nss[0].Blockdev == "" {
+		if _, err := decodeJSON("list", out, &nss); err != nil || len(nss) != 1 || nss[0].Blockdev == "" {
 			return "", fmt.Errorf("pmem: lvm-pmem %s: namespace %s has no block device after enable-namespace: %q", vg, ours.Dev, out)
 		}
 		ours = &nss[0]
@@ -204,7 +203,7 @@ func pvOf(ctx context.Context, runner exec.Runner, dev string) (vg string, isPV 
 			} `json:"pv"`
 		} `json:"report"`
 	}
-	if err := json.Unmarshal(out, &rep); err != nil {
+	if err := lvm.DecodeReport(out, &rep); err != nil {
 		return "", false, fmt.Errorf("pmem: lvm-pmem: parsing pvs report: %w", err)
 	}
 	for _, r := range rep.Report {
@@ -227,7 +226,7 @@ func vgExists(ctx context.Context, runner exec.Runner, vg string) (bool, error) 
 			} `json:"vg"`
 		} `json:"report"`
 	}
-	if err := json.Unmarshal(out, &rep); err != nil {
+	if err := lvm.DecodeReport(out, &rep); err != nil {
 		return false, fmt.Errorf("pmem: lvm-pmem: parsing vgs report: %w", err)
 	}
 	for _, r := range rep.Report {

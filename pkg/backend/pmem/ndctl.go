@@ -1,7 +1,6 @@
 package pmem
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -12,7 +11,10 @@ import (
 	"regexp"
 	"strings"
 
+	"k8s.io/klog/v2"
+
 	"github.com/carve-csi/carve/pkg/backend"
+	"github.com/carve-csi/carve/pkg/backend/report"
 	"github.com/carve-csi/carve/pkg/exec"
 )
 
@@ -149,13 +151,17 @@ func checkRegions(rs []regionJSON) ([]regionJSON, error) {
 // region matches, an array of regions when none of them has a namespace to
 // show, and {"regions":[...]} otherwise.
 func parseRegions(out []byte) ([]regionJSON, error) {
-	out = bytes.TrimSpace(out)
-	if len(out) == 0 {
+	var raw json.RawMessage
+	ok, err := decodeJSON("list", out, &raw)
+	if err != nil {
+		return nil, fmt.Errorf("parsing ndctl list output: %w", err)
+	}
+	if !ok {
 		return nil, nil
 	}
-	if out[0] == '[' {
+	if raw[0] == '[' {
 		var rs []regionJSON
-		if err := json.Unmarshal(out, &rs); err != nil {
+		if err := json.Unmarshal(raw, &rs); err != nil {
 			return nil, fmt.Errorf("parsing ndctl list output: %w", err)
 		}
 		return checkRegions(rs)
@@ -164,7 +170,7 @@ func parseRegions(out []byte) ([]regionJSON, error) {
 		Regions []regionJSON `json:"regions"`
 		regionJSON
 	}
-	if err := json.Unmarshal(out, &obj); err != nil {
+	if err := json.Unmarshal(raw, &obj); err != nil {
 		return nil, fmt.Errorf("parsing ndctl list output: %w", err)
 	}
 	if obj.Regions == nil && obj.Dev != "" {
@@ -176,7 +182,7 @@ func parseRegions(out []byte) ([]regionJSON, error) {
 // parseNamespace reads the JSON object `ndctl create-namespace` prints.
 func parseNamespace(out []byte) (*nsJSON, error) {
 	var ns nsJSON
-	if err := json.Unmarshal(bytes.TrimSpace(out), &ns); err != nil {
+	if _, err := decodeJSON("create-namespace", out, &ns); err != nil {
 		return nil, fmt.Errorf("parsing ndctl create-namespace output %q: %w", out, err)
 	}
 	if ns.Dev == "" {
@@ -186,6 +192,16 @@ func parseNamespace(out []byte) (*nsJSON, error) {
 		return nil, fmt.Errorf("ndctl create-namespace output: %w", err)
 	}
 	return &ns, nil
+}
+
+// decodeJSON unmarshals the JSON ndctl printed into v, ignoring (and
+// logging) notices printed around it; ok is false when there was no JSON.
+func decodeJSON(cmd string, out []byte, v any) (ok bool, err error) {
+	noise, ok, err := report.Decode(out, v)
+	if len(noise) > 0 {
+		klog.InfoS("ndctl printed text around its JSON output; ignored it", "command", cmd, "lines", noise)
+	}
+	return ok, err
 }
 
 // volumeUUID is the namespace uuid carve gives volume id: derived from the
@@ -234,39 +250,57 @@ func toolMissing(err error) bool {
 		strings.Contains(s, "failed to execute ndctl")
 }
 
+// ndctlRule is one failure ndctl reports: a whole line of its stderr (as
+// captured in testdata/ or printed by ndctl's cmd_create_namespace /
+// cmd_destroy_namespace: "failed to <verb> namespace: <strerror>"), the
+// operations it applies to ("" for any), and what it means.
+type ndctlRule struct {
+	op       string
+	line     *regexp.Regexp
+	sentinel error
+	hint     string
+}
+
+var ndctlRules = []ndctlRule{
+	// create-nospace.txt
+	{"create", regexp.MustCompile(`^failed to create namespace: No space left on device$`), backend.ErrNoSpace, ""},
+	// create-enxio.txt: the region exists (carve names it with -r after
+	// reading it from sysfs); the kernel did not enable the new namespace's
+	// fsdax (pfn) device. Retrying the same region fails the same way, so the
+	// pool is degraded rather than unavailable (which callers retry).
+	{"create", regexp.MustCompile(`^failed to create namespace: No such device or address$`), backend.ErrDegraded,
+		" (the kernel did not enable the namespace's fsdax device; see the kernel log)"},
+	{"create", regexp.MustCompile(`label-less namespaces do not support sub-dividing a region`), backend.ErrDegraded,
+		" (the region has no namespace labels; initialize them once with: ndctl disable-region <region>; ndctl init-labels -f all; ndctl enable-region <region>)"},
+	// delete-missing.txt
+	{"", regexp.MustCompile(`^error destroying namespaces: No such device or address$`), backend.ErrNotFound, ""},
+	// delete-busy.txt: mounted, or held by device-mapper (an lvm-on-pmem PV).
+	{"", regexp.MustCompile(`^error destroying namespaces: Device or resource busy$`), backend.ErrInUse,
+		" (the device is in use: mounted, or held by device-mapper)"},
+	{"", regexp.MustCompile(`failed exclusive open`), backend.ErrInUse,
+		" (the device is in use: mounted, or held by device-mapper)"},
+}
+
 // mapError turns a failed ndctl command into an error wrapping the matching
-// backend sentinel and the *exec.Error (command line, exit code, stderr).
-// ndctl's exit codes are negated errnos and its messages end in strerror,
-// as captured in testdata/:
-//
-//	create-namespace: failed to create namespace: No space left on device       -> ErrNoSpace
-//	create-namespace: failed to create namespace: No such device or address     -> ErrUnavailable (no such region)
-//	create-namespace: Legacy / label-less namespaces do not support sub-dividing -> ErrUnavailable (labels needed)
-//	destroy-namespace: error destroying namespaces: No such device or address   -> ErrNotFound
-//	ndctl not installed                                                          -> ErrUnavailable
+// backend sentinel and the *exec.Error (command line, exit code, stderr). The
+// cause is read from ndctl's own error lines (ndctlRules), never from a
+// strerror alone: ndctl's exit codes are negated errnos truncated to a byte
+// and its messages end in strerror, and the same errno means different
+// things in different steps. A tool that cannot start at all is
+// ErrUnavailable; anything unknown wraps no sentinel (codes.Internal).
 func mapError(op, what string, err error) error {
 	if toolMissing(err) {
 		return fmt.Errorf("pmem: %s %s: ndctl is not available on this node (install ndctl): %w: %w", op, what, backend.ErrUnavailable, err)
 	}
-	stderr := strings.ToLower(exec.Stderr(err))
-	var sentinel error
-	hint := ""
-	switch {
-	case strings.Contains(stderr, "no space left on device"):
-		sentinel = backend.ErrNoSpace
-	case strings.Contains(stderr, "label-less"):
-		sentinel = backend.ErrUnavailable
-		hint = " (the region has no namespace labels; initialize them once with: ndctl disable-region <region>; ndctl init-labels -f all; ndctl enable-region <region>)"
-	case strings.Contains(stderr, "no such device or address") && op == "create":
-		sentinel = backend.ErrUnavailable
-		hint = " (no such region)"
-	case strings.Contains(stderr, "no such device or address"):
-		sentinel = backend.ErrNotFound
-	case strings.Contains(stderr, "device or resource busy"), strings.Contains(stderr, "failed exclusive open"):
-		hint = " (the device is in use: mounted, or held by device-mapper)"
+	if exec.ExitCode(err) > 0 {
+		for _, line := range strings.Split(exec.Stderr(err), "\n") {
+			line = strings.TrimSpace(line)
+			for _, r := range ndctlRules {
+				if (r.op == "" || r.op == op) && line != "" && r.line.MatchString(line) {
+					return fmt.Errorf("pmem: %s %s%s: %w: %w", op, what, r.hint, r.sentinel, err)
+				}
+			}
+		}
 	}
-	if sentinel == nil {
-		return fmt.Errorf("pmem: %s %s%s: %w", op, what, hint, err)
-	}
-	return fmt.Errorf("pmem: %s %s%s: %w: %w", op, what, hint, sentinel, err)
+	return fmt.Errorf("pmem: %s %s: %w", op, what, err)
 }

@@ -552,7 +552,7 @@ func TestDelete(t *testing.T) {
 		{"delete", capID, nil},
 		{"delete-missing", capID, backend.ErrNotFound},
 		{"delete-foreign", capForeign, backend.ErrNotOwned},
-		{"delete-busy", capID, nil},
+		{"delete-busy", capID, backend.ErrInUse},
 	} {
 		t.Run(c.scenario, func(t *testing.T) {
 			fx := replay(t, c.scenario).seed()
@@ -791,14 +791,15 @@ func TestMapError(t *testing.T) {
 		want error
 	}{
 		{"create", e(237, "failed to create namespace: No space left on device"), backend.ErrNoSpace},
-		{"create", e(237, "failed to create namespace: No such device or address"), backend.ErrUnavailable},
+		{"create", e(250, "failed to create namespace: No such device or address"), backend.ErrDegraded},
 		{"delete", e(250, "error destroying namespaces: No such device or address"), backend.ErrNotFound},
-		{"create", e(237, "Error: Legacy / label-less namespaces do not support sub-dividing a region"), backend.ErrUnavailable},
+		{"create", e(237, "Error: Legacy / label-less namespaces do not support sub-dividing a region"), backend.ErrDegraded},
+		{"create", e(237, "WARNING: no space left on device in some notice\nfailed to create namespace: Invalid argument"), nil},
 		{"list", e(127, "nsenter: failed to execute ndctl: No such file or directory"), backend.ErrUnavailable},
-		{"delete", e(240, "error destroying namespaces: Device or resource busy"), nil},
+		{"delete", e(240, "error destroying namespaces: Device or resource busy\ndestroyed 0 namespaces"), backend.ErrInUse},
 	} {
 		got := mapError(c.op, "x", c.err)
-		if c.want != nil && !errors.Is(got, c.want) || c.want == nil && (errors.Is(got, backend.ErrNotFound) || errors.Is(got, backend.ErrNoSpace)) {
+		if c.want != nil && !errors.Is(got, c.want) || c.want == nil && (errors.Is(got, backend.ErrNotFound) || errors.Is(got, backend.ErrNoSpace) || errors.Is(got, backend.ErrDegraded)) {
 			t.Errorf("mapError(%s, %v) = %v", c.op, c.err, got)
 		}
 		var ee *exec.Error
@@ -995,5 +996,26 @@ func TestCreateRetryKeepsFinished(t *testing.T) {
 	_, err := b.Create(ctx, backend.CreateRequest{ID: capKillID, Name: capKillName, SizeBytes: 62 << 20})
 	if !errors.Is(err, backend.ErrExists) || len(fx.fake.Log) != 0 || len(fx.wiped) != 0 {
 		t.Errorf("err = %v, commands %q, wiped %q; want ErrExists and nothing run", err, fx.fake.Log, fx.wiped)
+	}
+}
+
+// The kernel refusing to enable a new namespace's fsdax device (ndctl: "No such
+// device or address", exit 250) is not a missing region: the region was read
+// from sysfs a moment ago. Retrying the same node cannot help, so the error is
+// ErrDegraded (ResourceExhausted: the provisioner reschedules), never
+// ErrUnavailable (which callers retry forever), and nothing is left behind.
+func TestCreateENXIO(t *testing.T) {
+	fx := replay(t, "create-enxio")
+	b := fx.backend()
+	v, err := b.Create(ctx, backend.CreateRequest{ID: capBigID, Name: capBigName, SizeBytes: 1 << 30})
+	fx.check(v, err)
+	if !errors.Is(err, backend.ErrDegraded) || errors.Is(err, backend.ErrUnavailable) {
+		t.Errorf("err = %v, want ErrDegraded and not ErrUnavailable", err)
+	}
+	if strings.Contains(err.Error(), "no such region") {
+		t.Errorf("err = %v names a cause it does not know", err)
+	}
+	if _, ok, _ := b.idx.get(capBigID); ok {
+		t.Error("record of the volume that was not created is left")
 	}
 }
