@@ -10,6 +10,7 @@ import (
 	"sort"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -46,7 +47,12 @@ func (e *NodeFailure) Error() string {
 
 // Volumes manages LocalVolumes.
 type Volumes struct {
+	// Client reads and writes LocalVolumes and reads Nodes, straight from the
+	// API server: a retried call must see what the previous one wrote.
 	Client client.Client
+	// NodeStorages reads NodeStorage (nil: Client). Give it a cache only
+	// through FreshReader: see Capacity.
+	NodeStorages client.Reader
 	// Poll is how often a waiting call re-reads its LocalVolume.
 	Poll time.Duration
 }
@@ -125,6 +131,7 @@ func (v *Volumes) Create(ctx context.Context, req CreateRequest) (*v1alpha1.Loca
 			}
 			return nil, failure
 		}
+		v.touch(ctx, ready.Spec.NodeName)
 		return ready, nil
 	}
 }
@@ -151,14 +158,11 @@ func compatible(lv *v1alpha1.LocalVolume, req CreateRequest) error {
 
 // place picks the first candidate node whose pool can hold size bytes:
 // preferred nodes first, then the other requisite ones, else every node by free space.
+// A node whose Node object does not exist is never a candidate.
 func (v *Volumes) place(ctx context.Context, req CreateRequest, size int64) (string, error) {
-	var list v1alpha1.NodeStorageList
-	if err := v.Client.List(ctx, &list); err != nil {
-		return "", fmt.Errorf("list NodeStorage: %w", err)
-	}
-	byNode := map[string]*v1alpha1.NodeStorage{}
-	for i := range list.Items {
-		byNode[list.Items[i].Name] = &list.Items[i]
+	byNode, err := v.liveNodeStorages(ctx)
+	if err != nil {
+		return "", err
 	}
 	var candidates []string
 	for _, n := range append(append([]string{}, req.Preferred...), req.Requisite...) {
@@ -277,6 +281,7 @@ func (v *Volumes) Delete(ctx context.Context, id string) error {
 	}
 	for {
 		if _, err := v.Get(ctx, id); errors.Is(err, backend.ErrNotFound) {
+			v.touch(ctx, lv.Spec.NodeName)
 			return nil
 		} else if err != nil {
 			return err
@@ -287,7 +292,11 @@ func (v *Volumes) Delete(ctx context.Context, id string) error {
 	}
 }
 
-// Expand raises the volume's size and waits for its node.
+// Expand raises the volume's size to at least r.RequiredBytes bytes and waits
+// for its node. An expansion that failed can be retried with any size at least
+// the device's current one, smaller than the failed request included (spec
+// sizeBytes follows the new request). Errors: backend.ErrNotFound,
+// volume.ErrOutOfRange, *NodeFailure with the node's code.
 func (v *Volumes) Expand(ctx context.Context, id string, r volume.Range) (*v1alpha1.LocalVolume, error) {
 	lv, err := v.Get(ctx, id)
 	if err != nil {
@@ -296,7 +305,9 @@ func (v *Volumes) Expand(ctx context.Context, id string, r volume.Range) (*v1alp
 	if r.LimitBytes > 0 && r.LimitBytes < r.RequiredBytes {
 		return nil, fmt.Errorf("%w: limit %d below required %d", volume.ErrOutOfRange, r.LimitBytes, r.RequiredBytes)
 	}
-	if lv.Spec.SizeBytes < r.RequiredBytes {
+	cur := lv.Status.CurrentSizeBytes
+	switch {
+	case lv.Spec.SizeBytes < r.RequiredBytes:
 		patch := client.MergeFrom(lv.DeepCopy())
 		lv.Spec.SizeBytes = r.RequiredBytes
 		lv.Spec.LimitBytes = r.LimitBytes
@@ -304,7 +315,21 @@ func (v *Volumes) Expand(ctx context.Context, id string, r volume.Range) (*v1alp
 			return nil, fmt.Errorf("expand LocalVolume %s: %w", id, err)
 		}
 		klog.InfoS("LocalVolume expanded, waiting for its node", "name", id, "node", lv.Spec.NodeName, "bytes", r.RequiredBytes)
-	} else if lv.Status.Phase == v1alpha1.PhaseFailed && lv.Status.CurrentSizeBytes < r.RequiredBytes {
+	case cur > 0 && lv.Spec.SizeBytes > max(r.RequiredBytes, cur):
+		// The spec asks for more than the device has: an earlier expansion
+		// failed (or is still under way). The new request replaces it, so a
+		// user who lowers the size after a failure (external-resizer's
+		// RecoverVolumeExpansionFailure) is not held to a size that can never
+		// fit, and the node stops retrying it. Never below the device's size.
+		patch := client.MergeFrom(lv.DeepCopy())
+		lv.Spec.SizeBytes = max(r.RequiredBytes, cur)
+		lv.Spec.LimitBytes = r.LimitBytes
+		if err := v.Client.Patch(ctx, lv, patch); err != nil {
+			return nil, fmt.Errorf("lower unfinished expansion of LocalVolume %s: %w", id, err)
+		}
+		klog.InfoS("Unfinished expansion of LocalVolume replaced by a smaller request, waiting for its node", "name", id,
+			"node", lv.Spec.NodeName, "bytes", lv.Spec.SizeBytes, "currentBytes", cur)
+	case lv.Status.Phase == v1alpha1.PhaseFailed && cur < r.RequiredBytes:
 		// A retry of a failed expansion: the node does not retry permanent
 		// failures of the same generation by itself.
 		patch := client.MergeFrom(lv.DeepCopy())
@@ -320,6 +345,7 @@ func (v *Volumes) Expand(ctx context.Context, id string, r volume.Range) (*v1alp
 	if settled.Status.Phase == v1alpha1.PhaseFailed {
 		return nil, &NodeFailure{Node: settled.Spec.NodeName, Code: settled.Status.Code, Message: settled.Status.Message}
 	}
+	v.touch(ctx, settled.Spec.NodeName)
 	return settled, nil
 }
 
@@ -334,11 +360,23 @@ func (v *Volumes) List(ctx context.Context) ([]v1alpha1.LocalVolume, error) {
 }
 
 // Capacity answers GetCapacity from published NodeStorage: one node's pool, or
-// with node "" the sum over all nodes (and the largest single volume).
+// with node "" the sum over all nodes (and the largest single volume). A node
+// whose Node object does not exist has no capacity, whatever its NodeStorage
+// says (one left behind by an agent that outlived its Node).
+//
+// NodeStorage is read straight from the API server, never from an informer
+// cache: the node agent republishes it before it makes an operation's result
+// visible (LocalVolume Ready, finalizer dropped), and external-provisioner
+// asks for capacity the moment CreateVolume or DeleteVolume returns; a watch
+// could deliver the new figure after that question. See FreshReader for
+// reading through a cache anyway.
 func (v *Volumes) Capacity(ctx context.Context, node, pool string) (backend.Capacity, error) {
 	if node != "" {
+		if ok, err := v.nodeExists(ctx, node); err != nil || !ok {
+			return backend.Capacity{}, err
+		}
 		ns := &v1alpha1.NodeStorage{}
-		if err := v.Client.Get(ctx, types.NamespacedName{Name: node}, ns); apierrors.IsNotFound(err) {
+		if err := v.nodeStorages().Get(ctx, types.NamespacedName{Name: node}, ns); apierrors.IsNotFound(err) {
 			return backend.Capacity{}, nil
 		} else if err != nil {
 			return backend.Capacity{}, err
@@ -349,13 +387,13 @@ func (v *Volumes) Capacity(ctx context.Context, node, pool string) (backend.Capa
 		}
 		return backend.Capacity{TotalBytes: p.TotalBytes, FreeBytes: p.FreeBytes, MaxVolumeBytes: p.MaxVolumeBytes}, nil
 	}
-	var list v1alpha1.NodeStorageList
-	if err := v.Client.List(ctx, &list); err != nil {
+	byNode, err := v.liveNodeStorages(ctx)
+	if err != nil {
 		return backend.Capacity{}, err
 	}
 	var sum backend.Capacity
-	for i := range list.Items {
-		p := poolOf(&list.Items[i], pool)
+	for _, ns := range byNode {
+		p := poolOf(ns, pool)
 		if !p.Healthy {
 			continue
 		}
@@ -364,6 +402,65 @@ func (v *Volumes) Capacity(ctx context.Context, node, pool string) (backend.Capa
 		sum.MaxVolumeBytes = max(sum.MaxVolumeBytes, p.MaxVolumeBytes)
 	}
 	return sum, nil
+}
+
+// touch tells a NodeStorages reader that can lag (FreshReader) that node
+// has just shown an operation's result.
+func (v *Volumes) touch(ctx context.Context, node string) {
+	if t, ok := v.NodeStorages.(interface{ Touch(context.Context, string) }); ok {
+		t.Touch(ctx, node)
+	}
+}
+
+func (v *Volumes) nodeStorages() client.Reader {
+	if v.NodeStorages != nil {
+		return v.NodeStorages
+	}
+	return v.Client
+}
+
+func nodeMeta() *metav1.PartialObjectMetadata {
+	m := &metav1.PartialObjectMetadata{}
+	m.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Node"))
+	return m
+}
+
+// nodeExists reads the Node's metadata only.
+func (v *Volumes) nodeExists(ctx context.Context, name string) (bool, error) {
+	err := v.Client.Get(ctx, types.NamespacedName{Name: name}, nodeMeta())
+	switch {
+	case apierrors.IsNotFound(err):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("get Node %s: %w", name, err)
+	}
+	return true, nil
+}
+
+// liveNodeStorages returns the NodeStorages whose Node exists, by node name.
+func (v *Volumes) liveNodeStorages(ctx context.Context) (map[string]*v1alpha1.NodeStorage, error) {
+	var list v1alpha1.NodeStorageList
+	if err := v.nodeStorages().List(ctx, &list); err != nil {
+		return nil, fmt.Errorf("list NodeStorage: %w", err)
+	}
+	nodes := &metav1.PartialObjectMetadataList{}
+	nodes.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("NodeList"))
+	if err := v.Client.List(ctx, nodes); err != nil {
+		return nil, fmt.Errorf("list Nodes: %w", err)
+	}
+	live := map[string]bool{}
+	for _, n := range nodes.Items {
+		live[n.Name] = true
+	}
+	byNode := map[string]*v1alpha1.NodeStorage{}
+	for i := range list.Items {
+		if name := list.Items[i].Name; live[name] {
+			byNode[name] = &list.Items[i]
+		} else {
+			klog.V(4).InfoS("Ignoring NodeStorage of a node that does not exist", "node", name)
+		}
+	}
+	return byNode, nil
 }
 
 func contains(s []string, x string) bool {

@@ -12,8 +12,10 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/carve-csi/carve/pkg/apis/carve/v1alpha1"
@@ -31,7 +33,19 @@ func nodeStorage(name string, free int64) *v1alpha1.NodeStorage {
 	}}
 }
 
+// newClient holds objs and, for each NodeStorage among them, its Node (as a
+// live node has); newClientOnly holds objs only.
 func newClient(t *testing.T, objs ...client.Object) client.Client {
+	t.Helper()
+	for _, o := range objs {
+		if ns, ok := o.(*v1alpha1.NodeStorage); ok {
+			objs = append(objs, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: ns.Name}})
+		}
+	}
+	return newClientOnly(t, objs...)
+}
+
+func newClientOnly(t *testing.T, objs ...client.Object) client.WithWatch {
 	t.Helper()
 	s := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(s); err != nil {
@@ -41,7 +55,35 @@ func newClient(t *testing.T, objs ...client.Object) client.Client {
 		t.Fatal(err)
 	}
 	return fake.NewClientBuilder().WithScheme(s).WithObjects(objs...).
-		WithStatusSubresource(&v1alpha1.LocalVolume{}, &v1alpha1.NodeStorage{}).Build()
+		WithStatusSubresource(&v1alpha1.LocalVolume{}, &v1alpha1.NodeStorage{}).
+		WithInterceptorFuncs(interceptor.Funcs{Patch: bumpGeneration}).Build()
+}
+
+// bumpGeneration raises a LocalVolume's generation when a patch changes its
+// spec, as the API server does and the fake client does not: the controller
+// and the nodes tell an old status from a new one by it.
+func bumpGeneration(ctx context.Context, c client.WithWatch, o client.Object, p client.Patch, opts ...client.PatchOption) error {
+	lv, ok := o.(*v1alpha1.LocalVolume)
+	if !ok {
+		return c.Patch(ctx, o, p, opts...)
+	}
+	before := &v1alpha1.LocalVolume{}
+	if err := c.Get(ctx, client.ObjectKeyFromObject(lv), before); err != nil {
+		return err
+	}
+	if err := c.Patch(ctx, lv, p, opts...); err != nil {
+		return err
+	}
+	if lv.Spec == before.Spec {
+		return nil
+	}
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := c.Get(ctx, client.ObjectKeyFromObject(lv), lv); err != nil {
+			return err
+		}
+		lv.Generation = before.Generation + 1
+		return c.Update(ctx, lv)
+	})
 }
 
 // fakeNodes plays the node agents: Ready when the pool has room, Failed otherwise;
@@ -56,11 +98,13 @@ func fakeNodes(ctx context.Context, c client.Client, free map[string]int64, mu *
 				continue
 			}
 			mu.Lock()
-			if lv.Spec.SizeBytes <= free[lv.Spec.NodeName] {
+			if lv.Spec.SizeBytes-lv.Status.CurrentSizeBytes <= free[lv.Spec.NodeName] {
 				free[lv.Spec.NodeName] -= lv.Spec.SizeBytes - lv.Status.CurrentSizeBytes
 				lv.Status = v1alpha1.LocalVolumeStatus{Phase: v1alpha1.PhaseReady, CurrentSizeBytes: lv.Spec.SizeBytes, ObservedGeneration: lv.Generation}
 			} else {
-				lv.Status = v1alpha1.LocalVolumeStatus{Phase: v1alpha1.PhaseFailed, Code: "ResourceExhausted", Message: "insufficient free space", ObservedGeneration: lv.Generation}
+				// As the node agent: a failed expansion reports the device's size.
+				lv.Status = v1alpha1.LocalVolumeStatus{Phase: v1alpha1.PhaseFailed, Code: "ResourceExhausted", Message: "insufficient free space",
+					CurrentSizeBytes: lv.Status.CurrentSizeBytes, ObservedGeneration: lv.Generation}
 			}
 			mu.Unlock()
 			_ = c.Status().Update(ctx, lv)
@@ -220,5 +264,114 @@ func TestReleaserFreesVolumesOfMissingNodes(t *testing.T) {
 	}
 	if err := c.Get(ctx, types.NamespacedName{Name: gone.Name}, got); err == nil {
 		t.Fatal("released volume still there after delete")
+	}
+}
+
+// Issue 12 item 7: a NodeStorage left behind by an agent that outlived its
+// Node counts for nothing and gets no volume.
+func TestNodeStorageOfDeletedNodeIgnored(t *testing.T) {
+	c := newClientOnly(t, nodeStorage("n1", 2*gib), nodeStorage("gone", 8*gib),
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	v := &Volumes{Client: c, Poll: 5 * time.Millisecond}
+	if capa, err := v.Capacity(ctx, "", ""); err != nil || capa.FreeBytes != 2*gib || capa.MaxVolumeBytes != 2*gib {
+		t.Fatalf("capacity without topology %+v, %v; want n1's 2Gi only", capa, err)
+	}
+	if capa, err := v.Capacity(ctx, "gone", ""); err != nil || capa != (backend.Capacity{}) {
+		t.Fatalf("capacity of a deleted node %+v, %v", capa, err)
+	}
+	var mu sync.Mutex
+	go fakeNodes(ctx, c, map[string]int64{"n1": 2 * gib, "gone": 8 * gib}, &mu)
+	lv, err := v.Create(ctx, CreateRequest{Name: "pvc-any", Range: volume.Range{RequiredBytes: gib}})
+	if err != nil || lv.Spec.NodeName != "n1" {
+		t.Fatalf("create without topology: %+v, %v; want it on n1", lv, err)
+	}
+	if _, err := v.Create(ctx, CreateRequest{Name: "pvc-big", Range: volume.Range{RequiredBytes: 4 * gib}}); !errors.Is(err, ErrNoRoom) {
+		t.Fatalf("create that fits only on the deleted node: %v", err)
+	}
+	if _, err := v.Create(ctx, CreateRequest{Name: "pvc-pref", Range: volume.Range{RequiredBytes: gib},
+		Preferred: []string{"gone"}, Requisite: []string{"gone"}}); !errors.Is(err, ErrNoPool) {
+		t.Fatalf("create on the deleted node only: %v", err)
+	}
+}
+
+// Issue 12 item 8: an expansion that failed (100Gi on a pool with 5Gi) can be
+// retried with any size at least the current one; the spec follows, so the
+// node stops retrying the failed size.
+func TestFailedExpansionRetriedSmaller(t *testing.T) {
+	c := newClient(t, nodeStorage("n1", 5*gib))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	go fakeNodes(ctx, c, map[string]int64{"n1": 5 * gib}, &mu)
+	v := &Volumes{Client: c, Poll: 5 * time.Millisecond}
+	lv, err := v.Create(ctx, CreateRequest{Name: "pvc", Range: volume.Range{RequiredBytes: gib}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nf *NodeFailure
+	if _, err := v.Expand(ctx, lv.Name, volume.Range{RequiredBytes: 100 * gib}); !errors.As(err, &nf) || nf.Code != "ResourceExhausted" {
+		t.Fatalf("expand beyond the pool: %v", err)
+	}
+	grown, err := v.Expand(ctx, lv.Name, volume.Range{RequiredBytes: 3 * gib})
+	if err != nil || grown.Spec.SizeBytes != 3*gib || grown.Status.CurrentSizeBytes != 3*gib || grown.Status.Phase != v1alpha1.PhaseReady {
+		t.Fatalf("retry with 3Gi after the failure: %+v, %v", grown, err)
+	}
+	// Fail again, then ask for less than the device has: nothing to do, and
+	// the spec never drops below the device.
+	if _, err := v.Expand(ctx, lv.Name, volume.Range{RequiredBytes: 50 * gib}); !errors.As(err, &nf) {
+		t.Fatalf("second expand beyond the pool: %v", err)
+	}
+	same, err := v.Expand(ctx, lv.Name, volume.Range{RequiredBytes: 2 * gib})
+	if err != nil || same.Spec.SizeBytes != 3*gib || same.Status.CurrentSizeBytes != 3*gib {
+		t.Fatalf("retry below the current size: %+v, %v", same, err)
+	}
+}
+
+// A cached NodeStorage reader never answers with a copy older than the one
+// on the API server when an operation returned.
+func TestFreshReaderAfterOperation(t *testing.T) {
+	ctx := context.Background()
+	direct := newClient(t, nodeStorage("n1", 5*gib))
+	cache := newClientOnly(t, nodeStorage("n1", 5*gib))
+	fr := &FreshReader{Cache: cache, Direct: direct}
+	v := &Volumes{Client: direct, NodeStorages: fr, Poll: 5 * time.Millisecond}
+	lv := &v1alpha1.LocalVolume{ObjectMeta: metav1.ObjectMeta{Name: names.VolumeID("pvc")},
+		Spec: v1alpha1.LocalVolumeSpec{VolumeName: "pvc", NodeName: "n1", SizeBytes: gib}}
+	if err := direct.Create(ctx, lv); err != nil {
+		t.Fatal(err)
+	}
+	// The node frees space and publishes before the volume goes; the cache
+	// has not seen that publish yet.
+	setFree := func(c client.Client, free int64) {
+		ns := &v1alpha1.NodeStorage{}
+		if err := c.Get(ctx, types.NamespacedName{Name: "n1"}, ns); err != nil {
+			t.Fatal(err)
+		}
+		ns.Status.Pools[0].FreeBytes = free
+		if err := c.Status().Update(ctx, ns); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setFree(direct, 6*gib)
+	if err := v.Delete(ctx, lv.Name); err != nil {
+		t.Fatal(err)
+	}
+	if capa, err := v.Capacity(ctx, "n1", ""); err != nil || capa.FreeBytes != 6*gib {
+		t.Fatalf("capacity of n1 right after the delete %+v, %v; want 6Gi", capa, err)
+	}
+	if capa, err := v.Capacity(ctx, "", ""); err != nil || capa.FreeBytes != 6*gib {
+		t.Fatalf("capacity right after the delete %+v, %v; want 6Gi", capa, err)
+	}
+	// The cache catches up: it is used again (a later change it has not
+	// seen, without an operation, shows only from the cache).
+	setFree(cache, 6*gib)
+	if capa, _ := v.Capacity(ctx, "n1", ""); capa.FreeBytes != 6*gib {
+		t.Fatalf("capacity once the cache caught up %+v", capa)
+	}
+	setFree(cache, 7*gib)
+	if capa, _ := v.Capacity(ctx, "n1", ""); capa.FreeBytes != 7*gib {
+		t.Fatalf("cache not used once it caught up: %+v", capa)
 	}
 }

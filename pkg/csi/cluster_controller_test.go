@@ -8,6 +8,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -48,11 +49,16 @@ func TestClusterController(t *testing.T) {
 	if err := v1alpha1.AddToScheme(s); err != nil {
 		t.Fatal(err)
 	}
+	if err := corev1.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
 	ns := func(name string, free int64) *v1alpha1.NodeStorage {
 		return &v1alpha1.NodeStorage{ObjectMeta: metav1.ObjectMeta{Name: name}, Status: v1alpha1.NodeStorageStatus{DefaultPool: "fast",
 			Pools: []v1alpha1.PoolStatus{{Name: "fast", Type: "lvm", TotalBytes: 10 * gib, FreeBytes: free, MaxVolumeBytes: free, Healthy: true}}}}
 	}
-	c := fake.NewClientBuilder().WithScheme(s).WithObjects(ns("n1", 6*gib), ns("n2", 2*gib)).
+	c := fake.NewClientBuilder().WithScheme(s).WithObjects(ns("n1", 6*gib), ns("n2", 2*gib),
+		// Nodes that exist: the controller ignores NodeStorage of others.
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n2"}}).
 		WithStatusSubresource(&v1alpha1.LocalVolume{}).Build()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

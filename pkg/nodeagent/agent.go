@@ -179,20 +179,32 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // Publish measures every pool now and writes this node's NodeStorage status,
 // creating the object if it is missing. A pool that cannot be read is
-// published as unhealthy with no capacity. The object is owned by the Node
-// (when it exists) so that it goes away with it.
+// published as unhealthy with no capacity.
+//
+// The object is owned by the Node, so that the garbage collector removes it
+// with the Node. While the Node does not exist nothing is published (and
+// Publish returns nil): an object re-created for a deleted Node would have no
+// owner and outlive it, and the controller would count and place volumes on a
+// node that is gone. When the Node cannot be read, an existing object's status
+// is still updated, but none is created without its owner.
 func (a *Agent) Publish(ctx context.Context) error {
 	a.pubMu.Lock()
 	defer a.pubMu.Unlock()
-	st := a.measure(ctx)
 	owner, err := a.nodeOwner(ctx)
-	if err != nil {
-		// Capacity matters more than the owner reference: publish without it.
-		klog.ErrorS(err, "Cannot read the Node for NodeStorage's owner reference", "node", a.NodeName)
+	mayCreate := true
+	switch {
+	case err != nil:
+		klog.ErrorS(err, "Cannot read the Node for NodeStorage's owner reference; updating an existing NodeStorage only",
+			"node", a.NodeName)
+		mayCreate = false
+	case owner == nil:
+		klog.V(2).InfoS("Node does not exist; not publishing NodeStorage", "node", a.NodeName)
+		return nil
 	}
+	st := a.measure(ctx)
 	const attempts = 5
 	for i := 1; ; i++ {
-		err := a.writeNodeStorage(ctx, st, owner)
+		err := a.writeNodeStorage(ctx, st, owner, mayCreate)
 		if err == nil {
 			if klog.V(4).Enabled() {
 				klog.InfoS("NodeStorage published", "node", a.NodeName, "defaultPool", st.DefaultPool,
@@ -200,7 +212,8 @@ func (a *Agent) Publish(ctx context.Context) error {
 			}
 			return nil
 		}
-		if i == attempts || !(apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err)) {
+		if i == attempts || !mayCreate && apierrors.IsNotFound(err) ||
+			!(apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err)) {
 			return fmt.Errorf("publish NodeStorage %q: %w", a.NodeName, err)
 		}
 	}
@@ -228,7 +241,7 @@ func (a *Agent) measure(ctx context.Context) v1alpha1.NodeStorageStatus {
 }
 
 // nodeOwner returns the owner reference to this node's Node object, or nil
-// when there is no Node (a test rig, or a node being removed).
+// when there is no Node (a node being removed, or never registered).
 func (a *Agent) nodeOwner(ctx context.Context) (*metav1.OwnerReference, error) {
 	node := &corev1.Node{}
 	if err := a.Client.Get(ctx, types.NamespacedName{Name: a.NodeName}, node); err != nil {
@@ -268,17 +281,19 @@ func withOwner(obj *v1alpha1.NodeStorage, owner *metav1.OwnerReference) bool {
 	return true
 }
 
-func (a *Agent) writeNodeStorage(ctx context.Context, st v1alpha1.NodeStorageStatus, owner *metav1.OwnerReference) error {
+func (a *Agent) writeNodeStorage(ctx context.Context, st v1alpha1.NodeStorageStatus, owner *metav1.OwnerReference, mayCreate bool) error {
 	ns := &v1alpha1.NodeStorage{}
 	err := a.Client.Get(ctx, types.NamespacedName{Name: a.NodeName}, ns)
 	switch {
+	case apierrors.IsNotFound(err) && !mayCreate:
+		return err
 	case apierrors.IsNotFound(err):
 		ns = &v1alpha1.NodeStorage{ObjectMeta: metav1.ObjectMeta{Name: a.NodeName}}
 		withOwner(ns, owner)
 		if err := a.Client.Create(ctx, ns); err != nil {
 			return err
 		}
-		klog.InfoS("NodeStorage created", "node", a.NodeName, "ownedByNode", owner != nil)
+		klog.InfoS("NodeStorage created", "node", a.NodeName, "nodeUID", owner.UID)
 	case err != nil:
 		return err
 	case withOwner(ns, owner):

@@ -64,6 +64,19 @@ type rig struct {
 	writes     atomic.Int32 // create/update/patch/delete calls through the client, status included
 	statusPub  atomic.Int32 // NodeStorage status updates (publishes)
 	failStatus atomic.Int32 // fail this many NodeStorage status updates
+	// lvWrite, if set, sees every LocalVolume as the agent is about to write it.
+	lvWrite func(*v1alpha1.LocalVolume)
+}
+
+// node is this node's Node object, which newRig creates.
+func node(uid types.UID) *corev1.Node {
+	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName, UID: uid}}
+}
+
+func (r *rig) sawLV(o client.Object) {
+	if lv, ok := o.(*v1alpha1.LocalVolume); ok && r.lvWrite != nil {
+		r.lvWrite(lv)
+	}
 }
 
 func newRig(t *testing.T, objs ...client.Object) *rig {
@@ -84,7 +97,7 @@ func newRig(t *testing.T, objs ...client.Object) *rig {
 	count := func() { r.writes.Add(1) }
 	r.c = fake.NewClientBuilder().WithScheme(scheme).
 		WithStatusSubresource(&v1alpha1.LocalVolume{}, &v1alpha1.NodeStorage{}).
-		WithObjects(objs...).
+		WithObjects(append([]client.Object{node("uid-1")}, objs...)...).
 		WithInterceptorFuncs(interceptor.Funcs{
 			Create: func(ctx context.Context, c client.WithWatch, o client.Object, opts ...client.CreateOption) error {
 				count()
@@ -92,10 +105,12 @@ func newRig(t *testing.T, objs ...client.Object) *rig {
 			},
 			Update: func(ctx context.Context, c client.WithWatch, o client.Object, opts ...client.UpdateOption) error {
 				count()
+				r.sawLV(o)
 				return c.Update(ctx, o, opts...)
 			},
 			Patch: func(ctx context.Context, c client.WithWatch, o client.Object, p client.Patch, opts ...client.PatchOption) error {
 				count()
+				r.sawLV(o)
 				return c.Patch(ctx, o, p, opts...)
 			},
 			SubResourceUpdate: func(ctx context.Context, c client.Client, sub string, o client.Object, opts ...client.SubResourceUpdateOption) error {
@@ -111,6 +126,7 @@ func newRig(t *testing.T, objs ...client.Object) *rig {
 			},
 			SubResourcePatch: func(ctx context.Context, c client.Client, sub string, o client.Object, p client.Patch, opts ...client.SubResourcePatchOption) error {
 				count()
+				r.sawLV(o)
 				return c.SubResource(sub).Patch(ctx, o, p, opts...)
 			},
 		}).Build()
@@ -242,8 +258,8 @@ func TestCreateReadyIdempotentAndRestart(t *testing.T) {
 	if got.Status != want {
 		t.Fatalf("status\n got %+v\nwant %+v", got.Status, want)
 	}
-	if !r.changedSignaled() {
-		t.Fatal("no Changed signal after create")
+	if ns := r.nodeStorage(); ns.Status.FreeBytes != 10*gib-dev.SizeBytes {
+		t.Fatalf("NodeStorage free %d when Ready was written, want %d", ns.Status.FreeBytes, 10*gib-dev.SizeBytes)
 	}
 	ns := r.checkPublished()
 	if ns.Status.FreeBytes != 10*gib-dev.SizeBytes {
@@ -410,8 +426,8 @@ func TestExpand(t *testing.T) {
 	if got.Status.Phase != v1alpha1.PhaseReady || got.Status.CurrentSizeBytes != 2*gib || got.Status.ObservedGeneration != 2 {
 		t.Fatalf("status after expand: %+v", got.Status)
 	}
-	if !r.changedSignaled() {
-		t.Fatal("no Changed signal after expand")
+	if ns := r.nodeStorage(); ns.Status.Pools[1].FreeBytes != gib {
+		t.Fatalf("slow pool free %d in NodeStorage when the expansion showed, want 1GiB", ns.Status.Pools[1].FreeBytes)
 	}
 	if ns := r.checkPublished(); ns.Status.Pools[1].FreeBytes != gib {
 		t.Fatalf("slow pool free %d after expand, want 1GiB", ns.Status.Pools[1].FreeBytes)
@@ -466,8 +482,8 @@ func TestDelete(t *testing.T) {
 	if err := r.c.Get(context.Background(), types.NamespacedName{Name: lv.Name}, &v1alpha1.LocalVolume{}); !apierrors.IsNotFound(err) {
 		t.Fatalf("object not released: %v", err)
 	}
-	if !r.changedSignaled() {
-		t.Fatal("no Changed signal after delete")
+	if ns := r.nodeStorage(); ns.Status.FreeBytes != 9*gib {
+		t.Fatalf("NodeStorage free %d when the finalizer went, want 9GiB", ns.Status.FreeBytes)
 	}
 	if ns := r.checkPublished(); ns.Status.FreeBytes != 9*gib {
 		t.Fatalf("free %d after delete, want 9GiB", ns.Status.FreeBytes)
@@ -625,26 +641,16 @@ func TestAdoptsExistingDevice(t *testing.T) {
 
 func TestPublishOwnerAndUnhealthyPool(t *testing.T) {
 	r := newRig(t)
-	// No Node object: published without an owner.
 	ns := r.checkPublished()
-	if len(ns.OwnerReferences) != 0 {
-		t.Fatalf("owner without a Node: %+v", ns.OwnerReferences)
-	}
-	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName, UID: "uid-1"}}
-	if err := r.c.Create(context.Background(), node); err != nil {
-		t.Fatal(err)
-	}
-	ns = r.checkPublished()
 	want := metav1.OwnerReference{APIVersion: "v1", Kind: "Node", Name: nodeName, UID: "uid-1"}
 	if len(ns.OwnerReferences) != 1 || ns.OwnerReferences[0] != want {
 		t.Fatalf("owner references %+v, want %+v", ns.OwnerReferences, want)
 	}
 	// The Node is re-created with a new uid: the owner follows.
-	if err := r.c.Delete(context.Background(), node); err != nil {
+	if err := r.c.Delete(context.Background(), node("")); err != nil {
 		t.Fatal(err)
 	}
-	node = &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName, UID: "uid-2"}}
-	if err := r.c.Create(context.Background(), node); err != nil {
+	if err := r.c.Create(context.Background(), node("uid-2")); err != nil {
 		t.Fatal(err)
 	}
 	ns = r.checkPublished()
@@ -690,7 +696,7 @@ func TestRunPublishesAfterChangesAndPeriodically(t *testing.T) {
 	if ns := r.nodeStorage(); ns.Status.FreeBytes != 10*gib {
 		t.Fatalf("first publish free %d", ns.Status.FreeBytes)
 	}
-	// The reconcile's Changed publishes the new capacity without a timer.
+	// The reconcile publishes the new capacity itself, before Ready.
 	r.mustReconcile(lv.Name)
 	waitFor(t, "publish after create", func() bool { return r.statusPub.Load() == 2 })
 	if ns := r.nodeStorage(); ns.Status.FreeBytes != 8*gib {
@@ -761,5 +767,132 @@ func TestChangedNeverBlocks(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("Changed blocked without a running publisher")
+	}
+}
+
+// Issue 12 item 6: the controller's CreateVolume, ControllerExpandVolume and
+// DeleteVolume return when the node writes status or drops its finalizer, and
+// external-provisioner reads capacity at that moment: NodeStorage must already
+// be exact whenever the agent writes a LocalVolume.
+func TestCapacityExactWhenResultShows(t *testing.T) {
+	lv := newLV("pvc-cap", 1*gib, "")
+	r := newRig(t, lv)
+	r.checkPublished()
+	var checked atomic.Int32
+	r.lvWrite = func(got *v1alpha1.LocalVolume) {
+		c, err := r.fast.Capacity(context.Background())
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		ns := r.nodeStorage()
+		if ns.Status.Pools[0].FreeBytes != c.FreeBytes {
+			t.Errorf("LocalVolume %s written (phase %q, size %d, finalizers %v) while NodeStorage says %d bytes free, the pool %d",
+				got.Name, got.Status.Phase, got.Status.CurrentSizeBytes, got.Finalizers, ns.Status.Pools[0].FreeBytes, c.FreeBytes)
+		}
+		checked.Add(1)
+	}
+	r.mustReconcile(lv.Name) // create: finalizer, then Ready
+	if got := r.get(lv.Name); got.Status.Phase != v1alpha1.PhaseReady {
+		t.Fatalf("phase %q after create", got.Status.Phase)
+	}
+	r.bump(lv.Name, func(s *v1alpha1.LocalVolumeSpec) { s.SizeBytes = 3 * gib })
+	r.mustReconcile(lv.Name) // expand: Ready with the new size
+	if got := r.get(lv.Name); got.Status.CurrentSizeBytes < 3*gib {
+		t.Fatalf("size %d after expand", got.Status.CurrentSizeBytes)
+	}
+	if err := r.c.Delete(context.Background(), r.get(lv.Name)); err != nil {
+		t.Fatal(err)
+	}
+	r.mustReconcile(lv.Name) // delete: the finalizer goes
+	if err := r.c.Get(context.Background(), types.NamespacedName{Name: lv.Name}, &v1alpha1.LocalVolume{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("LocalVolume after delete: %v", err)
+	}
+	if checked.Load() < 4 {
+		t.Fatalf("only %d LocalVolume writes seen", checked.Load())
+	}
+}
+
+// A failed publish holds the result back: the status is written only with
+// exact capacity, on the retry.
+func TestResultWaitsForPublish(t *testing.T) {
+	lv := newLV("pvc-wait", 1*gib, "")
+	r := newRig(t, lv)
+	r.checkPublished()
+	r.failStatus.Store(1)
+	if err := r.reconcile(lv.Name); err == nil {
+		t.Fatal("reconcile succeeded although capacity could not be published")
+	}
+	if got := r.get(lv.Name); got.Status.Phase == v1alpha1.PhaseReady {
+		t.Fatal("Ready written before capacity was published")
+	}
+	r.mustReconcile(lv.Name)
+	if got := r.get(lv.Name); got.Status.Phase != v1alpha1.PhaseReady || r.fastC.creates.Load() != 1 {
+		t.Fatalf("phase %q, %d creates after the retry", got.Status.Phase, r.fastC.creates.Load())
+	}
+	r.checkPublished()
+}
+
+// Issue 12 item 7: the garbage collector removes NodeStorage with its Node;
+// an agent that still runs must not re-create it (without an owner it would
+// outlive the Node), nor make devices for a node that is gone.
+func TestNothingPublishedOrCreatedForDeletedNode(t *testing.T) {
+	lv := newLV("pvc-gone", 1*gib, "")
+	r := newRig(t, lv)
+	r.checkPublished()
+	ctx := context.Background()
+	// What the Node's deletion does: Node and (by GC) NodeStorage go.
+	if err := r.c.Delete(ctx, node("")); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.c.Delete(ctx, r.nodeStorage()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.agent.Publish(ctx); err != nil {
+		t.Fatalf("publish without a Node: %v", err)
+	}
+	if err := r.c.Get(ctx, types.NamespacedName{Name: nodeName}, &v1alpha1.NodeStorage{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("NodeStorage re-created for a deleted Node: %v", err)
+	}
+	r.mustReconcile(lv.Name)
+	got := r.get(lv.Name)
+	if got.Status.Phase != v1alpha1.PhaseFailed || got.Status.Code != "FailedPrecondition" || r.fastC.creates.Load() != 0 {
+		t.Fatalf("LocalVolume of a deleted node: phase %q code %q (%s), %d creates", got.Status.Phase, got.Status.Code,
+			got.Status.Message, r.fastC.creates.Load())
+	}
+	// The Node comes back: published again, owned by the new Node.
+	if err := r.c.Create(ctx, node("uid-9")); err != nil {
+		t.Fatal(err)
+	}
+	if ns := r.checkPublished(); len(ns.OwnerReferences) != 1 || ns.OwnerReferences[0].UID != "uid-9" {
+		t.Fatalf("owner references %+v", ns.OwnerReferences)
+	}
+}
+
+// When the Node cannot be read, an existing NodeStorage is still updated,
+// but none is created without its owner.
+func TestUnreadableNodeCreatesNoNodeStorage(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	forbidden := interceptor.NewClient(r.c, interceptor.Funcs{
+		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, o client.Object, opts ...client.GetOption) error {
+			if _, ok := o.(*corev1.Node); ok {
+				return apierrors.NewForbidden(corev1.Resource("nodes"), key.Name, errors.New("injected"))
+			}
+			return c.Get(ctx, key, o, opts...)
+		},
+	})
+	r.agent.Client = forbidden
+	if err := r.agent.Publish(ctx); err == nil {
+		t.Fatal("publish succeeded without a NodeStorage and without reading the Node")
+	}
+	if err := r.c.Get(ctx, types.NamespacedName{Name: nodeName}, &v1alpha1.NodeStorage{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("NodeStorage created without an owner: %v", err)
+	}
+	r.agent.Client = r.c
+	r.checkPublished()
+	r.agent.Client = forbidden
+	if err := r.agent.Publish(ctx); err != nil {
+		t.Fatalf("updating an existing NodeStorage without reading the Node: %v", err)
 	}
 }

@@ -37,6 +37,9 @@ var _ reconcile.Reconciler = (*Agent)(nil)
 //     changes or someone resets status.phase; transient ones (Internal,
 //     Unavailable, ...) are retried with backoff.
 //   - Being deleted: the device is deleted, then the finalizer removed.
+//   - Capacity is exact when a result shows: NodeStorage is republished
+//     before any status write and before the finalizer's removal.
+//   - No device is created while this node's Node object does not exist.
 //
 // Every step is idempotent: after a restart a Ready volume costs one lookup.
 func (a *Agent) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
@@ -81,7 +84,14 @@ func (a *Agent) reconcileDelete(ctx context.Context, lv *v1alpha1.LocalVolume) (
 			klog.ErrorS(err, "Cannot delete the device of a deleted LocalVolume; retrying", "localVolume", lv.Name)
 			return reconcile.Result{}, fmt.Errorf("delete device %s: %w", lv.Name, err)
 		}
-		a.Changed()
+		// The finalizer's removal ends DeleteVolume, and the provisioner reads
+		// capacity right after it: the freed space must be published first.
+		// On failure the retry deletes nothing more and publishes again.
+		if err := a.Publish(ctx); err != nil {
+			klog.ErrorS(err, "Cannot publish capacity after deleting a device; keeping the finalizer and retrying",
+				"localVolume", lv.Name)
+			return reconcile.Result{}, err
+		}
 		klog.InfoS("Device of deleted LocalVolume removed", "localVolume", lv.Name, "volumeName", lv.Spec.VolumeName,
 			"pool", lv.Spec.Pool)
 	}
@@ -138,9 +148,6 @@ func (a *Agent) reconcileCreate(ctx context.Context, lv *v1alpha1.LocalVolume) (
 	}
 	dev, action, err := a.ensureDevice(ctx, lv)
 	unlock()
-	if action != "" && err == nil {
-		a.Changed()
-	}
 	if err != nil {
 		return a.fail(ctx, lv, dev, err)
 	}
@@ -173,6 +180,13 @@ func (a *Agent) ensureDevice(ctx context.Context, lv *v1alpha1.LocalVolume) (*ba
 			return nil, "", status.Errorf(codes.NotFound,
 				"device %s was reported at %s but is gone from the node; not re-creating an empty one (delete the volume)",
 				id, lv.Status.DevicePath)
+		}
+		// A deleted Node's volumes are released by the controller without
+		// this node: a device made now would never be deleted.
+		if owner, err := a.nodeOwner(ctx); err != nil {
+			return nil, "", fmt.Errorf("read Node %s before creating device %s: %w", a.NodeName, id, err)
+		} else if owner == nil {
+			return nil, "", status.Errorf(codes.FailedPrecondition, "node %s does not exist; no device is created for it", a.NodeName)
 		}
 		dev, err = a.Vols.Create(ctx, volume.CreateRequest{Name: spec.VolumeName, Pool: spec.Pool, Range: r})
 		if err != nil {
@@ -237,6 +251,14 @@ func (a *Agent) setStatus(ctx context.Context, lv *v1alpha1.LocalVolume, st v1al
 	st.ObservedGeneration = lv.Generation
 	if equality.Semantic.DeepEqual(lv.Status, st) {
 		return reconcile.Result{}, ret
+	}
+	// The status is the operation's result: CreateVolume and
+	// ControllerExpandVolume return on it, and the provisioner reads capacity
+	// right after. NodeStorage must already hold what this result did.
+	if err := a.Publish(ctx); err != nil {
+		klog.ErrorS(err, "Cannot publish capacity before writing LocalVolume status; retrying", "localVolume", lv.Name,
+			"phase", st.Phase)
+		return reconcile.Result{}, err
 	}
 	orig := lv.DeepCopy()
 	lv.Status = st

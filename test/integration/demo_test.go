@@ -772,7 +772,7 @@ func (d *demo) benchmark(t *testing.T) {
 		// The node DaemonSet has no provisioner in deploy/; the controller's
 		// ServiceAccount carries external-provisioner's permissions.
 		p := r.NewProc("csi-provisioner-"+n.Name, true, []string{"NAMESPACE=" + k8srig.CarveNS, "NODE_NAME=" + n.Name},
-			filepath.Join(r.Bin, "csi-provisioner"), append(r.ProvisionerArgs(n.Sock), "--node-deployment")...)
+			filepath.Join(r.Bin, "csi-provisioner"), append(r.ProvisionerArgs(t, n.Sock), "--node-deployment")...)
 		if err := p.Start(); err != nil {
 			t.Fatal(err)
 		}

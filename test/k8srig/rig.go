@@ -30,6 +30,7 @@ import (
 	"syscall"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -38,6 +39,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
 	"github.com/carve-csi/carve/pkg/apis/carve/v1alpha1"
 	cexec "github.com/carve-csi/carve/pkg/exec"
@@ -270,11 +272,9 @@ func New(t T, cfg Config) *Rig {
 	// The sidecars exit when they lose the CSI connection; like containers
 	// with restartPolicy Always they are restarted.
 	r.Provisioner = r.NewProc("csi-provisioner", true, []string{"NAMESPACE=" + CarveNS},
-		filepath.Join(r.Bin, "csi-provisioner"), r.ProvisionerArgs(r.CtrlSock)...)
+		filepath.Join(r.Bin, "csi-provisioner"), r.ProvisionerArgs(t, r.CtrlSock)...)
 	r.Resizer = r.NewProc("csi-resizer", true, nil, filepath.Join(r.Bin, "csi-resizer"),
-		// As deploy/kubernetes/base/controller.yaml runs it: no pod informer.
-		"--csi-address="+r.CtrlSock, "--kubeconfig="+r.CtrlKC, "--handle-volume-inuse-error=false",
-		"--leader-election=false", "--timeout=30s", "--v=3")
+		r.SidecarArgs(t, "csi-resizer", r.CtrlSock)...)
 	for _, p := range []*Proc{r.Provisioner, r.Resizer} {
 		if err := p.Start(); err != nil {
 			t.Fatalf("%v", err)
@@ -347,11 +347,50 @@ func NewVG(t T, sizeBytes int64) *lvmtest.VG {
 	return v
 }
 
-func (r *Rig) ProvisionerArgs(sock string) []string {
-	return []string{"--csi-address=" + sock, "--kubeconfig=" + r.CtrlKC,
-		"--feature-gates=Topology=true", "--strict-topology", "--immediate-topology=false",
-		"--enable-capacity", "--capacity-ownerref-level=-1", "--capacity-poll-interval=1s",
-		"--extra-create-metadata", "--leader-election=false", "--timeout=30s", "--v=3"}
+// ProvisionerArgs are external-provisioner's flags as
+// deploy/kubernetes/base/controller.yaml ships them (see SidecarArgs).
+func (r *Rig) ProvisionerArgs(t T, sock string) []string {
+	return r.SidecarArgs(t, "csi-provisioner", sock)
+}
+
+// SidecarArgs are the flags of the named container of the controller
+// StatefulSet in deploy/kubernetes/base/controller.yaml, so that the rig runs
+// every sidecar as the manifests ship it (a faster capacity poll than the
+// shipped one hid capacity that lagged behind CreateVolume, issue 12). Only
+// what a process outside a pod must differ in is replaced: the socket, a
+// kubeconfig, no leader election (one replica, no Lease permissions
+// needed), no owner for CSIStorageCapacity (there is no pod to own it) and
+// log verbosity 3.
+func (r *Rig) SidecarArgs(t T, container, sock string) []string {
+	t.Helper()
+	file := filepath.Join(r.Root, "deploy", "kubernetes", "base", "controller.yaml")
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	var sts appsv1.StatefulSet
+	if err := yaml.UnmarshalStrict(data, &sts); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	replace := map[string]string{
+		"--csi-address": "--csi-address=" + sock, "--leader-election": "--leader-election=false",
+		"--capacity-ownerref-level": "--capacity-ownerref-level=-1", "--v": "--v=3",
+	}
+	for _, c := range sts.Spec.Template.Spec.Containers {
+		if c.Name != container {
+			continue
+		}
+		args := []string{"--kubeconfig=" + r.CtrlKC}
+		for _, a := range c.Args {
+			if with, ok := replace[strings.SplitN(a, "=", 2)[0]]; ok {
+				a = with
+			}
+			args = append(args, a)
+		}
+		return args
+	}
+	t.Fatalf("%s has no container %q", file, container)
+	return nil
 }
 
 func withoutKubeconfig(env []string) []string {
