@@ -20,6 +20,7 @@ func TestOf(t *testing.T) {
 		permanent bool
 	}{
 		{fmt.Errorf("x: %w", backend.ErrNoSpace), codes.ResourceExhausted, true},
+		{fmt.Errorf("x: %w", backend.ErrDegraded), codes.ResourceExhausted, true}, // reschedule, do not retry here
 		{fmt.Errorf("x: %w", volume.ErrUnknownPool), codes.InvalidArgument, true},
 		{fmt.Errorf("x: %w", volume.ErrOutOfRange), codes.OutOfRange, true},
 		{fmt.Errorf("x: %w", backend.ErrNotExpandable), codes.OutOfRange, true},

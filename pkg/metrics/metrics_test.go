@@ -2,6 +2,7 @@ package metrics_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
@@ -189,6 +190,8 @@ carve_csi_operation_duration_seconds_count{code="OK",method="/csi.v1.Controller/
 }
 
 const poolHelp = `
+# HELP carve_pool_degraded 1 if the pool can be read but cannot create or grow volumes (a volume group missing a physical volume); its free and max volume bytes are then 0. The reason is in the log and in NodeStorage.
+# TYPE carve_pool_degraded gauge
 # HELP carve_pool_free_bytes Free bytes in the pool, as GetCapacity reports them.
 # TYPE carve_pool_free_bytes gauge
 # HELP carve_pool_max_volume_bytes Largest single volume the pool can still hold (GetCapacity's maximum_volume_size).
@@ -234,6 +237,8 @@ func TestPoolsCollectorMatchesBackends(t *testing.T) {
 		t.Fatalf("backend capacity %+v %+v", fastCap, slowCap)
 	}
 	want := poolHelp + `
+carve_pool_degraded{backend="memory",pool="fast"} 0
+carve_pool_degraded{backend="memory",pool="slow"} 0
 carve_pool_free_bytes{backend="memory",pool="fast"} 9546235904
 carve_pool_free_bytes{backend="memory",pool="slow"} 106300440576
 carve_pool_max_volume_bytes{backend="memory",pool="fast"} 9546235904
@@ -260,6 +265,7 @@ carve_pool_volumes{backend="memory",ephemeral="true",pool="slow"} 0
 
 	slow.FailNext = backend.ErrUnavailable
 	want = poolHelp + `
+carve_pool_degraded{backend="memory",pool="fast"} 0
 carve_pool_free_bytes{backend="memory",pool="fast"} 9546235904
 carve_pool_max_volume_bytes{backend="memory",pool="fast"} 9546235904
 carve_pool_scrape_errors_total{backend="memory",pool="fast"} 0
@@ -286,6 +292,25 @@ carve_pool_up{backend="memory",pool="fast"} 1
 carve_pool_up{backend="memory",pool="slow"} 1
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "carve_pool_up", "carve_pool_scrape_errors_total"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A degraded pool (a VG missing a PV: Capacity fails with ErrDegraded) is up,
+// degraded, and offers no space; it is not counted as a scrape error.
+func TestPoolsCollectorDegraded(t *testing.T) {
+	fast := backendtest.NewMemory("fast", 10*gib, 4*mib)
+	c := metrics.NewPools([]volume.Pool{{Name: "fast", Backend: fast}}, time.Minute)
+	fast.FailNext = fmt.Errorf("lvm: volume group \"vg\" is missing 1 physical volume(s): %w", backend.ErrDegraded)
+	want := poolHelp + `
+carve_pool_degraded{backend="memory",pool="fast"} 1
+carve_pool_free_bytes{backend="memory",pool="fast"} 0
+carve_pool_max_volume_bytes{backend="memory",pool="fast"} 0
+carve_pool_scrape_errors_total{backend="memory",pool="fast"} 0
+carve_pool_up{backend="memory",pool="fast"} 1
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "carve_pool_degraded", "carve_pool_free_bytes",
+		"carve_pool_max_volume_bytes", "carve_pool_scrape_errors_total", "carve_pool_up"); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -22,6 +23,9 @@ var poolLabels = []string{"pool", "backend"}
 var (
 	poolUpDesc = prometheus.NewDesc("carve_pool_up",
 		"1 if the pool's capacity and volumes could be read at this scrape, 0 if not (the other carve_pool_* figures are then absent).",
+		poolLabels, nil)
+	poolDegradedDesc = prometheus.NewDesc("carve_pool_degraded",
+		"1 if the pool can be read but cannot create or grow volumes (a volume group missing a physical volume); its free and max volume bytes are then 0. The reason is in the log and in NodeStorage.",
 		poolLabels, nil)
 	poolScrapeErrorsDesc = prometheus.NewDesc("carve_pool_scrape_errors_total",
 		"Scrapes that could not read the pool (tool failure or timeout).", poolLabels, nil)
@@ -61,20 +65,27 @@ func NewPools(pools []volume.Pool, timeout time.Duration) *Pools {
 
 // Describe implements prometheus.Collector.
 func (c *Pools) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{poolUpDesc, poolScrapeErrorsDesc, poolSizeDesc, poolFreeDesc,
+	for _, d := range []*prometheus.Desc{poolUpDesc, poolDegradedDesc, poolScrapeErrorsDesc, poolSizeDesc, poolFreeDesc,
 		poolMaxVolumeDesc, poolVolumesDesc, poolVolumeBytesDesc} {
 		ch <- d
 	}
 }
 
 type poolReading struct {
-	cap  backend.Capacity
-	vols []backend.Volume
-	err  error
+	cap      backend.Capacity
+	vols     []backend.Volume
+	degraded error // the pool was read but is degraded (backend.ErrDegraded)
+	err      error
 }
 
 func readPool(ctx context.Context, b backend.Backend) poolReading {
 	c, err := b.Capacity(ctx)
+	var degraded error
+	if errors.Is(err, backend.ErrDegraded) {
+		// Read fine, but offers no space: up, degraded, free 0.
+		degraded, err = err, nil
+		c.FreeBytes, c.MaxVolumeBytes = 0, 0
+	}
 	if err != nil {
 		return poolReading{err: fmt.Errorf("capacity: %w", err)}
 	}
@@ -82,7 +93,7 @@ func readPool(ctx context.Context, b backend.Backend) poolReading {
 	if err != nil {
 		return poolReading{err: fmt.Errorf("list: %w", err)}
 	}
-	return poolReading{cap: c, vols: vs}
+	return poolReading{cap: c, vols: vs, degraded: degraded}
 }
 
 // Collect implements prometheus.Collector. Pools are read in parallel; one
@@ -122,6 +133,12 @@ func (c *Pools) Collect(ch chan<- prometheus.Metric) {
 			continue
 		}
 		ch <- prometheus.MustNewConstMetric(poolUpDesc, prometheus.GaugeValue, 1, labels...)
+		degraded := 0.0
+		if r.degraded != nil {
+			degraded = 1
+			klog.InfoS("Pool is degraded: it offers no space", "pool", p.Name, "reason", r.degraded.Error())
+		}
+		ch <- prometheus.MustNewConstMetric(poolDegradedDesc, prometheus.GaugeValue, degraded, labels...)
 		ch <- prometheus.MustNewConstMetric(poolSizeDesc, prometheus.GaugeValue, float64(r.cap.TotalBytes), labels...)
 		ch <- prometheus.MustNewConstMetric(poolFreeDesc, prometheus.GaugeValue, float64(r.cap.FreeBytes), labels...)
 		ch <- prometheus.MustNewConstMetric(poolMaxVolumeDesc, prometheus.GaugeValue, float64(r.cap.MaxVolumeBytes), labels...)

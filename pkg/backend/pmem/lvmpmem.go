@@ -190,7 +190,8 @@ func lvmNamespace(ctx context.Context, runner exec.Runner, r regionJSON, sharePe
 func pvOf(ctx context.Context, runner exec.Runner, dev string) (vg string, isPV bool, err error) {
 	out, err := runner.Run(ctx, "lvm", "pvs", "--reportformat", "json", "-o", "pv_name,vg_name", dev)
 	if err != nil {
-		if s := strings.ToLower(exec.Stderr(err)); strings.Contains(s, "failed to find physical volume") {
+		// lvm-setup.txt: exit 5 and this line, not a warning that contains it.
+		if exec.ExitCode(err) == 5 && hasLine(exec.Stderr(err), `Failed to find physical volume "`+dev+`".`) {
 			return "", false, nil
 		}
 		return "", false, fmt.Errorf("pmem: lvm-pmem: pvs %s: %w", dev, err)
@@ -286,4 +287,14 @@ func (b *LVMBackend) List(ctx context.Context) ([]backend.Volume, error) {
 		vols[i].DAX = true
 	}
 	return vols, err
+}
+
+// hasLine reports whether out has a line that is want once trimmed.
+func hasLine(out, want string) bool {
+	for _, l := range strings.Split(out, "\n") {
+		if strings.TrimSpace(l) == want {
+			return true
+		}
+	}
+	return false
 }

@@ -1019,3 +1019,21 @@ func TestCreateENXIO(t *testing.T) {
 		t.Error("record of the volume that was not created is left")
 	}
 }
+
+// ndctl JSON with a notice line inside or before it parses as without it.
+func TestParseAroundNotices(t *testing.T) {
+	clean := "{\n  \"regions\":[\n    {\n      \"dev\":\"region0\",\n      \"size\":4294836224,\n      \"available_size\":4278190080\n    }\n  ]\n}\n"
+	noisy := "{\n  \"regions\":[\n  WARNING: a notice\n    {\n      \"dev\":\"region0\",\n      \"size\":4294836224,\n      \"available_size\":4278190080\n    }\n  ]\n}\n"
+	want, err := parseRegions([]byte(clean))
+	if err != nil || len(want) != 1 {
+		t.Fatal(want, err)
+	}
+	got, err := parseRegions([]byte(noisy))
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("parseRegions(noisy) = %+v, %v; want %+v", got, err, want)
+	}
+	ns, err := parseNamespace([]byte("note: something\n{\n  \"dev\":\"namespace0.1\",\n  \"mode\":\"fsdax\"\n}\n"))
+	if err != nil || ns.Dev != "namespace0.1" {
+		t.Errorf("parseNamespace = %+v, %v", ns, err)
+	}
+}
