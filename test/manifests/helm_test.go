@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"sort"
@@ -60,10 +61,38 @@ func TestHelmMatchesKustomize(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			want := kustomizeObjects(t, root, c.kustomization)
 			got := helmObjects(t, root, carveNS, c.set...)
-			for _, d := range diffObjectSets(want, got) {
-				t.Errorf("chart (--set %s) vs %s: %s", strings.Join(c.set, ","), c.kustomization, d)
+			d := diffObjectSets(want, got)
+			for _, l := range d {
+				t.Errorf("chart (--set %s) vs %s: %s", strings.Join(c.set, ","), c.kustomization, l)
+			}
+			if len(d) == 0 {
+				t.Logf("%d objects, each equal: %s", len(want), strings.Join(sortedKeys(want), " "))
 			}
 		})
+	}
+}
+
+// The kustomize library renders what `kubectl kustomize` does, where a
+// kubectl is at hand (.cache/k8s/bin from hack/k8s/build.sh, or
+// $CARVE_K8S_BIN): the other tests here trust the library.
+func TestHelmKustomizeIsKubectls(t *testing.T) {
+	root := repoRoot(t)
+	bin := os.Getenv("CARVE_K8S_BIN")
+	if bin == "" {
+		bin = filepath.Join(root, ".cache", "k8s", "bin")
+	}
+	kubectl := filepath.Join(bin, "kubectl")
+	if _, err := os.Stat(kubectl); err != nil {
+		t.Skipf("no %s to compare with (hack/k8s/build.sh builds it)", kubectl)
+	}
+	for _, c := range helmCases {
+		out, err := exec.Command(kubectl, "kustomize", filepath.Join(root, c.kustomization)).Output()
+		if err != nil {
+			t.Fatalf("%s kustomize %s: %v", kubectl, c.kustomization, err)
+		}
+		for _, d := range diffObjectSets(splitObjects(t, "kubectl kustomize", out), kustomizeObjects(t, root, c.kustomization)) {
+			t.Errorf("%s: kubectl kustomize vs sigs.k8s.io/kustomize/api: %s", c.kustomization, strings.Replace(d, "chart", "library", -1))
+		}
 	}
 }
 
