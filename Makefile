@@ -84,3 +84,4 @@ CONTROLLER_GEN := $(GO) run sigs.k8s.io/controller-tools/cmd/controller-gen@v0.2
 # Deep-copy functions and CRD manifests from the Go types in pkg/apis.
 generate:
 	$(CONTROLLER_GEN) object crd paths=./pkg/apis/... output:crd:artifacts:config=deploy/kubernetes/base/crds
+	cp deploy/kubernetes/base/crds/*.yaml deploy/helm/carve/crds/ # the chart's CRDs (test/manifests/helm_test.go compares the bytes)
