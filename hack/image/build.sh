@@ -100,13 +100,13 @@ mklayer() {
 
 # The image tool (go-containerregistry), built from its own module.
 IMAGETOOL="$WORK/imagetool"
-(cd "$HERE" && go build -mod=readonly -trimpath -buildvcs=false -o "$IMAGETOOL" .) ||
+(cd "$HERE" && go build -mod=readonly -buildvcs=false -o "$IMAGETOOL" .) ||
 	die "building hack/image (imagetool) failed"
 TOOL_SUM="$(cat "$HERE/build.sh" "$HERE/main.go" "$HERE/go.mod" "$HERE/go.sum" | sha256sum | cut -c1-64)"
 
 # gobuild OUT PKG [LDFLAGS]: a static, reproducible program from carve's module.
 gobuild() {
-	(cd "$ROOT" && go build -mod=readonly -trimpath -buildvcs=false -ldflags "-s -w ${3:-}" -o "$1" "$2") ||
+	(cd "$ROOT" && go build -mod=readonly -buildvcs=false -ldflags "-s -w ${3:-}" -o "$1" "$2") ||
 		die "go build $2 failed"
 }
 
