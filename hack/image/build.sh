@@ -175,7 +175,7 @@ verify_archive() {
 	shift 3
 	local d="$WORK/verify-$name"
 	mkdir -p "$d"
-	tar -x -f "$archive" -C "$d" || die "$name: the archive does not unpack"
+	tar -x -m -f "$archive" -C "$d" || die "$name: the archive does not unpack"
 	"$IMAGETOOL" verify --layout "$d" --ref "$ref" "$@" >&2 || die "$name: the archive does not read back as built"
 	rm -rf "$d"
 	if command -v skopeo >/dev/null; then
