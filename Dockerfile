@@ -1,4 +1,5 @@
 # Multi-stage: a static carve-csi on a small Debian runtime with the storage tools.
+# Without a Docker engine, hack/image/build.sh builds the same image (`make image`).
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./
@@ -8,9 +9,11 @@ ARG VERSION=dev
 RUN CGO_ENABLED=0 go build -ldflags "-s -w -X main.version=${VERSION}" -o /carve-csi ./cmd/carve-csi
 
 FROM debian:bookworm-slim
+# The package list is deploy/image/packages.txt, shared with hack/image/build.sh.
+COPY deploy/image/packages.txt /tmp/packages.txt
 RUN apt-get update \
- && apt-get install -y --no-install-recommends lvm2 ndctl e2fsprogs xfsprogs util-linux mount \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get install -y --no-install-recommends $(sed 's/#.*//' /tmp/packages.txt) \
+ && rm -rf /var/lib/apt/lists/* /tmp/packages.txt
 # No udev and no metadata backups inside the container; see the file for why.
 COPY deploy/image/lvm.conf /etc/lvm/lvm.conf
 COPY --from=build /carve-csi /usr/local/bin/carve-csi

@@ -8,7 +8,8 @@
 #
 # Binaries (in .cache/k8s/bin of the repository unless CARVE_K8S_CACHE is set):
 #   etcd (v3.7.3), kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (v1.37.2),
-#   csi-provisioner (external-provisioner v6.3.0), csi-resizer (external-resizer v2.3.0).
+#   csi-provisioner (external-provisioner v6.3.0), csi-resizer (external-resizer v2.3.0),
+#   csi-attacher (external-attacher v4.13.0).
 #
 # Every program is built from its own small build module under hack/k8s/tools/<name>/ (tools.go
 # + go.mod + go.sum), kept out of carve's module. The cache is keyed on those files and on this
@@ -34,16 +35,17 @@ K8S_VERSION=v1.37.2
 ETCD_VERSION=v3.7.3
 PROVISIONER_VERSION=v6.3.0
 RESIZER_VERSION=v2.3.0
+ATTACHER_VERSION=v4.13.0
 
 K8S_LDFLAGS="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 	K8S_LDFLAGS+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=37 -X $pkg.gitTreeState=clean"
 done
 
-BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl csi-provisioner csi-resizer)
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl csi-provisioner csi-resizer csi-attacher)
 
 # Bump when the recipe below changes in a way the key files do not show.
-RECIPE="recipe=2 k8s=$K8S_VERSION etcd=$ETCD_VERSION provisioner=$PROVISIONER_VERSION resizer=$RESIZER_VERSION ldflags=$K8S_LDFLAGS cgo=0"
+RECIPE="recipe=2 k8s=$K8S_VERSION etcd=$ETCD_VERSION provisioner=$PROVISIONER_VERSION resizer=$RESIZER_VERSION attacher=$ATTACHER_VERSION ldflags=$K8S_LDFLAGS cgo=0"
 
 log() { printf '[k8s-build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
@@ -51,7 +53,7 @@ die() { log "FAILED: $*"; exit 1; }
 compute_key() {
 	{
 		echo "$RECIPE"
-		for d in etcd kubernetes provisioner resizer; do
+		for d in etcd kubernetes provisioner resizer attacher; do
 			for f in go.mod go.sum tools.go; do
 				echo "== $d/$f"
 				cat "$TOOLS/$d/$f"
@@ -157,7 +159,7 @@ step() {
 
 T0=$SECONDS
 log "building into $TMP (key ${KEY:0:12}, go $(go env GOVERSION), -p=$P)"
-for d in etcd kubernetes provisioner resizer; do
+for d in etcd kubernetes provisioner resizer attacher; do
 	step "modules-$d" "$d" mod download
 done
 step etcd etcd build -ldflags "-s -w" -o "$TMP/etcd" go.etcd.io/etcd/server/v3
@@ -170,6 +172,8 @@ step csi-provisioner provisioner build -ldflags "-s -w -X main.version=$PROVISIO
 	-o "$TMP/csi-provisioner" github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner
 step csi-resizer resizer build -ldflags "-s -w -X main.version=$RESIZER_VERSION" \
 	-o "$TMP/csi-resizer" github.com/kubernetes-csi/external-resizer/v2/cmd/csi-resizer
+step csi-attacher attacher build -ldflags "-s -w -X main.version=$ATTACHER_VERSION" \
+	-o "$TMP/csi-attacher" github.com/kubernetes-csi/external-attacher/v4/cmd/csi-attacher
 
 for b in "${BINARIES[@]}"; do
 	[[ -x "$TMP/$b" ]] || die "go build reported success but $b is missing"
@@ -184,6 +188,7 @@ done
 	"$TMP/kubectl" version --client 2>/dev/null | head -n1
 	"$TMP/csi-provisioner" --version | sed 's|^.*/||'
 	"$TMP/csi-resizer" --version | sed 's|^.*/||'
+	"$TMP/csi-attacher" --version | sed 's|^.*/||'
 } >"$TMP/VERSIONS" 2>&1 || die "a built program does not run: $(cat "$TMP/VERSIONS")"
 grep -q "${ETCD_VERSION#v}" "$TMP/VERSIONS" || die "etcd does not report $ETCD_VERSION: $(cat "$TMP/VERSIONS")"
 [[ "$(grep -c "$K8S_VERSION" "$TMP/VERSIONS")" -ge 4 ]] || die "Kubernetes programs do not report $K8S_VERSION: $(cat "$TMP/VERSIONS")"
