@@ -81,12 +81,17 @@ ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default
 	fail "cannot configure eth0"
 step "eth0 10.0.2.15/24, API server at $APISERVER_IP:$APISERVER_PORT"
 
-# Shared mount propagation (the CSI node plugin mounts /var/lib/kubelet Bidirectional); the
-# initramfs root has none by default.
-mount --make-rshared / || fail "mount --make-rshared / failed"
 for d in /var/lib/containerd /var/lib/kubelet /var/log/pods /var/log/containers; do
 	mkdir -p "$d"
 done
+# Own tmpfs mounts: overlayfs wants an upper layer with xattrs, and the kubelet measures its
+# root dir's filesystem for ephemeral storage (the initramfs root is shared with everything).
+mount -t tmpfs -o size=2560m,mode=0711 containerd /var/lib/containerd &&
+	mount -t tmpfs -o size=1024m,mode=0750 kubelet /var/lib/kubelet ||
+	fail "cannot mount tmpfs on /var/lib/containerd and /var/lib/kubelet"
+# Shared mount propagation (the CSI node plugin mounts /var/lib/kubelet Bidirectional); the
+# initramfs root has none by default.
+mount --make-rshared / || fail "mount --make-rshared / failed"
 mkdir -p /etc/containerd /etc/cni/net.d /opt/cni/bin /run/containerd /etc/kubernetes
 
 pvcreate -y -ff "$VG_DEVICE" >/dev/null 2>&1 && vgcreate "$VG" "$VG_DEVICE" >/dev/null 2>&1 ||
