@@ -213,8 +213,22 @@ export PATH="$K8SBIN:$PATH"
 PHASE=controlplane
 T=$(date +%s)
 export KUBECONFIG="$CP/admin.kubeconfig"
+# The API server reaches the kubelet (logs, exec) as a real one does, at the node's Hostname
+# address and kubelet port: the control plane runs in its own mount namespace whose /etc/hosts
+# names the node 127.0.0.1, and QEMU forwards 127.0.0.1:KUBELET_PORT to the guest's kubelet.
+KUBELET_PORT=""
+for ((i = 0; i < 100; i++)); do
+	p=$((20000 + RANDOM % 12000))
+	if ! awk 'FNR > 1 { split($2, a, ":"); print a[2] }' /proc/net/tcp /proc/net/tcp6 | grep -qi "^$(printf %04X "$p")\$"; then
+		KUBELET_PORT=$p
+		break
+	fi
+done
+[[ -n $KUBELET_PORT ]] || die $E_CP "no free port for the kubelet"
+printf '127.0.0.1 localhost %s\n::1 localhost ip6-localhost\n' "$NODE_NAME" >"$RUN/hosts"
 CARVE_K8S_BIN="$K8SBIN" CARVE_K8S_DISABLE_ADMISSION=TaintNodesByCondition \
-	CARVE_K8S_APISERVER_ARGS="--advertise-address=$APISERVER_IP --endpoint-reconciler-type=lease" \
+	CARVE_K8S_APISERVER_ARGS="--advertise-address=$APISERVER_IP --endpoint-reconciler-type=lease --kubelet-preferred-address-types=Hostname --kubelet-client-certificate=$CP/pki/admin.crt --kubelet-client-key=$CP/pki/admin.key" \
+	unshare -m --propagation private sh -c 'mount --bind "$1" /etc/hosts && shift && exec "$@"' sh "$RUN/hosts" \
 	"$ROOT/hack/k8s/cluster.sh" up "$CP" >"$RUN/cp-up.log" 2>&1 || {
 	cat "$RUN/cp-up.log" >&2
 	die $E_CP "the control plane did not come up (hack/k8s/cluster.sh up)"
@@ -265,6 +279,7 @@ VG=$VG
 VG_DEVICE=/dev/vda
 POD_CIDR=$POD_CIDR
 PAUSE_IMAGE=registry.k8s.io/pause:3.10.1
+KUBELET_PORT=$KUBELET_PORT
 ENV
 
 # The exec channel's host end.
@@ -301,6 +316,7 @@ log "booting the VM node (log: $RUN/serial.log; guest progress: $SHARE/state/pro
 "$ROOT/hack/vm/run.sh" --share "$SHARE" --quiet --log "$RUN/serial.log" \
 	--timeout "${CARVE_CLUSTER_TIMEOUT:-3600}" --mem "${CARVE_CLUSTER_MEM:-4G}" \
 	--disk-size "${CARVE_CLUSTER_DISK:-16G}" --guestfwd "$APISERVER_IP:$APISERVER_PORT=$APISERVER_PORT" \
+	--hostfwd "$KUBELET_PORT=$KUBELET_PORT" \
 	-- sh /share/guest.sh >"$RUN/vm.out" 2>&1 &
 VMPID=$!
 

@@ -157,7 +157,9 @@ echo ok >"$S/state/images-imported"
 cat >/etc/kubernetes/kubelet.yaml <<CONF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-# The API server never calls the kubelet (it cannot reach the guest): no webhook auth.
+# The API server calls the kubelet (logs, exec) through QEMU's hostfwd to this port, with the
+# admin client cert; no webhook authn/authz (the kubelet would call back for every request).
+port: $KUBELET_PORT
 authentication:
   anonymous: {enabled: false}
   webhook: {enabled: false}
