@@ -110,6 +110,11 @@ print_logs() {
 		echo "----- ${f#"$LOGS"/pods/}, last 10 lines -----" >&2
 		tail -n 10 "$f" >&2
 	done
+	if [[ -n "$CP_UP" ]]; then
+		echo "----- pods and events in $NAMESPACE -----" >&2
+		kubectl -n "$NAMESPACE" get pods -o wide >&2 2>&1
+		kubectl -n "$NAMESPACE" get events --sort-by=.lastTimestamp 2>&1 | tail -n 20 >&2
+	fi
 	echo "----- all logs: $LOGS -----" >&2
 }
 
@@ -351,6 +356,7 @@ wait_until() {
 	until "$@" >/dev/null 2>&1; do
 		show_progress
 		vm_check "$code"
+		[[ -f "$RUN/carve-bad" ]] && die "$code" "carve did not come up: $(cat "$RUN/carve-bad")"
 		(($(date +%s) - t < secs)) || die "$code" "timed out after ${secs}s waiting for $what"
 		sleep 2
 	done
@@ -377,31 +383,26 @@ if [[ -z "${CARVE_CLUSTER_NO_CARVE:-}" ]]; then
 		cat "$RUN/apply.log" >&2
 		die $E_CARVE "kubectl apply -k test/cluster/overlay failed"
 	}
-	# carve_pods_ready: both pods exist and every container is Ready. A container in
-	# CrashLoopBackOff (or failing to start) ends the wait at once, with its last log line.
+	# carve_pods_ready: both pods exist and every container is Ready. A container that is
+	# crash-looping or cannot start writes the reason and its last log line to RUN/carve-bad,
+	# which ends the wait at once (wait_until checks it).
 	carve_pods_ready() {
-		local out bad
+		local out bad pod c reason last
 		out="$(kubectl -n "$NAMESPACE" get pods -o jsonpath='{range .items[*]}{.metadata.name}{" "}{range .status.containerStatuses[*]}{.name}{"="}{.ready}{"/"}{.state.waiting.reason}{" "}{end}{"\n"}{end}' 2>/dev/null)" || return 1
 		bad="$(grep -oE '[a-z-]+=false/(CrashLoopBackOff|ErrImageNeverPull|ErrImagePull|ImagePullBackOff|CreateContainerError|CreateContainerConfigError|InvalidImageName|RunContainerError)' <<<"$out" | head -n1)"
 		if [[ -n "$bad" ]]; then
-			local pod c reason last
-			pod="$(grep -F "$bad" <<<"$out" | head -n1 | cut -d' ' -f1)"
+			pod="$(grep -F -- "$bad" <<<"$out" | head -n1 | cut -d' ' -f1)"
 			c="${bad%%=*}"
 			reason="${bad#*/}"
-			last="$(guest_exec "tail -n 1 /var/log/pods/${NAMESPACE}_${pod}_*/$c/*.log 2>/dev/null | tail -n 1" 2>/dev/null)"
+			last="$(CARVE_GUEST_EXEC_TIMEOUT=60 guest_exec "f=\$(ls -t /var/log/pods/${NAMESPACE}_${pod}_*/$c/*.log 2>/dev/null | head -n1); [ -n \"\$f\" ] && tail -n 1 \"\$f\" | cut -d' ' -f4-" 2>/dev/null)"
 			echo "pod $pod container $c: $reason; last log line: ${last:-<none>}" >"$RUN/carve-bad"
-			return 2
+			return 1
 		fi
 		grep -q '^carve-node-' <<<"$out" && grep -q '^carve-controller-' <<<"$out" || return 1
-		! grep -qE '=(false|)/' <<<"$out"
+		# Every pod lists its containers, none of them not ready.
+		awk 'NF < 2 { bad = 1 } /=false\// { bad = 1 } END { exit bad }' <<<"$out"
 	}
-	carve_wait() {
-		carve_pods_ready
-		local r=$?
-		if ((r == 2)); then die $E_CARVE "carve did not come up: $(cat "$RUN/carve-bad")"; fi
-		return $r
-	}
-	wait_until $E_CARVE "$WAIT" "carve-node and carve-controller pods, every container Ready" carve_wait
+	wait_until $E_CARVE "$WAIT" "carve-node and carve-controller pods, every container Ready" carve_pods_ready
 	csinode_ok() {
 		kubectl get csinode "$NODE_NAME" -o jsonpath='{range .spec.drivers[?(@.name=="carve.csi.dev")]}{.topologyKeys}{end}' | grep -q 'carve.csi.dev/node'
 	}
