@@ -156,7 +156,7 @@ log "kernel $KVER extracted [$(( $(date +%s) - t ))s]"
 t=$(date +%s)
 ROOT="$WORK/rootfs"
 log "debootstrap --variant=minbase $SUITE (this takes a while)"
-if ! timeout 1500 debootstrap --variant=minbase --include="$INCLUDE" \
+if ! timeout "${CARVE_VM_DEBOOTSTRAP_TIMEOUT:-1500}" debootstrap --variant=minbase --include="$INCLUDE" \
       --cache-dir="$CACHE/debootstrap-cache" "$SUITE" "$ROOT" "$MIRROR" >"$WORK/debootstrap.log" 2>&1; then
   tail -n 30 "$WORK/debootstrap.log" >&2
   [ -f "$ROOT/debootstrap/debootstrap.log" ] && tail -n 30 "$ROOT/debootstrap/debootstrap.log" >&2
