@@ -103,11 +103,11 @@ for b in containerd ctr containerd-shim-runc-v2 kubelet kube-proxy; do
 done
 ln -sf /usr/lib/cni/* /opt/cni/bin/
 
-# containerd 2.x (config version 3). NoPivotRoot: the node's root is the initramfs (rootfs),
+# containerd 2.4 (config version 4). NoPivotRoot: the node's root is the initramfs (rootfs),
 # where pivot_root(2) fails with EINVAL; runc then uses MS_MOVE + chroot (what runc does for
 # ramdisk roots; a node booted from a disk needs none of this).
 cat >/etc/containerd/config.toml <<CONF
-version = 3
+version = 4
 root = "/var/lib/containerd"
 state = "/run/containerd"
 [grpc]
