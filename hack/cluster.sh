@@ -189,7 +189,16 @@ if [[ -z "${CARVE_CLUSTER_IMAGES:-}" ]]; then
 	CARVE_IMAGE_TAG=local "$ROOT/hack/image/build.sh" "${IMAGES[@]}" >&2 || die $E_BUILD "image build failed (hack/image/build.sh; its output above says why)"
 fi
 n=0
-for f in "$IMGDIR"/*.tar; do
+want=("$IMGDIR"/*.tar)
+if [[ -z "${CARVE_CLUSTER_IMAGES:-}" ]]; then
+	# Only the images the install and the scenarios use (importing is slow under emulation).
+	want=()
+	for i in "${IMAGES[@]}"; do
+		[[ -f "$IMGDIR/$i.tar" ]] || die $E_BUILD "hack/image/build.sh made no $IMGDIR/$i.tar"
+		want+=("$IMGDIR/$i.tar")
+	done
+fi
+for f in "${want[@]}"; do
 	[[ -e "$f" ]] || continue
 	ln -f "$f" "$SHARE/images/" 2>/dev/null || cp "$f" "$SHARE/images/"
 	n=$((n + 1))
