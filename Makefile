@@ -55,6 +55,14 @@ test-e2e:
 test-faults:
 	hack/faults.sh
 
+# carve installed from deploy/kubernetes (test/cluster/overlay) on a real node: kubelet,
+# containerd and kube-proxy in the VM rig, the control plane on the host (hack/cluster.sh),
+# then the pod scenarios of test/cluster against it.
+.PHONY: test-cluster
+test-cluster:
+	CGO_ENABLED=0 $(GO) test -c -o _output/cluster.test ./test/cluster/
+	hack/cluster.sh -- _output/cluster.test -test.v -test.count=1 -test.timeout=60m
+
 bench:
 	$(GO) test -run XXX -bench . -benchtime 1x ./pkg/backend/lvm/ ./test/bench/
 
