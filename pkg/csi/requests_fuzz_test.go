@@ -9,6 +9,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/carve-csi/carve/pkg/mounter"
 )
 
 func wantInvalid(t *testing.T, what string, err error) {
@@ -82,8 +84,9 @@ func FuzzInlineAttributes(f *testing.F) {
 // FuzzCreateVolumeRequest: CreateVolume's request checks accept only a named
 // request with known parameters (pool; dax as a boolean; what the
 // provisioner adds under csi.storage.k8s.io/), a supported filesystem, and a
-// non-negative capacity range, and pass exactly those on; anything else is
-// InvalidArgument.
+// non-negative capacity range, and pass exactly those on, with a required
+// size below the filesystem's minimum raised to it; a limit below that
+// minimum is OutOfRange; anything else is InvalidArgument.
 func FuzzCreateVolumeRequest(f *testing.F) {
 	for _, s := range []struct {
 		name, k1, v1, k2, v2, fs string
@@ -109,12 +112,25 @@ func FuzzCreateVolumeRequest(f *testing.F) {
 			CapacityRange: &csi.CapacityRange{RequiredBytes: required, LimitBytes: limit},
 		}
 		pool, r, err := parseCreate(req)
+		// The filesystem's minimum: a required size below it is raised to
+		// it, a limit below it is OutOfRange.
+		min := mounter.MinSizeBytes(fs)
+		if status.Code(err) == codes.OutOfRange {
+			if limit <= 0 || limit >= min || name == "" || required < 0 {
+				t.Fatalf("parseCreate(%s, [%d, %d]): %v", fs, required, limit, err)
+			}
+			return
+		}
 		if err != nil {
 			wantInvalid(t, "parseCreate", err)
 			return
 		}
-		if name == "" || r.RequiredBytes != required || r.LimitBytes != limit || required < 0 || limit < 0 {
-			t.Fatalf("parseCreate accepted name %q, range [%d, %d] as %+v", name, required, limit, r)
+		want := required
+		if required > 0 && required < min {
+			want = min
+		}
+		if name == "" || r.RequiredBytes != want || r.LimitBytes != limit || required < 0 || limit < 0 || (limit > 0 && limit < min) {
+			t.Fatalf("parseCreate accepted name %q, %s range [%d, %d] as %+v", name, fs, required, limit, r)
 		}
 		if fs != "" && fs != "ext4" && fs != "xfs" {
 			t.Fatalf("parseCreate accepted fsType %q", fs)
