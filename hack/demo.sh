@@ -1,95 +1,62 @@
 #!/usr/bin/env bash
-# make demo: carve on a real Kubernetes control plane built from source (the
-# storage capacity story of the Kubernetes 1.19 blog post, test/k8srig), then
-# a CSI inline ephemeral volume through carve's node service on a kernel with
-# device-mapper (this host's, or the QEMU VM rig's when the host has none).
-# Cleans up everything it made, also on failure or Ctrl-C. Needs root.
+# make demo: carve on a real Kubernetes node, with real pods. hack/cluster.sh
+# builds the images and binaries it needs (cached), starts the control plane
+# on this host, boots the VM node (kubelet, containerd), installs carve with
+# `kubectl apply -k test/cluster/overlay` (deploy/kubernetes with the local
+# images and the VM's volume group), and runs hack/demo/realnode: the
+# CSIStorageCapacity table, a pod with a 4Gi generic ephemeral volume writing
+# to it, the table after with the change marked, the pod deleted and the
+# capacity back, then a pod with a CSI inline volume. hack/cluster.sh tears
+# everything down afterwards, also on failure or Ctrl-C.
+#
+# Then, when three loop devices are free, the placement story the one-node
+# cluster cannot show: three simulated nodes on the same control plane
+# binaries (test/k8srig), the scheduler placing the 4Gi volume on a node with
+# room (hack/demo/cluster). CARVE_DEMO_PLACEMENT=0 skips it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 export PATH=/usr/local/go/bin:$PATH
 T0=$(date +%s)
-STEPS=9
 OUT=$REPO/_output/demo
-step_t=0
-step() { # step N TITLE
-  [ "$step_t" = 0 ] || echo "    ($(( $(date +%s) - step_t ))s)"
-  step_t=$(date +%s)
-  printf '\n==> [%s/%s] %s\n' "$1" "$STEPS" "$2"
-}
-if [[ $EUID -ne 0 ]]; then echo "make demo: run as root (loop devices, lvm2, mounts)"; exit 1; fi
-for c in lvm losetup openssl curl; do
-  command -v "$c" >/dev/null || { echo "make demo: $c is missing (make demo runs hack/deps.sh first)"; exit 1; }
-done
-# The control plane needs three loop devices; say so plainly if they are not there.
-free_loops=$(( $(ls /dev/loop[0-9]* 2>/dev/null | wc -l) - $(losetup -a | wc -l) ))
-if (( free_loops < 3 )); then
-  echo "make demo: needs 3 free loop devices for the three nodes' volume groups; only $free_loops free. In use:"
-  losetup -a | sed 's/^/    /'
-  exit 1
-fi
+STEPS=5
+if [[ $EUID -ne 0 ]]; then echo "make demo: run as root (the VM rig, loop devices, lvm2)"; exit 1; fi
 
-LOOP="" VMSHARE=""
-cleanup() {
-  rc=$?
-  [ -z "$LOOP" ] || losetup -d "$LOOP" 2>/dev/null || true
-  [ -z "$VMSHARE" ] || rm -rf "$VMSHARE"
-  rm -rf "$OUT/tmp"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-step 1 "Building carve-csi (static) and the demo programs"
-make --no-print-directory build >/dev/null
+echo "==> Building the demo programs"
 mkdir -p "$OUT"
+CGO_ENABLED=0 go build -o "$OUT/realnode" ./hack/demo/realnode
 go build -o "$OUT/cluster" ./hack/demo/cluster
-CGO_ENABLED=0 go build -o "$OUT/inline" ./hack/demo/inline
-echo "    $(_output/carve-csi version 2>/dev/null || echo carve-csi) in _output/, the demo programs in _output/demo/"
-
-step 2 "Kubernetes control plane from source (hack/k8s/build.sh: cached in .cache/k8s; the first build takes 15-20 min)"
-if hack/k8s/build.sh --check >/dev/null 2>&1; then
-  echo "    cached: $(tr '\n' ' ' < .cache/k8s/bin/VERSIONS 2>/dev/null | cut -c1-150)"
-else
-  echo "    not built yet (or stale): building etcd, kube-apiserver, kube-controller-manager, kube-scheduler,"
-  echo "    kubectl, external-provisioner, external-resizer now (once; later runs reuse .cache/k8s/bin)"
-  hack/k8s/build.sh 2>&1 | sed -u 's/^/    /' || { echo "    hack/k8s/build.sh failed (above)"; exit 1; }
-fi
-echo "    ($(( $(date +%s) - step_t ))s)"; step_t=0
-
-# Steps 3-8: the control plane story; the program prints its own steps and
-# tears down what it made, also on failure or Ctrl-C.
-"$OUT/cluster" --bin="$REPO/.cache/k8s/bin" --carve="$REPO/_output/carve-csi" --first-step=3 --steps=$STEPS
-
-if [ -e /sys/class/misc/device-mapper ] && dmsetup version >/dev/null 2>&1; then
-  step 9 "A CSI inline ephemeral volume through carve's node service (on this host: it has device-mapper)"
-  mkdir -p "$OUT/tmp"
-  truncate -s 4G "$OUT/tmp/inline.img"
-  LOOP=$(losetup -f --show "$OUT/tmp/inline.img") || { echo "    no free loop device for the inline part"; exit 1; }
-  "$OUT/inline" --carve="$REPO/_output/carve-csi" --device="$LOOP" | sed -u 's/^/    /'
-  losetup -d "$LOOP"; LOOP=""
-else
-  step 9 "A CSI inline ephemeral volume through carve's node service"
-  echo "    this kernel has no device-mapper, so the inline-volume part runs inside the VM rig (QEMU, hack/vm);"
-  echo "    booting it under software emulation takes 30-120 s (the first run also builds the VM image into .cache/vm,"
-  echo "    about 2 min); the guest's output follows when it is done"
-  VMSHARE=$OUT/vm
-  rm -rf "$VMSHARE" && mkdir -p "$VMSHARE"
-  cp _output/carve-csi "$OUT/inline" hack/demo/vm-guest.sh "$VMSHARE/"
-  set +e
-  hack/vm/run.sh --share "$VMSHARE" --timeout 900 --disk-size 4G --quiet -- /share/vm-guest.sh 2> "$OUT/vm-run.err"
-  rc=$?
-  set -e
-  sed 's/^/    [vm] /' "$VMSHARE/guest.log" 2>/dev/null || true
-  grep -a '^\[vm\] timing' "$OUT/vm-run.err" | sed 's/^/    /' || true
-  if [ "$rc" != 0 ]; then
-    echo "    the VM rig exited $rc:"; sed 's/^/    /' "$OUT/vm-run.err" | tail -n 30
-    exit "$rc"
-  fi
-  rm -f "$OUT/vm-run.err"
-fi
-echo "    ($(( $(date +%s) - step_t ))s)"
 
 echo
-echo "demo finished in $(( $(date +%s) - T0 ))s: capacity published, a 4Gi generic ephemeral volume placed, the capacity"
-echo "table updated and restored, an inline volume created, written and removed; everything the demo made is gone"
+echo "==> carve on a real node: hack/cluster.sh builds (or reuses from .cache/) the images, the control plane,"
+echo "    kubelet and containerd, boots the VM node (software emulation: minutes), installs carve from"
+echo "    deploy/kubernetes and waits until its pods are Ready; its own lines follow, then the demo's steps"
+hack/cluster.sh -- "$OUT/realnode" --first-step=1 --steps=$STEPS
+T1=$(date +%s)
+echo "    (real-node part: $(( T1 - T0 ))s)"
+
+placement=no
+if [[ "${CARVE_DEMO_PLACEMENT:-1}" != 0 ]]; then
+	free_loops=$(( $(ls /dev/loop[0-9]* 2>/dev/null | wc -l) - $(losetup -a | wc -l) ))
+	bin="${CARVE_K8S_CACHE:-$REPO/.cache/k8s}/bin"
+	if (( free_loops < 3 )); then
+		echo
+		echo "==> skipping the three-node placement part: it needs 3 free loop devices, $free_loops free"
+	elif ! hack/k8s/build.sh --check >/dev/null 2>&1; then
+		echo
+		echo "==> skipping the three-node placement part: the control plane binaries in $bin are not built"
+	else
+		echo
+		echo "==> Placement across three nodes: the same control plane with three simulated nodes (no kubelet;"
+		echo "    each a 20Gi loop-device volume group and carve-csi --mode=node), the scheduler choosing by capacity"
+		make --no-print-directory build >/dev/null
+		"$OUT/cluster" --bin="$bin" --carve="$REPO/_output/carve-csi" --first-step=1 --steps=6
+		placement=yes
+		echo "    (placement part: $(( $(date +%s) - T1 ))s)"
+	fi
+fi
+
+echo
+echo "demo finished in $(( $(date +%s) - T0 ))s: on a real node, capacity published, a pod with a 4Gi generic"
+echo "ephemeral volume running and writing, the capacity table updated and restored, an inline volume carved,"
+echo "written and removed$( [[ $placement == yes ]] && echo "; then the 4Gi volume placed among three nodes by capacity" ); everything it made is gone"
