@@ -18,7 +18,7 @@ vet:
 
 # Every layer: unit tests (fake runner), real lvm2 on loop devices, mounts on
 # loop devices, csi-sanity against the binary, then the VM rig.
-test: deps vet test-unit fuzz-short test-integration test-e2e test-faults
+test: deps vet test-unit fuzz-short test-integration test-e2e test-faults test-cluster
 
 # The Debian packages the demo and the tests use, installed only if missing.
 deps:
@@ -54,6 +54,14 @@ test-e2e:
 .PHONY: test-faults
 test-faults:
 	hack/faults.sh
+
+# carve installed from deploy/kubernetes (test/cluster/overlay) on a real node: kubelet,
+# containerd and kube-proxy in the VM rig, the control plane on the host (hack/cluster.sh),
+# then the pod scenarios of test/cluster against it.
+.PHONY: test-cluster
+test-cluster:
+	CGO_ENABLED=0 $(GO) test -c -o _output/cluster.test ./test/cluster/
+	hack/cluster.sh -- _output/cluster.test -test.v -test.count=1 -test.timeout=60m
 
 bench:
 	$(GO) test -run XXX -bench . -benchtime 1x ./pkg/backend/lvm/ ./test/bench/

@@ -6,6 +6,7 @@ declare -A pkg=(
   [lvm]=lvm2 [thin_check]=thin-provisioning-tools [mkfs.xfs]=xfsprogs [mkfs.ext4]=e2fsprogs
   [losetup]=util-linux [qemu-system-x86_64]=qemu-system-x86 [debootstrap]=debootstrap
   [depmod]=kmod [cpio]=cpio [openssl]=openssl [curl]=curl [git]=git
+  [socat]=socat # hack/cluster.sh: QEMU's guestfwd to the host's API server
 )
 missing=()
 for cmd in "${!pkg[@]}"; do

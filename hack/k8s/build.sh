@@ -7,7 +7,8 @@
 #   hack/k8s/build.sh --force    rebuild even if the cache is current
 #
 # Binaries (in .cache/k8s/bin of the repository unless CARVE_K8S_CACHE is set):
-#   etcd (v3.7.3), kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (v1.37.2),
+#   etcd (v3.7.3), kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, and for the
+#   VM node of hack/cluster.sh kubelet and kube-proxy (v1.37.2, one go build shares the compile),
 #   csi-provisioner (external-provisioner v6.3.0), csi-resizer (external-resizer v2.3.0).
 #
 # Every program is built from its own small build module under hack/k8s/tools/<name>/ (tools.go
@@ -40,10 +41,10 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 	K8S_LDFLAGS+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=37 -X $pkg.gitTreeState=clean"
 done
 
-BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl csi-provisioner csi-resizer)
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy csi-provisioner csi-resizer)
 
 # Bump when the recipe below changes in a way the key files do not show.
-RECIPE="recipe=2 k8s=$K8S_VERSION etcd=$ETCD_VERSION provisioner=$PROVISIONER_VERSION resizer=$RESIZER_VERSION ldflags=$K8S_LDFLAGS cgo=0"
+RECIPE="recipe=3 k8s=$K8S_VERSION etcd=$ETCD_VERSION provisioner=$PROVISIONER_VERSION resizer=$RESIZER_VERSION ldflags=$K8S_LDFLAGS cgo=0"
 
 log() { printf '[k8s-build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
@@ -165,7 +166,9 @@ step kubernetes kubernetes build -ldflags "$K8S_LDFLAGS" -o "$TMP/" \
 	k8s.io/kubernetes/cmd/kube-apiserver \
 	k8s.io/kubernetes/cmd/kube-controller-manager \
 	k8s.io/kubernetes/cmd/kube-scheduler \
-	k8s.io/kubernetes/cmd/kubectl
+	k8s.io/kubernetes/cmd/kubectl \
+	k8s.io/kubernetes/cmd/kubelet \
+	k8s.io/kubernetes/cmd/kube-proxy
 step csi-provisioner provisioner build -ldflags "-s -w -X main.version=$PROVISIONER_VERSION" \
 	-o "$TMP/csi-provisioner" github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner
 step csi-resizer resizer build -ldflags "-s -w -X main.version=$RESIZER_VERSION" \
@@ -182,11 +185,13 @@ done
 	"$TMP/kube-controller-manager" --version
 	"$TMP/kube-scheduler" --version
 	"$TMP/kubectl" version --client 2>/dev/null | head -n1
+	"$TMP/kubelet" --version
+	"$TMP/kube-proxy" --version
 	"$TMP/csi-provisioner" --version | sed 's|^.*/||'
 	"$TMP/csi-resizer" --version | sed 's|^.*/||'
 } >"$TMP/VERSIONS" 2>&1 || die "a built program does not run: $(cat "$TMP/VERSIONS")"
 grep -q "${ETCD_VERSION#v}" "$TMP/VERSIONS" || die "etcd does not report $ETCD_VERSION: $(cat "$TMP/VERSIONS")"
-[[ "$(grep -c "$K8S_VERSION" "$TMP/VERSIONS")" -ge 4 ]] || die "Kubernetes programs do not report $K8S_VERSION: $(cat "$TMP/VERSIONS")"
+[[ "$(grep -c "$K8S_VERSION" "$TMP/VERSIONS")" -ge 6 ]] || die "Kubernetes programs do not report $K8S_VERSION: $(cat "$TMP/VERSIONS")"
 
 echo "$KEY" >"$TMP/.key"
 # Swap in atomically enough: the old bin goes away first, so a crash in between leaves no bin

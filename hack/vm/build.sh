@@ -28,11 +28,15 @@ CACHE="${1:-${CARVE_VM_CACHE:-$REPO/.cache/vm}}"
 mkdir -p "$CACHE"
 CACHE="$(cd "$CACHE" && pwd)"
 
-# Guest kernel modules copied into the root filesystem (paths under lib/modules/<kver>/kernel).
+# Guest kernel modules copied into the root filesystem (paths under lib/modules/<kver>/kernel;
+# shell globs allowed). The second half is the Kubernetes node of hack/cluster.sh: virtio_net,
+# bridge, veth, netfilter (kube-proxy, CNI ipMasq) and overlayfs (containerd's snapshotter).
 MODULE_DIRS=(
   drivers/nvdimm drivers/dax drivers/acpi/nfit drivers/md drivers/virtio drivers/block
   fs/ext4 fs/jbd2 fs/mbcache.ko fs/xfs fs/9p fs/fscache fs/netfs
   net/9p lib crypto arch/x86/crypto
+  'drivers/net/virtio_net.ko*' 'drivers/net/net_failover.ko*' 'net/core/failover.ko*' 'drivers/net/veth.ko*'
+  net/netfilter net/ipv4/netfilter net/ipv6/netfilter net/bridge net/llc net/802 fs/overlayfs
 )
 
 t0=$(date +%s.%N)
@@ -165,17 +169,21 @@ t=$(date +%s)
 KSRC="$WORK/kernel/lib/modules/$KVER"
 KDST="$ROOT/lib/modules/$KVER"
 mkdir -p "$KDST/kernel"
-for d in "${MODULE_DIRS[@]}"; do
-  if [ -e "$KSRC/kernel/$d" ]; then
+for pat in "${MODULE_DIRS[@]}"; do
+  found=""
+  for src in "$KSRC/kernel/"$pat; do
+    [ -e "$src" ] || continue
+    found=1
+    d="${src#"$KSRC/kernel/"}"
     mkdir -p "$KDST/kernel/$(dirname "$d")"
-    cp -a "$KSRC/kernel/$d" "$KDST/kernel/$d"
-  else
-    log "note: module path $d not in $KVER"
-  fi
+    cp -a "$src" "$KDST/kernel/$d"
+  done
+  [ -n "$found" ] || log "note: module path $pat not in $KVER"
 done
 cp -a "$KSRC"/modules.order "$KSRC"/modules.builtin "$KSRC"/modules.builtin.modinfo "$KDST/" 2>/dev/null || true
 depmod -b "$ROOT" "$KVER" || die 6 "depmod -b rootfs $KVER failed"
-for m in dm_mod dm_thin_pool nd_pmem dax_pmem nfit virtio_blk virtio_pci 9p 9pnet_virtio ext4 xfs loop; do
+for m in dm_mod dm_thin_pool nd_pmem dax_pmem nfit virtio_blk virtio_pci 9p 9pnet_virtio ext4 xfs loop \
+         virtio_net veth bridge br_netfilter overlay nf_conntrack nf_nat nf_tables nft_compat xt_conntrack; do
   # modinfo resolves module names (dm_mod -> dm-mod.ko) and knows built-in ones.
   if ! modinfo -b "$ROOT" -k "$KVER" -n "$m" >/dev/null 2>&1; then
     die 6 "kernel module $m is neither copied nor built in ($KVER); extend MODULE_DIRS in build.sh"
@@ -215,6 +223,11 @@ rm -rf "$ROOT"/usr/lib/python3* "$ROOT"/usr/bin/python3* "$ROOT"/usr/bin/py3* "$
        "$ROOT"/usr/bin/pdb3* "$ROOT"/usr/bin/pygettext3* "$ROOT"/usr/sbin/xfs_scrub* \
        "$ROOT"/usr/lib/x86_64-linux-gnu/libicu* "$ROOT"/usr/share/icu \
        "$ROOT"/usr/lib/x86_64-linux-gnu/gconv
+# CNI plugins: the node uses bridge, host-local and loopback (portmap for hostPort); the other
+# twenty (about 60 MB) go.
+for f in "$ROOT"/usr/lib/cni/*; do
+  case "$(basename "$f")" in bridge|host-local|loopback|portmap) ;; *) rm -f "$f" ;; esac
+done
 # Every remaining program must still find its libraries.
 broken="$(chroot "$ROOT" sh -c 'for f in /usr/bin/* /usr/sbin/*; do
   [ -f "$f" ] && [ -x "$f" ] && ldd "$f" 2>/dev/null | grep -q "not found" && echo "$f"; done' || true)"
@@ -222,7 +235,8 @@ broken="$(chroot "$ROOT" sh -c 'for f in /usr/bin/* /usr/sbin/*; do
 
 # Sanity: the tools the test suites rely on.
 for c in sh mount umount blkid mkfs.ext4 resize2fs mkfs.xfs xfs_growfs lvm pvcreate vgcreate lvcreate \
-         dmsetup ndctl modprobe losetup findmnt lsblk wipefs sync tee mkfifo dmesg ip; do
+         dmsetup ndctl modprobe losetup findmnt lsblk wipefs sync tee mkfifo dmesg ip \
+         runc iptables iptables-restore /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/loopback; do
   chroot "$ROOT" sh -c "command -v $c" >/dev/null 2>&1 || die 6 "guest root lacks '$c' (extend packages.txt)"
 done
 

@@ -12,6 +12,15 @@
 #   --log FILE          serial console log (default DIR/serial.log)
 #   --cache DIR         image cache (default <repo>/.cache/vm or $CARVE_VM_CACHE)
 #   --quiet             do not stream the serial console to stdout
+#   --guestfwd IP:PORT=HOSTPORT
+#                       give the guest a virtio NIC on QEMU user networking with restrict=on (no
+#                       route anywhere) where TCP to IP:PORT reaches 127.0.0.1:HOSTPORT on the host
+#                       (one socat per connection); repeatable. The guest sees eth0 in 10.0.2.0/24
+#                       (address 10.0.2.15, gateway 10.0.2.2; no DHCP client: configure it). Without
+#                       this flag the guest has no NIC.
+#   --hostfwd HOSTPORT=GUESTPORT
+#                       on that NIC, 127.0.0.1:HOSTPORT on the host reaches the guest's GUESTPORT
+#                       (TCP); repeatable; needs --guestfwd (the NIC).
 # COMMAND runs as root via `sh /share/.vm-cmd` with cwd /share, stdin from /dev/null, and its
 # output on the console and in DIR/guest.log. The guest's dmesg is saved in DIR/dmesg.log.
 #
@@ -31,6 +40,7 @@ REPO="$(cd "$HERE/../.." && pwd)"
 E_TIMEOUT=124 E_NOEXIT=125 E_BUILD=122 E_HOST=123 E_USAGE=2 E_INT=130
 
 SHARE="" TIMEOUT=900 DISK_SIZE=16G NVDIMM_SIZE=4G MEM=2G SMP=2 LOG="" QUIET=""
+GUESTFWD=() HOSTFWD=()
 CACHE="${CARVE_VM_CACHE:-$REPO/.cache/vm}"
 T0=$(date +%s.%N)
 
@@ -78,20 +88,27 @@ while [ $# -gt 0 ]; do
     --) shift; break ;;
     --quiet) QUIET=1; shift ;;
     -h|--help) usage; exit 0 ;;
-    --share=*|--timeout=*|--disk-size=*|--nvdimm-size=*|--mem=*|--smp=*|--log=*|--cache=*)
+    --share=*|--timeout=*|--disk-size=*|--nvdimm-size=*|--mem=*|--smp=*|--log=*|--cache=*|--guestfwd=*|--hostfwd=*)
       k="${1%%=*}"; v="${1#*=}"; shift; set -- "$k" "$v" "$@" ;;
-    --share|--timeout|--disk-size|--nvdimm-size|--mem|--smp|--log|--cache)
+    --share|--timeout|--disk-size|--nvdimm-size|--mem|--smp|--log|--cache|--guestfwd|--hostfwd)
       [ $# -ge 2 ] || usage_err "$1 needs a value"
       case "$1" in
         --share) SHARE="$2" ;; --timeout) TIMEOUT="$2" ;; --disk-size) DISK_SIZE="$2" ;;
         --nvdimm-size) NVDIMM_SIZE="$2" ;; --mem) MEM="$2" ;; --smp) SMP="$2" ;;
         --log) LOG="$2" ;; --cache) CACHE="$2" ;;
+        --guestfwd)
+          [[ "$2" =~ ^([0-9.]+):([0-9]+)=([0-9]+)$ ]] || usage_err "--guestfwd wants IP:PORT=HOSTPORT, got '$2'"
+          GUESTFWD+=("guestfwd=tcp:${BASH_REMATCH[1]}:${BASH_REMATCH[2]}-cmd:socat - TCP:127.0.0.1:${BASH_REMATCH[3]}") ;;
+        --hostfwd)
+          [[ "$2" =~ ^([0-9]+)=([0-9]+)$ ]] || usage_err "--hostfwd wants HOSTPORT=GUESTPORT, got '$2'"
+          HOSTFWD+=("hostfwd=tcp:127.0.0.1:${BASH_REMATCH[1]}-:${BASH_REMATCH[2]}") ;;
       esac
       shift 2 ;;
     *) usage_err "unknown argument '$1' (the guest command goes after --)" ;;
   esac
 done
 [ $# -gt 0 ] || usage_err "no guest command given after --"
+[ ${#HOSTFWD[@]} = 0 ] || [ ${#GUESTFWD[@]} -gt 0 ] || usage_err "--hostfwd needs --guestfwd (the NIC)"
 case "$TIMEOUT" in ''|*[!0-9]*) usage_err "--timeout wants whole seconds, got '$TIMEOUT'" ;; esac
 case "$SMP" in ''|*[!0-9]*) usage_err "--smp wants a number, got '$SMP'" ;; esac
 DISK_MIB=$(to_mib "$DISK_SIZE") || usage_err "bad --disk-size '$DISK_SIZE'"
@@ -101,8 +118,9 @@ MEM_MIB=$(to_mib "$MEM") || usage_err "bad --mem '$MEM'"
 
 # --- host prerequisites -------------------------------------------------------------------
 missing=()
-for c in qemu-system-x86_64:qemu-system-x86 timeout:coreutils truncate:coreutils flock:util-linux \
-         awk:gawk; do
+need_cmds="qemu-system-x86_64:qemu-system-x86 timeout:coreutils truncate:coreutils flock:util-linux awk:gawk"
+[ ${#GUESTFWD[@]} = 0 ] || need_cmds="$need_cmds socat:socat"
+for c in $need_cmds; do
   command -v "${c%%:*}" >/dev/null 2>&1 || missing+=("${c#*:}")
 done
 [ ${#missing[@]} = 0 ] ||
@@ -168,7 +186,14 @@ QEMU=(qemu-system-x86_64 -accel tcg -cpu max -smp "$SMP"
   -virtfs "local,path=$SHARE,mount_tag=share,security_model=none,id=share"
   -kernel "$CACHE/vmlinuz" -initrd "$CACHE/root.cpio"
   -append "console=ttyS0 rdinit=/init panic=-1 quiet ${CARVE_VM_APPEND:-}"
-  -nographic -no-reboot -nic none)
+  -nographic -no-reboot)
+if [ ${#GUESTFWD[@]} = 0 ]; then
+  QEMU+=(-nic none)
+else
+  netdev="user,id=n0,restrict=on"
+  for f in "${GUESTFWD[@]}" "${HOSTFWD[@]}"; do netdev="$netdev,$f"; done
+  QEMU+=(-netdev "$netdev" -device virtio-net-pci,netdev=n0)
+fi
 
 say "boot: mem ${MEM_MIB}M, disk ${DISK_MIB}M, nvdimm ${NVDIMM_MIB}M, share $SHARE, timeout ${TIMEOUT}s, log $LOG"
 say "command: $*"
