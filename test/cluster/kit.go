@@ -347,10 +347,10 @@ func (c *Cluster) NewPod(ns string, o PodOpts) *corev1.Pod {
 		},
 	}
 	if o.Script != "" {
-		init := ctr
-		init.Name = "check"
-		init.Command = []string{"sh", "-c", o.Script}
-		pod.Spec.InitContainers = []corev1.Container{init}
+		check := ctr
+		check.Name = "check"
+		check.Command = []string{"sh", "-c", o.Script}
+		pod.Spec.InitContainers = []corev1.Container{check}
 	}
 	return pod
 }

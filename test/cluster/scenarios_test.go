@@ -280,18 +280,18 @@ func (s *suite) expansion(ctx context.Context, t *testing.T) {
 	if _, err := s.CS.CoreV1().PersistentVolumeClaims(s.ns).Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		t.Fatalf("resize PVC %s to %s: %v", name, Size(bigger), err)
 	}
-	var pvc *corev1.PersistentVolumeClaim
+	var status corev1.PersistentVolumeClaimStatus
 	err := Poll(ctx, podStart, 2*time.Second, func(ctx context.Context) (bool, error) {
 		p, err := s.CS.CoreV1().PersistentVolumeClaims(s.ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, nil
 		}
-		pvc = p
+		status = p.Status
 		got := p.Status.Capacity[corev1.ResourceStorage]
 		return got.Value() >= bigger, nil
 	})
 	if err != nil {
-		t.Fatalf("PVC %s capacity not %s after %v: status %+v\n%s", name, Size(bigger), podStart, pvc.Status, s.Describe(ctx, s.ns, name))
+		t.Fatalf("PVC %s capacity not %s after %v: status %+v\nevents of PVC %s:\n%s", name, Size(bigger), podStart, status, name, s.PodEvents(ctx, s.ns, name))
 	}
 	// The pod looks from inside, in a new ephemeral container, until df
 	// shows the new size (kubelet grows the filesystem asynchronously).
@@ -550,9 +550,18 @@ func (s *suite) leakAudit(ctx context.Context, t *testing.T) {
 		_, err := s.CS.CoreV1().Namespaces().Get(ctx, s.ns, metav1.GetOptions{})
 		return apierrors.IsNotFound(err), nil
 	}); err != nil {
-		pods, _ := s.CS.CoreV1().Pods(s.ns).List(ctx, metav1.ListOptions{})
-		pvcs, _ := s.CS.CoreV1().PersistentVolumeClaims(s.ns).List(ctx, metav1.ListOptions{})
-		t.Errorf("namespace %s not gone after %v: %d pods, %d PVCs left", s.ns, podGone+volumeGone, len(pods.Items), len(pvcs.Items))
+		var left []string
+		if pods, err := s.CS.CoreV1().Pods(s.ns).List(ctx, metav1.ListOptions{}); err == nil {
+			for _, p := range pods.Items {
+				left = append(left, "pod "+p.Name)
+			}
+		}
+		if pvcs, err := s.CS.CoreV1().PersistentVolumeClaims(s.ns).List(ctx, metav1.ListOptions{}); err == nil {
+			for _, p := range pvcs.Items {
+				left = append(left, fmt.Sprintf("PVC %s (finalizers %v)", p.Name, p.Finalizers))
+			}
+		}
+		t.Errorf("namespace %s not gone after %v, left: %v", s.ns, podGone+volumeGone, left)
 	}
 	var problems []string
 	err := Poll(ctx, volumeGone, 2*time.Second, func(ctx context.Context) (bool, error) {
