@@ -37,6 +37,28 @@ echo "gid=$(stat -c %g /data)"
 } > /dev/termination-log`
 }
 
+// blockScript writes a token to the first sector of the raw device, reads it
+// back, and reads the whole device to count its bytes (Debian's busybox dd
+// prints no byte count, so wc does).
+func blockScript(token string) string {
+	return `set -e
+printf '%s' ` + token + ` | dd of=` + DevicePath + ` bs=512 count=1 conv=sync,fsync,notrunc 2>/dev/null
+{
+echo "token=$(dd if=` + DevicePath + ` bs=512 count=1 2>/dev/null | tr -d '\000')"
+echo "bytes=$(wc -c < ` + DevicePath + `)"
+} > /dev/termination-log`
+}
+
+// growScript waits (at most 3 min) until df shows more than beforeKiB and
+// reports the size and the token.
+func growScript(beforeKiB int64) string {
+	return fmt.Sprintf(`for i in $(seq 90); do k=$(df -Pk /data | awk 'NR==2{print $2}'); [ "$k" -gt %d ] && break; sleep 2; done
+{ echo "dfk=$k"; echo "token=$(cat /data/token)"; } > /dev/termination-log`, beforeKiB)
+}
+
+// lookScript reads the token back and writes a new file.
+const lookScript = `{ echo "token=$(cat /data/token)"; echo after > /data/after && echo "wrote=$(cat /data/after)"; } > /dev/termination-log`
+
 // dfSize is the "dfk" field in bytes.
 func dfSize(t *testing.T, m map[string]string) int64 {
 	t.Helper()
@@ -243,12 +265,7 @@ func (s *suite) block(ctx context.Context, t *testing.T) {
 	const size = 64 * MiB
 	name, token := "block", "carve-block-"+strconv.FormatInt(time.Now().UnixNano(), 36)
 	s.createClaim(ctx, t, name, s.ClaimSpec("", size, corev1.PersistentVolumeBlock, corev1.ReadWriteOnce))
-	script := `set -e
-printf '%s' ` + token + ` | dd of=` + DevicePath + ` bs=512 count=1 conv=sync,fsync 2>/dev/null
-{
-echo "token=$(dd if=` + DevicePath + ` bs=512 count=1 2>/dev/null | tr -d '\000')"
-echo "bytes=$(dd if=` + DevicePath + ` of=/dev/null bs=1048576 2>&1 | awk '/bytes/{print $1}')"
-} > /dev/termination-log`
+	script := blockScript(token)
 	claim := corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: name}}
 	pod := s.startPod(ctx, t, PodOpts{Name: name, Volume: claim, Block: true, Script: script})
 	m := InitMessage(pod)
@@ -295,8 +312,7 @@ func (s *suite) expansion(ctx context.Context, t *testing.T) {
 	}
 	// The pod looks from inside, in a new ephemeral container, until df
 	// shows the new size (kubelet grows the filesystem asynchronously).
-	script := fmt.Sprintf(`for i in $(seq 90); do k=$(df -Pk /data | awk 'NR==2{print $2}'); [ "$k" -gt %d ] && break; sleep 2; done
-{ echo "dfk=$k"; echo "token=$(cat /data/token)"; } > /dev/termination-log`, before/1024)
+	script := growScript(before / 1024)
 	out, code, err := s.RunInPod(ctx, s.ns, name, "look-after-resize", script, false, ephemeralRun)
 	if err != nil {
 		t.Fatal(err)
@@ -495,7 +511,7 @@ func (s *suite) nodeRestart(ctx context.Context, t *testing.T) {
 	}
 	t.Logf("carve-node pod %s replaced by %s", old.Name, cur.Name)
 
-	out, code, err := s.RunInPod(ctx, s.ns, name, "look-after-restart", `{ echo "token=$(cat /data/token)"; echo after > /data/after && echo "wrote=$(cat /data/after)"; } > /dev/termination-log`, false, ephemeralRun)
+	out, code, err := s.RunInPod(ctx, s.ns, name, "look-after-restart", lookScript, false, ephemeralRun)
 	if err != nil {
 		t.Fatal(err)
 	}
