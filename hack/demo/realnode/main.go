@@ -155,7 +155,7 @@ sync
 		return err
 	}
 	say("PVC %s -> PV %s -> LocalVolume %s -> LV %s/%s (%s)", v.Claim, v.PV, v.LocalVolume, c.VG, v.LV, cluster.Size(v.SizeBytes))
-	if out, err := c.Guest(ctx, "lvs -o lv_name,lv_size,lv_tags "+c.VG); err == nil {
+	if out, err := c.Guest(ctx, "lvs -o lv_name,lv_size "+c.VG); err == nil {
 		say("$ lvs %s   (on the node)\n%s", c.VG, indent(out))
 	}
 
