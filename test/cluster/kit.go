@@ -28,6 +28,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	carvev1 "github.com/carve-csi/carve/pkg/apis/carve/v1alpha1"
@@ -522,10 +523,6 @@ func ParseKV(s string) map[string]string {
 // the pod's volume at /data, or the device at DevicePath for block volumes,
 // and returns what the script wrote to /dev/termination-log and its exit code.
 func (c *Cluster) RunInPod(ctx context.Context, ns, podName, ctrName, script string, block bool, timeout time.Duration) (string, int32, error) {
-	pod, err := c.CS.CoreV1().Pods(ns).Get(ctx, podName, metav1.GetOptions{})
-	if err != nil {
-		return "", 0, fmt.Errorf("get pod %s: %w", podName, err)
-	}
 	ec := corev1.EphemeralContainer{EphemeralContainerCommon: corev1.EphemeralContainerCommon{
 		Name:                     ctrName,
 		Image:                    c.Image,
@@ -533,18 +530,27 @@ func (c *Cluster) RunInPod(ctx context.Context, ns, podName, ctrName, script str
 		Command:                  []string{"sh", "-c", script},
 		TerminationMessagePolicy: corev1.TerminationMessageReadFile,
 	}}
-	for _, ctr := range pod.Spec.Containers {
-		if ctr.Name == "app" {
-			ec.SecurityContext = ctr.SecurityContext
-		}
-	}
 	if block {
 		ec.VolumeDevices = []corev1.VolumeDevice{{Name: "vol", DevicePath: DevicePath}}
 	} else {
 		ec.VolumeMounts = []corev1.VolumeMount{{Name: "vol", MountPath: "/data"}}
 	}
-	pod.Spec.EphemeralContainers = append(pod.Spec.EphemeralContainers, ec)
-	if _, err := c.CS.CoreV1().Pods(ns).UpdateEphemeralContainers(ctx, podName, pod, metav1.UpdateOptions{}); err != nil {
+	// kubelet's status updates change the pod's resourceVersion under us.
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		pod, err := c.CS.CoreV1().Pods(ns).Get(ctx, podName, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, ctr := range pod.Spec.Containers {
+			if ctr.Name == "app" {
+				ec.SecurityContext = ctr.SecurityContext
+			}
+		}
+		pod.Spec.EphemeralContainers = append(pod.Spec.EphemeralContainers, ec)
+		_, err = c.CS.CoreV1().Pods(ns).UpdateEphemeralContainers(ctx, podName, pod, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
 		return "", 0, fmt.Errorf("add ephemeral container %s to %s: %w", ctrName, podName, err)
 	}
 	var term *corev1.ContainerStateTerminated

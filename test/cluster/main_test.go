@@ -18,6 +18,7 @@ import (
 // results collects one line per scenario for the closing summary.
 var results struct {
 	sync.Mutex
+	started        bool // the suite ran (was not skipped)
 	passed, failed int
 	failedNames    []string
 }
@@ -25,6 +26,9 @@ var results struct {
 func TestMain(m *testing.M) {
 	code := m.Run()
 	results.Lock()
+	if results.started && results.passed+results.failed == 0 {
+		fmt.Println("0 passed, 0 failed: the suite stopped before its first scenario (see above)")
+	}
 	if n := results.passed + results.failed; n > 0 {
 		fmt.Printf("%d passed, %d failed\n", results.passed, results.failed)
 		if results.failed > 0 {
@@ -87,6 +91,9 @@ func TestRealNode(t *testing.T) {
 	if os.Getenv("CARVE_CLUSTER") != "1" {
 		t.Skip("CARVE_CLUSTER=1 not set: run through `make test-cluster` (hack/cluster.sh)")
 	}
+	results.Lock()
+	results.started = true
+	results.Unlock()
 	env, err := EnvFromOS()
 	if err != nil {
 		t.Fatal(err)
