@@ -16,6 +16,7 @@ import (
 // sizes and tags (also a target path long enough to be split into chunks)
 // come back, foreign LVs are left out, and InlineLV finds a pod's volume.
 func TestLVsOnRealLVM(t *testing.T) {
+	skipInCluster(t)
 	v := lvmtest.NewVGInfo(t, 64<<20, "")
 	ctx := context.Background()
 	const owner = "carve.owner=" + Driver

@@ -14,6 +14,7 @@ import (
 // into a temp dir, and returns the termination log parsed.
 func runScript(t *testing.T, script string, block bool) map[string]string {
 	t.Helper()
+	skipInCluster(t)
 	bb, err := exec.LookPath("busybox")
 	if err != nil {
 		t.Skip("busybox not installed (apt-get install busybox-static): the pod scripts are checked with the workload image's shell")
@@ -69,5 +70,14 @@ func TestGrowAndLookScripts(t *testing.T) {
 	m = runScript(t, "echo tok-4 > /data/token; "+lookScript, false)
 	if m["token"] != "tok-4" || m["wrote"] != "after" {
 		t.Errorf("look report %v", m)
+	}
+}
+
+// skipInCluster skips the unit tests of this package in the cluster run
+// (hack/cluster.sh runs the whole test binary): make test-unit runs them.
+func skipInCluster(t *testing.T) {
+	t.Helper()
+	if os.Getenv("CARVE_CLUSTER") == "1" {
+		t.Skip("a unit test (make test-unit runs it); this is the cluster run")
 	}
 }
