@@ -2,12 +2,14 @@ package csi
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
 
 	"github.com/carve-csi/carve/pkg/backend"
 	"github.com/carve-csi/carve/pkg/keylock"
@@ -216,6 +218,13 @@ func (c *LocalController) GetCapacity(ctx context.Context, req *csi.GetCapacityR
 		return &csi.GetCapacityResponse{}, nil
 	}
 	capa, err := c.Vols.Capacity(ctx, pool)
+	if errors.Is(err, backend.ErrDegraded) {
+		// A degraded pool (a VG missing a PV) can create nothing: advertise 0, not
+		// an error, so external-provisioner replaces the old CSIStorageCapacity
+		// instead of keeping its stale figure (issue 12, item 3).
+		klog.V(2).InfoS("GetCapacity: pool degraded, advertising 0", "pool", pool, "err", err)
+		return &csi.GetCapacityResponse{}, nil
+	}
 	if err != nil {
 		return nil, toStatus(err)
 	}

@@ -2,11 +2,14 @@ package csi
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/carve-csi/carve/pkg/backend"
 )
 
 func TestCreateVolumeRejectsBadInputAndCreatesNothing(t *testing.T) {
@@ -218,5 +221,26 @@ func TestIdentity(t *testing.T) {
 	r.pool.FailNext = errFake
 	if _, err := r.ids.Probe(ctx, &csi.ProbeRequest{}); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("probe with a broken pool: %v", err)
+	}
+}
+
+// A degraded pool (backend.ErrDegraded: a VG missing a PV) answers GetCapacity
+// with 0 and no error, so external-provisioner replaces the stale
+// CSIStorageCapacity instead of keeping it (issue 12, item 3).
+func TestGetCapacityDegradedPool(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	r.pool.FailNext = fmt.Errorf("VG carve is missing 1 PV: %w", backend.ErrDegraded)
+	resp, err := r.ctrl.GetCapacity(ctx, &csi.GetCapacityRequest{})
+	if err != nil {
+		t.Fatalf("degraded pool: %v, want 0 capacity and no error", err)
+	}
+	if resp.GetAvailableCapacity() != 0 || resp.GetMaximumVolumeSize().GetValue() != 0 {
+		t.Fatalf("degraded pool advertises %d bytes, maximum %v; want 0", resp.GetAvailableCapacity(), resp.GetMaximumVolumeSize())
+	}
+	// Any other failure still surfaces as an error.
+	r.pool.FailNext = backend.ErrUnavailable
+	if _, err := r.ctrl.GetCapacity(ctx, &csi.GetCapacityRequest{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("unavailable pool: %v, want Unavailable", err)
 	}
 }

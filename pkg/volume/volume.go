@@ -297,10 +297,13 @@ func (m *Manager) Activate(ctx context.Context, v *backend.Volume) (string, erro
 
 // Check reads every pool once; it is the readiness probe.
 func (m *Manager) Check(ctx context.Context) error {
+	// Every pool is read: stopping at the first failure would let a degraded
+	// pool hide an unavailable one from Probe, which tells the two apart.
+	var errs []error
 	for _, p := range m.pools {
 		if _, err := p.Backend.Capacity(ctx); err != nil {
-			return fmt.Errorf("pool %q: %w", p.Name, err)
+			errs = append(errs, fmt.Errorf("pool %q: %w", p.Name, err))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }

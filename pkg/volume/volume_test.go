@@ -148,3 +148,21 @@ func TestDeleteFindExpandCapacity(t *testing.T) {
 		t.Fatalf("check: %v", err)
 	}
 }
+
+// Check reads every pool: a degraded first pool must not hide an unavailable
+// second one from Probe (Probe stays ready for degraded pools only).
+func TestCheckReadsEveryPool(t *testing.T) {
+	ctx := context.Background()
+	a := backendtest.NewMemory("a", 10*gib, 4*mib)
+	b := backendtest.NewMemory("b", 10*gib, 4*mib)
+	m, err := NewManager([]Pool{{Name: "a", Backend: a}, {Name: "b", Backend: b}}, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.FailNext = backend.ErrDegraded
+	b.FailNext = backend.ErrUnavailable
+	err = m.Check(ctx)
+	if !errors.Is(err, backend.ErrDegraded) || !errors.Is(err, backend.ErrUnavailable) {
+		t.Fatalf("check: %v, want both the degraded and the unavailable pool", err)
+	}
+}
