@@ -33,6 +33,7 @@ var needDevice = map[string]string{
 	"is already mounted at a different target path":                "stages and publishes a mount volume",
 	"Node Service should work":                                     "stages and publishes a mount volume",
 	"Node Service should be idempotent":                            "stages and publishes a mount volume",
+	"should return health for a valid volume":                      "stages a mount volume (NodeGetVolumeHealth)",
 }
 
 func TestSanity(t *testing.T) {
