@@ -98,9 +98,12 @@ pvcreate -y -ff "$VG_DEVICE" >/dev/null 2>&1 && vgcreate "$VG" "$VG_DEVICE" >/de
 	fail "cannot create volume group $VG on $VG_DEVICE: $(vgcreate "$VG" "$VG_DEVICE" 2>&1 | tail -n1)"
 step "volume group $VG on $VG_DEVICE: $(vgs --noheadings -o vg_size --units g "$VG" | tr -d ' ')"
 
+# Copied into the guest's RAM root, not linked: the 9p share has no page cache (cache=none), so
+# every start of a program from it (ctr once per image, a shim per pod) reads it over 9p again.
 for b in containerd ctr containerd-shim-runc-v2 kubelet kube-proxy; do
-	ln -sf "$S/bin/$b" "/usr/local/bin/$b"
+	cp "$S/bin/$b" "/usr/local/bin/$b" || fail "cannot copy $b into the guest"
 done
+step "programs copied into the guest"
 ln -sf /usr/lib/cni/* /opt/cni/bin/
 
 # containerd 2.4 (config version 4). NoPivotRoot: the node's root is the initramfs (rootfs),
@@ -179,14 +182,18 @@ CONF
 start kubelet kubelet --config=/etc/kubernetes/kubelet.yaml --kubeconfig="$S/conf/kubelet.kubeconfig" \
 	--hostname-override="$NODE_NAME" --node-ip=10.0.2.15 --v=2
 step "kubelet started"
-start kube-proxy kube-proxy --kubeconfig="$S/conf/kube-proxy.kubeconfig" --hostname-override="$NODE_NAME" \
-	--proxy-mode=iptables --cluster-cidr="$POD_CIDR" --conntrack-max-per-core=0 \
-	--metrics-bind-address=127.0.0.1:10249 --healthz-bind-address=127.0.0.1:10256 --v=2
+start_proxy() {
+	start kube-proxy kube-proxy --kubeconfig="$S/conf/kube-proxy.kubeconfig" --hostname-override="$NODE_NAME" \
+		--proxy-mode=iptables --cluster-cidr="$POD_CIDR" --conntrack-max-per-core=0 \
+		--metrics-bind-address=127.0.0.1:10249 --healthz-bind-address=127.0.0.1:10256 --v=2
+}
+start_proxy
 step "kube-proxy started"
 echo ok >"$S/state/started"
 
 # The exec channel and the watch on the node's processes, until the host writes /share/stop.
 mkdir -p "$S/exec"
+proxy_restarts=0
 while [ ! -e "$S/stop" ]; do
 	for f in "$S"/exec/*.cmd; do
 		[ -e "$f" ] || continue
@@ -194,6 +201,14 @@ while [ ! -e "$S/stop" ]; do
 		mv "$f" "$b.run" || continue
 		(sh "$b.run" </dev/null >"$b.out" 2>&1; echo $? >"$b.rc.tmp"; mv "$b.rc.tmp" "$b.rc") &
 	done
+	# kube-proxy exits on purpose when the Node's addresses change ("NodeIPs changed"): it starts
+	# before kubelet registered the Node, so it always does so once. Restart it, as systemd or its
+	# DaemonSet would; a kube-proxy that keeps exiting is a failure.
+	if ! alive kube-proxy && [ "$proxy_restarts" -lt 5 ]; then
+		proxy_restarts=$((proxy_restarts + 1))
+		step "kube-proxy exited ($(tail -n 1 "$S/logs/kube-proxy.log" | cut -c1-200)); restart $proxy_restarts"
+		start_proxy
+	fi
 	for p in containerd kubelet kube-proxy; do
 		if ! alive "$p" && [ ! -e "$S/state/died-$p" ]; then
 			step "$p exited"
