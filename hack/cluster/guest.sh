@@ -51,6 +51,24 @@ start() { # start NAME ARGS...: run in the background, log to /share/logs/NAME.l
 }
 alive() { kill -0 "$(cat "/run/$1.pid" 2>/dev/null)" 2>/dev/null; }
 
+# The node's root must be a mount with a parent for runc's pivot_root(2): on the initramfs
+# (rootfs) it fails with EINVAL, and runc's fallback (no_pivot: MS_MOVE + chroot) is unsafe here:
+# a container with a Bidirectional mount (carve-node's /var/lib/kubelet) gets rshared root
+# propagation, and its MS_MOVE onto / propagated back over the node's own root (seen: the node
+# lost /proc, "open /proc/thread-self/mountinfo: no such file"). So the node runs chrooted in a
+# tmpfs copy of the initramfs, as a diskless node booted with switch_root would; /dev, /proc,
+# /sys, /run, /tmp and /share are bind mounts of init's.
+if [ -z "${CARVE_NODE_ROOT:-}" ]; then
+	step "copying the node's root into a tmpfs (pivot_root needs a real mount)"
+	mkdir -p /node &&
+		mount -t tmpfs -o size=1536m,mode=0755 noderoot /node &&
+		cp -ax /. /node/ || fail "cannot copy the initramfs root into a tmpfs at /node"
+	for d in dev proc sys run tmp share; do
+		mkdir -p "/node/$d" && mount --rbind "/$d" "/node/$d" || fail "cannot bind /$d into /node"
+	done
+	step "node root: tmpfs, $(du -sxm /node | cut -f1) MiB; continuing chrooted"
+	CARVE_NODE_ROOT=1 exec chroot /node /bin/sh /share/guest.sh
+fi
 step "node setup starting (kernel $(uname -r))"
 echo "$NODE_NAME" >/proc/sys/kernel/hostname
 # No localhost line otherwise (RIGS.md 5); the node name resolves to its own address.
@@ -90,7 +108,8 @@ mount -t tmpfs -o size=2560m,mode=0711 containerd /var/lib/containerd &&
 	mount -t tmpfs -o size=1024m,mode=0750 kubelet /var/lib/kubelet ||
 	fail "cannot mount tmpfs on /var/lib/containerd and /var/lib/kubelet"
 # Shared mount propagation (the CSI node plugin mounts /var/lib/kubelet Bidirectional); the
-# initramfs root has none by default.
+# node's tmpfs root has none by default. Only after the chroot: a shared rootfs (the parent of
+# the node's root) makes pivot_root(2) fail.
 mount --make-rshared / || fail "mount --make-rshared / failed"
 mkdir -p /etc/containerd /etc/cni/net.d /opt/cni/bin /run/containerd /etc/kubernetes
 
@@ -106,9 +125,7 @@ done
 step "programs copied into the guest"
 ln -sf /usr/lib/cni/* /opt/cni/bin/
 
-# containerd 2.4 (config version 4). NoPivotRoot: the node's root is the initramfs (rootfs),
-# where pivot_root(2) fails with EINVAL; runc then uses MS_MOVE + chroot (what runc does for
-# ramdisk roots; a node booted from a disk needs none of this).
+# containerd 2.4 (config version 4); runc with pivot_root(2), as on any node (see the top).
 cat >/etc/containerd/config.toml <<CONF
 version = 4
 root = "/var/lib/containerd"
@@ -126,7 +143,6 @@ state = "/run/containerd"
       runtime_type = "io.containerd.runc.v2"
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
         BinaryName = "/usr/sbin/runc"
-        NoPivotRoot = true
         SystemdCgroup = false
   [plugins.'io.containerd.cri.v1.runtime'.cni]
     bin_dirs = ["/opt/cni/bin"]
