@@ -101,7 +101,10 @@ func TestUnknownTypeNamesTheKnown(t *testing.T) {
 	for _, err := range []error{
 		func() error { _, err := Lookup("zfs"); return err }(),
 		func() error { _, err := Parse("p", "zfs", "tank"); return err }(),
-		func() error { _, err := New(context.Background(), Env{}, Spec{Name: "p", Type: "zfs", Source: "tank"}); return err }(),
+		func() error {
+			_, err := New(context.Background(), Env{}, Spec{Name: "p", Type: "zfs", Source: "tank"})
+			return err
+		}(),
 	} {
 		if err == nil {
 			t.Fatal("type zfs accepted")
