@@ -16,7 +16,7 @@ type PoolSpec = registry.Spec
 var poolName = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$`)
 
 func usage() string {
-	return "want " + registry.Usage() + ", e.g. fast=lvm:vg0, dax=pmem:region0, daxlvm=lvm-pmem:region0:50%"
+	return "want " + registry.Usage() + ", e.g. " + registry.Examples()
 }
 
 // ParsePool parses "name=<type>:<source>", e.g. "name=lvm:vg",

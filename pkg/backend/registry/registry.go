@@ -65,6 +65,8 @@ type Kind struct {
 	Type string
 	// Source describes the source in the flag's usage, e.g. "<volume group>".
 	Source string
+	// Example is a --pool value of this type.
+	Example string
 	// parse checks source and fills the spec's type-specific fields.
 	parse func(spec *Spec, source string) error
 	// build makes the pool's backend; it may run tools (start-up setup).
@@ -81,16 +83,16 @@ var (
 // Kinds lists every pool type carve knows, in the order the usage names them.
 func Kinds() []Kind {
 	return []Kind{
-		{Type: lvm.Type, Source: "<volume group>", parse: parseLVM,
+		{Type: lvm.Type, Source: "<volume group>", Example: "fast=" + lvm.Type + ":vg0", parse: parseLVM,
 			build: func(ctx context.Context, env Env, s Spec) (backend.Backend, error) {
 				return lvm.New(ctx, env.Runner, s.Name, s.Source, env.Owner)
 			}},
-		{Type: pmem.Type, Source: "<region|all>", parse: parseRegion, conflict: pmemConflict,
+		{Type: pmem.Type, Source: "<region|all>", Example: "dax=" + pmem.Type + ":region0", parse: parseRegion, conflict: pmemConflict,
 			build: func(ctx context.Context, env Env, s Spec) (backend.Backend, error) {
 				return pmem.New(ctx, env.Runner, s.Name, s.Source, env.Owner,
 					filepath.Join(env.KubeletDir, "plugins", env.Owner, "pmem", s.Name))
 			}},
-		{Type: pmem.LVMType, Source: "<region|all>[:<percent>%]", parse: parseLVMPMEM,
+		{Type: pmem.LVMType, Source: "<region|all>[:<percent>%]", Example: "daxlvm=" + pmem.LVMType + ":region0:50%", parse: parseLVMPMEM,
 			build: func(ctx context.Context, env Env, s Spec) (backend.Backend, error) {
 				return pmem.NewLVM(ctx, env.Runner, s.Name, s.Source, s.SharePercent, s.VG, env.Owner)
 			}},
@@ -123,6 +125,15 @@ func Usage() string {
 		forms = append(forms, "name="+k.Type+":"+k.Source)
 	}
 	return strings.Join(forms, ", ")
+}
+
+// Examples is one --pool value per kind, e.g. "fast=lvm:vg0, dax=pmem:region0".
+func Examples() string {
+	var ex []string
+	for _, k := range Kinds() {
+		ex = append(ex, k.Example)
+	}
+	return strings.Join(ex, ", ")
 }
 
 // Parse checks a pool of type typ on source and returns its spec; the pool

@@ -94,6 +94,12 @@ func TestTypesAreUnique(t *testing.T) {
 			t.Errorf("kind %+v: empty, incomplete or registered twice", k)
 		}
 		seen[k.Type] = true
+		// The usage's example is a valid pool of this kind.
+		name, rest, _ := strings.Cut(k.Example, "=")
+		typ, source, _ := strings.Cut(rest, ":")
+		if spec, err := Parse(name, typ, source); err != nil || spec.Type != k.Type || spec.String() != k.Example {
+			t.Errorf("example %q of kind %s: %+v, %v", k.Example, k.Type, spec, err)
+		}
 	}
 }
 
