@@ -152,6 +152,15 @@ func (s *suite) create(t *testing.T) {
 	if used := c0.FreeBytes - c1.FreeBytes; used < v.SizeBytes {
 		t.Errorf("a volume of %d bytes took %d free bytes (capacity %+v -> %+v)", v.SizeBytes, used, c0, c1)
 	}
+	// No size: refused (the caller always asks for at least one unit), nothing made.
+	for _, size := range []int64{0, -s.align} {
+		req := backend.CreateRequest{ID: names.VolumeID(nameC), Name: nameC, SizeBytes: size}
+		if v, err := s.Backend.Create(s.ctx, req); err == nil {
+			t.Errorf("Create of %d bytes = %+v, want an error", size, v)
+		}
+		_, err := s.Backend.Get(s.ctx, req.ID)
+		wantErr(t, fmt.Sprintf("Get after a create of %d bytes", size), err, backend.ErrNotFound)
+	}
 	// Inline ephemeral volume: its flag and target path come back.
 	s.createVol(t, nameB, s.align, true, "/var/lib/kubelet/pods/0d4c5ab9-1f7e-4c4a-9e1e-5b7f3c1a2b3c/volumes/kubernetes.io~csi/scratch/mount")
 }

@@ -64,6 +64,9 @@ func (m *Memory) Create(_ context.Context, req backend.CreateRequest) (*backend.
 	if err := m.fail(); err != nil {
 		return nil, err
 	}
+	if req.SizeBytes <= 0 { // as lvm and pmem
+		return nil, fmt.Errorf("create %s: size must be positive, got %d", req.ID, req.SizeBytes)
+	}
 	if _, ok := m.vols[req.ID]; ok || m.foreign[req.ID] {
 		return nil, fmt.Errorf("create %s: %w", req.ID, backend.ErrExists)
 	}
