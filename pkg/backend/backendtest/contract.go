@@ -210,8 +210,15 @@ func (s *suite) delete(t *testing.T) {
 		t.Errorf("List after Delete = %v, want only %s", m, keep.ID)
 	}
 	wantErr(t, "second Delete", s.Backend.Delete(s.ctx, a.ID), backend.ErrNotFound)
-	if err := s.Backend.Delete(s.ctx, keep.ID); err != nil {
-		t.Fatal(err)
+	// The name is free again (a claim re-created under the same name).
+	again := s.createVol(t, nameA, s.align, true, "/target/again")
+	if got := s.mustGet(t, again.ID); *got != *again {
+		t.Errorf("re-created volume: Get = %+v, Create returned %+v", got, again)
+	}
+	for _, id := range []string{again.ID, keep.ID} {
+		if err := s.Backend.Delete(s.ctx, id); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if c := s.cap(t); c.FreeBytes != c0.FreeBytes || c.MaxVolumeBytes != c0.MaxVolumeBytes {
 		t.Errorf("capacity after deleting everything %+v, before %+v", c, c0)
@@ -337,6 +344,11 @@ func (s *suite) noSpace(t *testing.T) {
 	wantErr(t, "Get after a create without space", err, backend.ErrNotFound)
 	if c := s.cap(t); c != c0 {
 		t.Errorf("capacity after a refused create %+v, before %+v", c, c0)
+	}
+	// Nothing of the refused attempt blocks a retry that fits.
+	retry := s.createVol(t, nameA, s.align, false, "")
+	if err := s.Backend.Delete(s.ctx, retry.ID); err != nil {
+		t.Fatal(err)
 	}
 	// Fill the pool with its largest volume; then even the smallest does not fit.
 	full := s.createVol(t, nameB, c0.MaxVolumeBytes, false, "")
