@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -25,9 +24,7 @@ import (
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	"github.com/carve-csi/carve/pkg/backend"
-	"github.com/carve-csi/carve/pkg/backend/lvm"
-	"github.com/carve-csi/carve/pkg/backend/pmem"
+	"github.com/carve-csi/carve/pkg/backend/registry"
 	"github.com/carve-csi/carve/pkg/cluster"
 	"github.com/carve-csi/carve/pkg/config"
 	"github.com/carve-csi/carve/pkg/csi"
@@ -84,7 +81,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint (unix socket)")
 	fs.StringVar(&o.driverName, "drivername", "carve.csi.dev", "CSI driver name")
 	fs.StringVar(&o.nodeID, "nodeid", os.Getenv("NODE_NAME"), "node mode: this node's name (default $NODE_NAME)")
-	fs.Var(&o.pools, "pool", "node mode: a pool as name=lvm:<volume group>, name=pmem:<region|all> or name=lvm-pmem:<region|all>[:<percent>%]; repeatable")
+	fs.Var(&o.pools, "pool", "node mode: a pool as "+registry.Usage()+"; repeatable")
 	fs.StringVar(&o.defaultPool, "default-pool", "", "node mode: pool used when a request names none (default: the first --pool)")
 	fs.StringVar(&o.kubeletDir, "kubelet-dir", "/var/lib/kubelet", "node mode: kubelet's root directory; the node mounts only below it")
 	fs.StringVar(&o.execPrefix, "exec-prefix", "", `node mode: command prefix for storage tools, e.g. "nsenter -t 1 -m -u -i -n -p" to use the host's lvm2`)
@@ -116,7 +113,7 @@ func parseFlags(args []string) (*options, error) {
 		return nil, errors.New("--nodeid (or $NODE_NAME) is required")
 	}
 	if len(o.pools) == 0 {
-		return nil, errors.New("at least one --pool is required (name=lvm:<volume group>, name=pmem:<region> or name=lvm-pmem:<region>)")
+		return nil, fmt.Errorf("at least one --pool is required (%s)", registry.Usage())
 	}
 	if st, err := os.Stat(o.kubeletDir); err != nil || !st.IsDir() {
 		return nil, fmt.Errorf("--kubelet-dir %q is not a directory", o.kubeletDir)
@@ -172,18 +169,9 @@ func runNode(ctx context.Context, o *options) error {
 	startCtx, cancel := context.WithTimeout(ctx, o.startupTimeout)
 	defer cancel()
 	var pools []volume.Pool
+	env := registry.Env{Runner: runner, Owner: o.driverName, KubeletDir: o.kubeletDir}
 	for _, p := range o.pools {
-		var b backend.Backend
-		switch p.Type {
-		case config.TypePMEM:
-			// The namespace index (CSI name, inline target) sits next to the socket kubelet knows.
-			b, err = pmem.New(startCtx, runner, p.Name, p.Source, o.driverName,
-				filepath.Join(o.kubeletDir, "plugins", o.driverName, "pmem", p.Name))
-		case config.TypeLVMPMEM:
-			b, err = pmem.NewLVM(startCtx, runner, p.Name, p.Source, p.SharePercent, p.VG, o.driverName)
-		default:
-			b, err = lvm.New(startCtx, runner, p.Name, p.Source, o.driverName)
-		}
+		b, err := registry.New(startCtx, env, p)
 		if err != nil {
 			return fmt.Errorf("pool %q: %w", p.Name, err)
 		}

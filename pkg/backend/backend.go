@@ -1,5 +1,7 @@
 // Package backend defines what a storage pool on a node can do. Implementations
-// (lvm, pmem) keep their state of record on the devices themselves.
+// (lvm, pmem) keep their state of record on the devices themselves; package
+// registry builds them from pool specs, and backendtest.Run is the contract
+// every one of them passes.
 package backend
 
 import (
@@ -72,7 +74,8 @@ type Capacity struct {
 
 // Backend is one pool's storage.
 type Backend interface {
-	// Type is "lvm" or "pmem".
+	// Type names the backend in NodeStorage and metrics (lvm.Type,
+	// pmem.Type): a lowercase DNS label, as NodeStorage's CRD requires.
 	Type() string
 	// AlignBytes is the size granularity (LVM extent size, PMEM alignment),
 	// known without running a tool so that CreateVolume costs one command.

@@ -4,7 +4,14 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/carve-csi/carve/pkg/backend/lvm"
+	"github.com/carve-csi/carve/pkg/backend/pmem"
+	"github.com/carve-csi/carve/pkg/backend/registry"
 )
+
+// A pmem region as --pool names it (ndctl list -R), or all of them.
+var region = regexp.MustCompile(`^(region[0-9]+|all)$`)
 
 // What lvm accepts as a VG name (lvm(8)): [a-zA-Z0-9+_.-], not starting with
 // '-', at most 127 characters; "." and ".." are not names.
@@ -17,26 +24,26 @@ func checkSpec(t *testing.T, in string, p PoolSpec) {
 		t.Fatalf("ParsePool(%q): pool name %q", in, p.Name)
 	}
 	switch p.Type {
-	case TypeLVM:
+	case lvm.Type:
 		if !lvmVGName.MatchString(p.Source) || p.Source == "." || p.Source == ".." {
 			t.Fatalf("ParsePool(%q): %q is not a volume group name lvm accepts", in, p.Source)
 		}
-	case TypePMEM:
+	case pmem.Type:
 		if !region.MatchString(p.Source) {
 			t.Fatalf("ParsePool(%q): region %q", in, p.Source)
 		}
-	case TypeLVMPMEM:
+	case pmem.LVMType:
 		if !region.MatchString(p.Source) || p.SharePercent < 1 || p.SharePercent > 100 {
 			t.Fatalf("ParsePool(%q): region %q share %d", in, p.Source, p.SharePercent)
 		}
 		// The VG also names the namespace that carries it: 63 bytes at most.
-		if p.VG != LVMPMEMPrefix+p.Name || len(p.VG) > 63 || !lvmVGName.MatchString(p.VG) {
+		if p.VG != registry.LVMPMEMPrefix+p.Name || len(p.VG) > 63 || !lvmVGName.MatchString(p.VG) {
 			t.Fatalf("ParsePool(%q): volume group %q", in, p.VG)
 		}
 	default:
 		t.Fatalf("ParsePool(%q): type %q", in, p.Type)
 	}
-	if p.Type != TypeLVMPMEM && (p.SharePercent != 0 || p.VG != "") {
+	if p.Type != pmem.LVMType && (p.SharePercent != 0 || p.VG != "") {
 		t.Fatalf("ParsePool(%q): share/VG set on a %s pool: %+v", in, p.Type, p)
 	}
 	again, err := ParsePool(p.String())
@@ -72,7 +79,7 @@ func FuzzParsePool(f *testing.F) {
 				if p.Name == q.Name {
 					t.Fatalf("two pools named %q from %q", p.Name, []string{a, b, c})
 				}
-				if p.Type == TypePMEM && q.Type == TypePMEM && (p.Source == q.Source || p.Source == "all" || q.Source == "all") {
+				if p.Type == pmem.Type && q.Type == pmem.Type && (p.Source == q.Source || p.Source == "all" || q.Source == "all") {
 					t.Fatalf("pmem pools %q and %q share a region", p, q)
 				}
 			}

@@ -1,6 +1,8 @@
 // Package backendtest provides an in-memory backend.Backend for tests of the
-// layers above the backends. It follows the contract the real backends keep
-// (sentinel errors, alignment, ownership), checked by the same contract test.
+// layers above the backends, and Run, the contract suite every backend passes.
+// Memory follows the contract the real backends keep (sentinel errors,
+// alignment, ownership): TestMemoryContract runs Run on it, as lvm and pmem
+// run it on theirs.
 package backendtest
 
 import (
@@ -62,6 +64,9 @@ func (m *Memory) Create(_ context.Context, req backend.CreateRequest) (*backend.
 	if err := m.fail(); err != nil {
 		return nil, err
 	}
+	if req.SizeBytes <= 0 { // as lvm and pmem
+		return nil, fmt.Errorf("create %s: size must be positive, got %d", req.ID, req.SizeBytes)
+	}
 	if _, ok := m.vols[req.ID]; ok || m.foreign[req.ID] {
 		return nil, fmt.Errorf("create %s: %w", req.ID, backend.ErrExists)
 	}
@@ -96,6 +101,9 @@ func (m *Memory) Expand(_ context.Context, id string, size int64) (*backend.Volu
 	defer m.mu.Unlock()
 	if err := m.fail(); err != nil {
 		return nil, err
+	}
+	if m.foreign[id] { // as lvm and pmem: refused as not carve's, not reported missing
+		return nil, fmt.Errorf("expand %s: %w", id, backend.ErrNotOwned)
 	}
 	v, ok := m.vols[id]
 	if !ok {

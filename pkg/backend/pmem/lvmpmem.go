@@ -15,6 +15,10 @@ import (
 	"github.com/carve-csi/carve/pkg/exec"
 )
 
+// LVMType names lvm-pmem pools in --pool. Their backend is an lvm pool and
+// reports lvm.Type.
+const LVMType = "lvm-pmem"
+
 // LVM on PMEM ("lvm-pmem" pools, PMEM-CSI's LVM mode): at start-up a share of
 // a region (or of each region, for "all") becomes one fsdax namespace named
 // after the volume group and carrying carve's uuid for it (lvmUUID); the

@@ -95,7 +95,15 @@ type LocalVolumeList struct {
 // PoolStatus is one pool's capacity.
 type PoolStatus struct {
 	Name string `json:"name"`
-	// +kubebuilder:validation:Enum=lvm;pmem
+	// Not an enum: a node writes all its pools in one status update, so a type
+	// the schema did not list would fail every write of that node and hide
+	// all its capacity; and Helm never upgrades CRDs, so a list would lag
+	// behind newer nodes. Every registered type must match the pattern
+	// (pkg/backend/registry's tests read it from the generated CRD).
+
+	// Type is the pool's backend type as its node reports it (lvm, pmem, ...).
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
 	Type           string `json:"type"`
 	TotalBytes     int64  `json:"totalBytes"`
 	FreeBytes      int64  `json:"freeBytes"`

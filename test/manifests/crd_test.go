@@ -1,0 +1,163 @@
+package manifests
+
+import (
+	"context"
+	"errors"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/carve-csi/carve/pkg/apis/carve/v1alpha1"
+	"github.com/carve-csi/carve/pkg/backend/backendtest"
+	"github.com/carve-csi/carve/pkg/backend/lvm"
+	"github.com/carve-csi/carve/pkg/backend/pmem"
+	"github.com/carve-csi/carve/pkg/backend/registry"
+	carvecluster "github.com/carve-csi/carve/pkg/cluster"
+	"github.com/carve-csi/carve/pkg/keylock"
+	"github.com/carve-csi/carve/pkg/names"
+	"github.com/carve-csi/carve/pkg/nodeagent"
+	"github.com/carve-csi/carve/pkg/volume"
+)
+
+// typed is an in-memory pool that reports another backend type, so the
+// node agent publishes each type the code knows without its tools.
+type typed struct {
+	*backendtest.Memory
+	typ string
+}
+
+func (b typed) Type() string { return b.typ }
+
+// poolTypes: every type a node can report in NodeStorage: the registry's
+// pool types, what their backends return from Type (an lvm-pmem pool is an
+// lvm pool), and the in-memory pool the unit tests publish through a fake
+// client that ignores the schema.
+func poolTypes() []string {
+	set := map[string]bool{lvm.Type: true, pmem.Type: true, backendtest.NewMemory("m", 1, 1).Type(): true}
+	for _, t := range registry.Types() {
+		set[t] = true
+	}
+	var out []string
+	for t := range set {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestCRDsAcceptWhatTheCodeWrites applies the generated CRDs
+// (deploy/kubernetes/base/crds) to a real API server and lets carve's own
+// code write through them: the node agent publishes a NodeStorage with a
+// pool of every type, and the controller's volume logic creates, expands
+// (to Failed) and deletes LocalVolumes that the node agent reconciles. A
+// schema that rejects what the code writes fails here; the unit tests' fake
+// client accepts anything.
+func TestCRDsAcceptWhatTheCodeWrites(t *testing.T) {
+	e := setup(t)
+	c := startCluster(t, e)
+	c.kubectlOK(t, nil, "apply", "--server-side", "--field-manager=carve-test", "-f",
+		filepath.Join(e.root, "deploy", "kubernetes", "base", "crds"))
+	c.kubectlOK(t, nil, "wait", "--for=condition=Established", "--timeout=60s",
+		"crd/localvolumes.carve.csi.dev", "crd/nodestorages.carve.csi.dev")
+	const node = "schema-node"
+	if out, err := exec.Command(filepath.Join(e.root, "hack", "k8s", "cluster.sh"), "add-node", c.dir, node).CombinedOutput(); err != nil {
+		t.Fatalf("cluster.sh add-node: %v\n%s", err, out)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", c.admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scheme, err := nodeagent.Scheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	const gib = int64(1) << 30
+	typeNames := poolTypes()
+	var pools []volume.Pool
+	for _, typ := range typeNames {
+		pools = append(pools, volume.Pool{Name: typ, Backend: typed{backendtest.NewMemory(typ, 10*gib, 4<<20), typ}})
+	}
+	vols, err := volume.NewManager(pools, typeNames[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := &nodeagent.Agent{NodeName: node, Vols: vols, Locks: &keylock.Locks{}, Client: cl, Debounce: time.Millisecond}
+
+	// NodeStorage: one status write with a pool of every type.
+	if err := agent.Publish(ctx); err != nil {
+		t.Fatalf("the node agent's NodeStorage write with pool types %q: %v", typeNames, err)
+	}
+	ns := &v1alpha1.NodeStorage{}
+	if err := cl.Get(ctx, types.NamespacedName{Name: node}, ns); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, p := range ns.Status.Pools {
+		got[p.Name] = p.Type
+	}
+	for _, typ := range typeNames {
+		if got[typ] != typ {
+			t.Errorf("NodeStorage on the server: pool %q has type %q, want %q (status %+v)", typ, got[typ], typ, ns.Status)
+		}
+	}
+
+	// LocalVolumes: the controller's side writes spec, the node agent status.
+	mgr, err := nodeagent.NewManager(cfg, nodeagent.ManagerOptions{NodeName: node, Select: nodeagent.SelectByLabel})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.SetupWithManager(mgr); err != nil {
+		t.Fatal(err)
+	}
+	mctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(mctx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("node agent manager: %v", err)
+		}
+	}()
+	cv := &carvecluster.Volumes{Client: cl}
+	for _, typ := range typeNames {
+		lv, err := cv.Create(ctx, carvecluster.CreateRequest{Name: "pvc-" + typ, Pool: typ,
+			Range: volume.Range{RequiredBytes: gib}, Requisite: []string{node}, VolumeMode: "Filesystem", FSType: "ext4"})
+		if err != nil {
+			t.Fatalf("create a volume in pool %q: %v", typ, err)
+		}
+		if lv.Status.Phase != v1alpha1.PhaseReady || lv.Status.CurrentSizeBytes != gib || lv.Status.DevicePath == "" {
+			t.Errorf("LocalVolume in pool %q: status %+v", typ, lv.Status)
+		}
+	}
+	// A failed expansion: the node writes Failed with its gRPC code.
+	id := names.VolumeID("pvc-" + typeNames[0])
+	_, err = cv.Expand(ctx, id, volume.Range{RequiredBytes: 100 * gib})
+	var nf *carvecluster.NodeFailure
+	if !errors.As(err, &nf) || nf.Code != "ResourceExhausted" {
+		t.Errorf("expansion beyond the pool: %v, want the node's ResourceExhausted", err)
+	}
+	lv := &v1alpha1.LocalVolume{}
+	if err := cl.Get(ctx, types.NamespacedName{Name: id}, lv); err != nil || lv.Status.Phase != v1alpha1.PhaseFailed {
+		t.Errorf("LocalVolume after a failed expansion: %+v, %v", lv.Status, err)
+	}
+	// A retry at a size that fits (status Pending from the controller, then Ready).
+	if lv, err := cv.Expand(ctx, id, volume.Range{RequiredBytes: 2 * gib}); err != nil || lv.Status.Phase != v1alpha1.PhaseReady {
+		t.Errorf("retried expansion: %v (%+v)", err, lv)
+	}
+	if err := cv.Delete(ctx, id); err != nil {
+		t.Errorf("delete: %v", err)
+	}
+}
