@@ -332,7 +332,7 @@ mark "control plane" "$T"
 PHASE=boot
 T=$(date +%s)
 log "booting the VM node (log: $RUN/serial.log; guest progress: $SHARE/state/progress)"
-"$ROOT/hack/vm/run.sh" --share "$SHARE" --quiet --log "$RUN/serial.log" \
+CARVE_VM_APPEND="carve.tmpfsroot ${CARVE_VM_APPEND:-}" "$ROOT/hack/vm/run.sh" --share "$SHARE" --quiet --log "$RUN/serial.log" \
 	--timeout "${CARVE_CLUSTER_TIMEOUT:-3600}" --mem "${CARVE_CLUSTER_MEM:-4G}" \
 	--disk-size "${CARVE_CLUSTER_DISK:-16G}" --guestfwd "$APISERVER_IP:$APISERVER_PORT=$APISERVER_PORT" \
 	--hostfwd "$KUBELET_PORT=$KUBELET_PORT" \

@@ -52,23 +52,12 @@ start() { # start NAME ARGS...: run in the background, log to /share/logs/NAME.l
 alive() { kill -0 "$(cat "/run/$1.pid" 2>/dev/null)" 2>/dev/null; }
 
 # The node's root must be a mount with a parent for runc's pivot_root(2): on the initramfs
-# (rootfs) it fails with EINVAL, and runc's fallback (no_pivot: MS_MOVE + chroot) is unsafe here:
-# a container with a Bidirectional mount (carve-node's /var/lib/kubelet) gets rshared root
-# propagation, and its MS_MOVE onto / propagated back over the node's own root (seen: the node
-# lost /proc, "open /proc/thread-self/mountinfo: no such file"). So the node runs chrooted in a
-# tmpfs copy of the initramfs, as a diskless node booted with switch_root would; /dev, /proc,
-# /sys, /run, /tmp and /share are bind mounts of init's.
-if [ -z "${CARVE_NODE_ROOT:-}" ]; then
-	step "copying the node's root into a tmpfs (pivot_root needs a real mount)"
-	mkdir -p /node &&
-		mount -t tmpfs -o size=1536m,mode=0755 noderoot /node &&
-		cp -ax /. /node/ || fail "cannot copy the initramfs root into a tmpfs at /node"
-	for d in dev proc sys run tmp share; do
-		mkdir -p "/node/$d" && mount --rbind "/$d" "/node/$d" || fail "cannot bind /$d into /node"
-	done
-	step "node root: tmpfs, $(du -sxm /node | cut -f1) MiB; continuing chrooted"
-	CARVE_NODE_ROOT=1 exec chroot /node /bin/sh /share/guest.sh
-fi
+# (rootfs) it fails with EINVAL, and runc's fallback (no_pivot: MS_MOVE + chroot) is unsafe: a
+# container with a Bidirectional mount (carve-node's /var/lib/kubelet) gets rshared root
+# propagation, and its MS_MOVE onto / covered the node's own root (seen: every carve container
+# failed with "open /proc/thread-self/mountinfo: no such file"). hack/cluster.sh boots with
+# carve.tmpfsroot, so that /init switch_roots into a tmpfs first (hack/vm/init).
+[ -e /.carve-tmpfsroot ] || fail "the node's root is the initramfs: boot with carve.tmpfsroot on the kernel command line (hack/cluster.sh sets CARVE_VM_APPEND)"
 step "node setup starting (kernel $(uname -r))"
 echo "$NODE_NAME" >/proc/sys/kernel/hostname
 # No localhost line otherwise (RIGS.md 5); the node name resolves to its own address.
