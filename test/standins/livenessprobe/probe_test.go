@@ -72,3 +72,35 @@ func TestHealthzDriverDown(t *testing.T) {
 		t.Errorf("/healthz with no driver = %d %q, want 500", rec.Code, rec.Body.String())
 	}
 }
+
+// A driver that starts late (carve-csi under emulation takes tens of seconds) is healthy within
+// about a second of its socket appearing, however long the probe failed before: the connection
+// retries at most every second (issue 11's rig). With gRPC's default backoff the retry after five
+// failed seconds is 3-7 s away and the probe right after the driver came up failed.
+func TestHealthzDriverStartsLate(t *testing.T) {
+	sock := t.TempDir() + "/late.sock"
+	conn, err := dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	p := &prober{conn: conn, timeout: 200 * time.Millisecond, csiAddress: sock}
+	get := func() int {
+		rec := httptest.NewRecorder()
+		p.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
+		return rec.Code
+	}
+	for end := time.Now().Add(6 * time.Second); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
+		if code := get(); code != http.StatusInternalServerError {
+			t.Fatalf("/healthz with no driver yet = %d, want 500", code)
+		}
+	}
+	csitest.ServeAt(t, &csitest.Identity{}, sock)
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	for get() != http.StatusOK {
+		if time.Now().After(deadline) {
+			t.Fatal("/healthz still failing 1.5 s after the driver started serving")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
