@@ -9,11 +9,13 @@ ARG VERSION=dev
 RUN CGO_ENABLED=0 go build -ldflags "-s -w -X main.version=${VERSION}" -o /carve-csi ./cmd/carve-csi
 
 FROM debian:bookworm-slim
-# The package list is deploy/image/packages.txt, shared with hack/image/build.sh.
-COPY deploy/image/packages.txt /tmp/packages.txt
+# The package list (deploy/image/packages.txt) and what is removed again (deploy/image/prune.sh)
+# are shared with hack/image/build.sh, so the two images cannot drift.
+COPY deploy/image/packages.txt deploy/image/prune.sh /tmp/
 RUN apt-get update \
  && apt-get install -y --no-install-recommends $(sed 's/#.*//' /tmp/packages.txt) \
- && rm -rf /var/lib/apt/lists/* /tmp/packages.txt
+ && sh /tmp/prune.sh / \
+ && rm -f /tmp/packages.txt /tmp/prune.sh
 # No udev and no metadata backups inside the container; see the file for why.
 COPY deploy/image/lvm.conf /etc/lvm/lvm.conf
 COPY --from=build /carve-csi /usr/local/bin/carve-csi

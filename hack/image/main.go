@@ -8,7 +8,9 @@
 // pack writes an OCI image layout (one linux/amd64 image, its index entry annotated with REF
 // both as org.opencontainers.image.ref.name and io.containerd.image.name) and tars it into FILE:
 // what `ctr images import` and `skopeo inspect oci-archive:` read. Layers are used as given
-// (gzip-compressed when the file is gzip, compressed here otherwise).
+// (gzip-compressed when the file is gzip), or compressed here with zstd when the file is a plain
+// tar: on the emulated test node, `ctr images import` spent 3/4 of its time decompressing gzip,
+// and zstd decompresses 2-3 times faster (containerd reads both).
 //
 // verify reads an unpacked archive back: exactly one image, named REF, every digest, size and
 // diff ID checked (validate.Image), the config's entrypoint and cmd as expected, and each PATH
@@ -27,6 +29,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/google/go-containerregistry/pkg/compression"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
@@ -130,7 +133,7 @@ func buildImage(spec imageSpec) (v1.Image, error) {
 		return nil, err
 	}
 	for _, f := range spec.Layers {
-		l, err := tarball.LayerFromFile(f, tarball.WithMediaType(types.OCILayer))
+		l, err := layerFromFile(f)
 		if err != nil {
 			return nil, fmt.Errorf("layer %s: %w", f, err)
 		}
@@ -233,7 +236,11 @@ func verify(dir string, want imageSpec, files []string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := validate.Image(img); err != nil {
+	// validate's layer check reads layers through gzip only; the zstd layers are digested here.
+	if err := validate.Image(img, validate.Fast); err != nil {
+		return "", fmt.Errorf("image does not validate: %w", err)
+	}
+	if err := checkLayerDigests(img); err != nil {
 		return "", fmt.Errorf("image does not validate: %w", err)
 	}
 	cfg, err := img.ConfigFile()
@@ -350,4 +357,78 @@ func resolveParent(tree map[string]entry, p string) (string, bool) {
 		return path.Join(append([]string{target}, parts[i:]...)...), true
 	}
 	return "", false
+}
+
+// layerFromFile: a gzip file as it is (OCI gzip layer), a plain tar compressed with zstd (OCI
+// zstd layer).
+func layerFromFile(f string) (v1.Layer, error) {
+	gz, err := isGzip(f)
+	if err != nil {
+		return nil, err
+	}
+	if gz {
+		return tarball.LayerFromFile(f, tarball.WithMediaType(types.OCILayer))
+	}
+	return tarball.LayerFromFile(f, tarball.WithCompression(compression.ZStd), tarball.WithMediaType(types.OCILayerZStd))
+}
+
+func isGzip(f string) (bool, error) {
+	fh, err := os.Open(f)
+	if err != nil {
+		return false, err
+	}
+	defer fh.Close()
+	magic := make([]byte, 2)
+	if _, err := io.ReadFull(fh, magic); err != nil {
+		return false, fmt.Errorf("layer %s: %w", f, err)
+	}
+	return magic[0] == 0x1f && magic[1] == 0x8b, nil
+}
+
+// checkLayerDigests: each layer's compressed bytes hash to its digest and size, and its
+// uncompressed bytes (gzip or zstd, ggcr picks by the bytes) to its diff ID.
+func checkLayerDigests(img v1.Image) error {
+	layers, err := img.Layers()
+	if err != nil {
+		return err
+	}
+	for i, l := range layers {
+		want, err := l.Digest()
+		if err != nil {
+			return err
+		}
+		rc, err := l.Compressed()
+		if err != nil {
+			return fmt.Errorf("layer %d: %w", i, err)
+		}
+		got, n, err := v1.SHA256(rc)
+		rc.Close()
+		if err != nil {
+			return fmt.Errorf("layer %d: %w", i, err)
+		}
+		size, err := l.Size()
+		if err != nil {
+			return err
+		}
+		if got != want || n != size {
+			return fmt.Errorf("layer %d: compressed bytes hash to %s (%d bytes), manifest says %s (%d bytes)", i, got, n, want, size)
+		}
+		wantDiff, err := l.DiffID()
+		if err != nil {
+			return err
+		}
+		urc, err := l.Uncompressed()
+		if err != nil {
+			return fmt.Errorf("layer %d: %w", i, err)
+		}
+		gotDiff, _, err := v1.SHA256(urc)
+		urc.Close()
+		if err != nil {
+			return fmt.Errorf("layer %d: decompress: %w", i, err)
+		}
+		if gotDiff != wantDiff {
+			return fmt.Errorf("layer %d: uncompressed bytes hash to %s, config's diff ID is %s", i, gotDiff, wantDiff)
+		}
+	}
+	return nil
 }

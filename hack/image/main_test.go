@@ -2,6 +2,8 @@ package main
 
 import (
 	"archive/tar"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -148,6 +150,48 @@ func TestLookup(t *testing.T) {
 		err := lookup(tree, c.path, c.program)
 		if (c.msg == "" && err != nil) || (c.msg != "" && (err == nil || !strings.Contains(err.Error(), c.msg))) {
 			t.Errorf("lookup(%s, program=%v) = %v, want %q", c.path, c.program, err, c.msg)
+		}
+	}
+}
+
+// A plain tar layer is stored zstd-compressed (faster to import on the emulated node), a gzip
+// one as it is.
+func TestPackCompression(t *testing.T) {
+	dir := t.TempDir()
+	plain := writeLayer(t, dir)
+	gz := filepath.Join(dir, "layer.tar.gz")
+	if out, err := exec.Command("sh", "-c", "gzip -n -c "+plain+" > "+gz).CombinedOutput(); err != nil {
+		t.Fatalf("gzip: %v: %s", err, out)
+	}
+	for _, c := range []struct {
+		layer string
+		want  types.MediaType
+	}{{plain, types.OCILayerZStd}, {gz, types.OCILayer}} {
+		archive := filepath.Join(dir, "prog.tar")
+		if err := pack(imageSpec{Ref: "r.example/p:1", Layers: []string{c.layer}, Entrypoint: []string{"/bin/prog"}}, archive); err != nil {
+			t.Fatal(err)
+		}
+		idx, err := layout.ImageIndexFromPath(unpack(t, archive))
+		if err != nil {
+			t.Fatal(err)
+		}
+		im, err := idx.IndexManifest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := idx.Image(im.Manifests[0].Digest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := img.Manifest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := m.Layers[0].MediaType; got != c.want {
+			t.Errorf("%s: layer media type %s, want %s", filepath.Base(c.layer), got, c.want)
+		}
+		if _, err := verify(unpack(t, archive), imageSpec{Ref: "r.example/p:1", Entrypoint: []string{"/bin/prog"}}, []string{"/usr/bin/data"}); err != nil {
+			t.Errorf("%s: verify: %v", filepath.Base(c.layer), err)
 		}
 	}
 }
