@@ -52,6 +52,11 @@ func (i *Identity) GetPluginCapabilities(context.Context, *csi.GetPluginCapabili
 func (i *Identity) Probe(ctx context.Context, _ *csi.ProbeRequest) (*csi.ProbeResponse, error) {
 	if i.Ready != nil {
 		if err := i.Ready(ctx); err != nil {
+			if ctx.Err() != nil {
+				// The caller's deadline or cancel, not a fault of the driver: say so
+				// (Canceled, DeadlineExceeded), not FailedPrecondition "not ready".
+				return nil, status.FromContextError(ctx.Err()).Err()
+			}
 			if !onlyDegraded(err) {
 				return nil, status.Errorf(codes.FailedPrecondition, "not ready: %v", err)
 			}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -37,5 +38,24 @@ func TestProbeDegraded(t *testing.T) {
 		if c.ready && (err != nil || !resp.GetReady().GetValue()) || !c.ready && status.Code(err) != codes.FailedPrecondition {
 			t.Errorf("%s: Probe = %v, %v", c.name, resp, err)
 		}
+	}
+}
+
+// A Probe whose caller gave up (kubelet's probe timeout through the livenessprobe sidecar) ends
+// with the context's code, not FailedPrecondition "not ready" (issue 11's rig).
+func TestProbeCallerGaveUp(t *testing.T) {
+	i := &Identity{Name: "carve.csi.dev", Ready: func(ctx context.Context) error {
+		<-ctx.Done()
+		return fmt.Errorf("pool \"lvm\": vgs: %w", ctx.Err())
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := i.Probe(ctx, &csi.ProbeRequest{}); status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("Probe past its deadline = %v, want DeadlineExceeded", err)
+	}
+	ctx, cancel = context.WithCancel(context.Background())
+	cancel()
+	if _, err := i.Probe(ctx, &csi.ProbeRequest{}); status.Code(err) != codes.Canceled {
+		t.Errorf("Probe canceled = %v, want Canceled", err)
 	}
 }

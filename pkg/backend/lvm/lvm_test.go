@@ -3,6 +3,7 @@ package lvm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand"
 	"path/filepath"
 	"reflect"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 
@@ -748,5 +750,39 @@ func TestClassifyIgnoresWarningsAndOtherExitCodes(t *testing.T) {
 		if got != c.want {
 			t.Errorf("classify(%q) = %v, want %v", exec.Stderr(c.err), got, c.want)
 		}
+	}
+}
+
+// A vgs killed because the caller gave up (kubelet's probe timeout on the real-node rig, issue
+// 11) says nothing about the VG: the error carries the context's error, not ErrUnavailable.
+func TestCapacityCallerGaveUp(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		ctx  func() (context.Context, context.CancelFunc)
+		want error
+	}{
+		{"canceled", func() (context.Context, context.CancelFunc) { return context.WithCancel(context.Background()) }, context.Canceled},
+		{"deadline", func() (context.Context, context.CancelFunc) {
+			return context.WithTimeout(context.Background(), 20*time.Millisecond)
+		}, context.DeadlineExceeded},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx, cancel := c.ctx()
+			defer cancel()
+			f := &exectest.Fake{Handler: func(context.Context, []string) (exectest.Response, bool) {
+				// As exec.Host reports a child killed for its context.
+				return exectest.Response{Hook: func(ctx context.Context) error {
+					if c.want == context.Canceled {
+						cancel()
+					}
+					<-ctx.Done()
+					return fmt.Errorf("%w (signal: killed)", ctx.Err())
+				}}, true
+			}}
+			_, err := bareBackend(f, capVG).Capacity(ctx)
+			if !errors.Is(err, c.want) || errors.Is(err, backend.ErrUnavailable) {
+				t.Fatalf("Capacity = %v: want errors.Is %v and not ErrUnavailable", err, c.want)
+			}
+		})
 	}
 }

@@ -1037,3 +1037,23 @@ func TestParseAroundNotices(t *testing.T) {
 		t.Errorf("parseNamespace = %+v, %v", ns, err)
 	}
 }
+
+// An ndctl list killed because the caller gave up (a probe's timeout, issue 11) says nothing
+// about the region: the error carries context.Canceled, not ErrUnavailable.
+func TestCapacityCallerGaveUp(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	fake := &exectest.Fake{Handler: func(context.Context, []string) (exectest.Response, bool) {
+		return exectest.Response{Hook: func(ctx context.Context) error {
+			cancel()
+			return fmt.Errorf("%w (signal: killed)", ctx.Err())
+		}}, true
+	}}
+	state := t.TempDir()
+	b := &Backend{runner: fake, pool: capPool, region: "region0", regions: []string{"region0"},
+		align: map[string]int64{"region0": 16 << 20}, owner: capOwner, idx: &index{dir: state}, sys: sysfs{root: state}}
+	_, err := b.Capacity(ctx)
+	if !errors.Is(err, context.Canceled) || errors.Is(err, backend.ErrUnavailable) {
+		t.Fatalf("Capacity = %v: want errors.Is context.Canceled and not ErrUnavailable", err)
+	}
+}
