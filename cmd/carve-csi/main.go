@@ -51,7 +51,18 @@ type options struct {
 	standalone                          bool
 	startupTimeout, resync              time.Duration
 	inlineCleanup                       time.Duration
+	kubeAPIQPS                          float64
+	kubeAPIBurst                        int
 }
+
+// Client-side rate limits of the Kubernetes API client, both roles. client-go's
+// own default (5/s, burst 10) made a burst of 50 CreateVolume calls wait 38 s
+// on the limiter (issue 13); these were chosen on the control-plane rig's
+// benchmark (README, "Scale"), where they leave the limiter idle.
+const (
+	defaultKubeAPIQPS   = 50
+	defaultKubeAPIBurst = 100
+)
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "version" {
@@ -96,12 +107,17 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.startupTimeout, "startup-timeout", time.Minute, "limit for reading the pools at start-up")
 	fs.DurationVar(&o.resync, "capacity-resync", time.Minute, "node mode: period of the NodeStorage refresh besides every change")
 	fs.DurationVar(&o.inlineCleanup, "inline-cleanup-period", time.Minute, "node mode: period of the sweep that removes inline volumes whose pod is gone (unmounted target, pod directory gone); 0: only at start-up")
+	fs.Float64Var(&o.kubeAPIQPS, "kube-api-qps", defaultKubeAPIQPS, "queries per second to the Kubernetes API server (client-side limit; the server's priority and fairness still applies)")
+	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", defaultKubeAPIBurst, "burst of queries to the Kubernetes API server above --kube-api-qps")
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if o.kubeAPIQPS <= 0 || o.kubeAPIBurst <= 0 {
+		return nil, fmt.Errorf("--kube-api-qps (%g) and --kube-api-burst (%d) must be positive", o.kubeAPIQPS, o.kubeAPIBurst)
 	}
 	switch o.mode {
 	case "controller":
@@ -127,14 +143,17 @@ func parseFlags(args []string) (*options, error) {
 	return o, nil
 }
 
-func kubeConfig(path string) (*rest.Config, error) {
-	if path != "" {
-		return clientcmd.BuildConfigFromFlags("", path)
-	}
-	cfg, err := rest.InClusterConfig()
-	if err != nil {
+func kubeConfig(o *options) (*rest.Config, error) {
+	var cfg *rest.Config
+	var err error
+	if o.kubeconfig != "" {
+		if cfg, err = clientcmd.BuildConfigFromFlags("", o.kubeconfig); err != nil {
+			return nil, err
+		}
+	} else if cfg, err = rest.InClusterConfig(); err != nil {
 		return nil, fmt.Errorf("no --kubeconfig and not in a cluster (%v); use --standalone to serve CSI without the Kubernetes API", err)
 	}
+	cfg.QPS, cfg.Burst = float32(o.kubeAPIQPS), o.kubeAPIBurst
 	return cfg, nil
 }
 
@@ -207,7 +226,7 @@ func runNode(ctx context.Context, o *options) error {
 	}
 	var mgr ctrl.Manager
 	if !o.standalone {
-		cfg, err := kubeConfig(o.kubeconfig)
+		cfg, err := kubeConfig(o)
 		if err != nil {
 			return err
 		}
@@ -244,7 +263,7 @@ func runController(ctx context.Context, o *options) error {
 	if ms != nil {
 		defer ms.Close()
 	}
-	cfg, err := kubeConfig(o.kubeconfig)
+	cfg, err := kubeConfig(o)
 	if err != nil {
 		return err
 	}
@@ -264,13 +283,17 @@ func runController(ctx context.Context, o *options) error {
 	if err := reg.Register(metrics.NewLocalVolumes(mgr.GetClient(), 0)); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	// CSI calls read LocalVolumes straight from the API server: a retried
-	// CreateVolume must see what the previous attempt wrote.
+	// CSI calls wait on the manager's LocalVolume informer and read straight
+	// from the API server where the cache could mislead them (a retried
+	// CreateVolume must see what the previous attempt wrote).
 	direct, err := client.New(cfg, client.Options{Scheme: scheme})
 	if err != nil {
 		return err
 	}
-	vols := &cluster.Volumes{Client: direct}
+	vols, err := cluster.NewVolumes(ctx, mgr.GetCache(), direct)
+	if err != nil {
+		return err
+	}
 	ids := &csi.Identity{Name: o.driverName, Version: version, Controller: true, Ready: func(ctx context.Context) error {
 		_, err := vols.List(ctx)
 		return err

@@ -104,11 +104,16 @@ func (v *Volumes) Create(ctx context.Context, req CreateRequest) (*v1alpha1.Loca
 			size = req.Range.LimitBytes
 		}
 	}
+	direct := false // read the API server: the cache showed an object that is gone
 	for {
 		lv, err := v.cached(ctx, id)
+		if direct {
+			lv, err = read(ctx, v.Client, id)
+		}
 		if err != nil {
 			return nil, err
 		}
+		direct = false
 		if lv == nil {
 			if lv, err = v.createNew(ctx, id, req, size); err != nil {
 				return nil, err
@@ -129,6 +134,7 @@ func (v *Volumes) Create(ctx context.Context, req CreateRequest) (*v1alpha1.Loca
 		}
 		ready, err := v.awaitSettled(ctx, id, lv.UID, lv.Generation, 0)
 		if errors.Is(err, errGone) {
+			direct = true
 			continue
 		}
 		if err != nil {

@@ -91,3 +91,14 @@ func (e *Events) OnUpdate(_, obj any) { e.notifyObj(obj) }
 
 // OnDelete implements toolscache.ResourceEventHandler.
 func (e *Events) OnDelete(obj any) { e.notifyObj(obj) }
+
+// NewVolumes returns Volumes for the controller: LocalVolumes written and,
+// where a cache could mislead, read with direct (the API server); waits on
+// the LocalVolume informer of c (a manager's cache, started with it).
+func NewVolumes(ctx context.Context, c cache.Cache, direct client.Client) (*Volumes, error) {
+	ev, err := WatchLocalVolumes(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	return &Volumes{Client: direct, Cache: c, Events: ev}, nil
+}
