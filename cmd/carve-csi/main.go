@@ -16,8 +16,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -33,6 +31,7 @@ import (
 	"github.com/carve-csi/carve/pkg/csi"
 	"github.com/carve-csi/carve/pkg/exec"
 	"github.com/carve-csi/carve/pkg/keylock"
+	"github.com/carve-csi/carve/pkg/kubeclient"
 	"github.com/carve-csi/carve/pkg/metrics"
 	"github.com/carve-csi/carve/pkg/mounter"
 	"github.com/carve-csi/carve/pkg/nodeagent"
@@ -54,15 +53,6 @@ type options struct {
 	kubeAPIQPS                          float64
 	kubeAPIBurst                        int
 }
-
-// Client-side rate limits of the Kubernetes API client, both roles. client-go's
-// own default (5/s, burst 10) made a burst of 50 CreateVolume calls wait 38 s
-// on the limiter (issue 13); these were chosen on the control-plane rig's
-// benchmark (README, "Scale"), where they leave the limiter idle.
-const (
-	defaultKubeAPIQPS   = 50
-	defaultKubeAPIBurst = 100
-)
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "version" {
@@ -107,8 +97,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.startupTimeout, "startup-timeout", time.Minute, "limit for reading the pools at start-up")
 	fs.DurationVar(&o.resync, "capacity-resync", time.Minute, "node mode: period of the NodeStorage refresh besides every change")
 	fs.DurationVar(&o.inlineCleanup, "inline-cleanup-period", time.Minute, "node mode: period of the sweep that removes inline volumes whose pod is gone (unmounted target, pod directory gone); 0: only at start-up")
-	fs.Float64Var(&o.kubeAPIQPS, "kube-api-qps", defaultKubeAPIQPS, "queries per second to the Kubernetes API server (client-side limit; the server's priority and fairness still applies)")
-	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", defaultKubeAPIBurst, "burst of queries to the Kubernetes API server above --kube-api-qps")
+	fs.Float64Var(&o.kubeAPIQPS, "kube-api-qps", kubeclient.DefaultQPS, "queries per second to the Kubernetes API server (client-side limit; the server's priority and fairness still applies)")
+	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", kubeclient.DefaultBurst, "burst of queries to the Kubernetes API server above --kube-api-qps")
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -141,20 +131,6 @@ func parseFlags(args []string) (*options, error) {
 		o.defaultPool = o.pools[0].Name
 	}
 	return o, nil
-}
-
-func kubeConfig(o *options) (*rest.Config, error) {
-	var cfg *rest.Config
-	var err error
-	if o.kubeconfig != "" {
-		if cfg, err = clientcmd.BuildConfigFromFlags("", o.kubeconfig); err != nil {
-			return nil, err
-		}
-	} else if cfg, err = rest.InClusterConfig(); err != nil {
-		return nil, fmt.Errorf("no --kubeconfig and not in a cluster (%v); use --standalone to serve CSI without the Kubernetes API", err)
-	}
-	cfg.QPS, cfg.Burst = float32(o.kubeAPIQPS), o.kubeAPIBurst
-	return cfg, nil
 }
 
 // startMetrics opens --metrics-address first, so that a bad address fails
@@ -226,7 +202,7 @@ func runNode(ctx context.Context, o *options) error {
 	}
 	var mgr ctrl.Manager
 	if !o.standalone {
-		cfg, err := kubeConfig(o)
+		cfg, err := kubeclient.Config(o.kubeconfig, float32(o.kubeAPIQPS), o.kubeAPIBurst)
 		if err != nil {
 			return err
 		}
@@ -263,7 +239,7 @@ func runController(ctx context.Context, o *options) error {
 	if ms != nil {
 		defer ms.Close()
 	}
-	cfg, err := kubeConfig(o)
+	cfg, err := kubeclient.Config(o.kubeconfig, float32(o.kubeAPIQPS), o.kubeAPIBurst)
 	if err != nil {
 		return err
 	}
