@@ -46,7 +46,7 @@ func TestClusterControllerAPIFaults(t *testing.T) {
 	ns := &v1alpha1.NodeStorage{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Status: v1alpha1.NodeStorageStatus{DefaultPool: "fast",
 		Pools: []v1alpha1.PoolStatus{{Name: "fast", Type: "lvm", TotalBytes: 100 * gib, FreeBytes: 100 * gib, MaxVolumeBytes: 100 * gib, Healthy: true}}}}
 	var mu sync.Mutex
-	var fault error         // returned by every read while set
+	var fault error          // returned by every read while set
 	lost := map[string]int{} // LocalVolume creates whose answer was lost, by name
 	c := fake.NewClientBuilder().WithScheme(s).WithObjects(ns, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}).
 		WithStatusSubresource(&v1alpha1.LocalVolume{}).WithInterceptorFuncs(interceptor.Funcs{
