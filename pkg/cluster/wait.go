@@ -8,6 +8,7 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/carve-csi/carve/pkg/apis/carve/v1alpha1"
@@ -73,25 +74,26 @@ func (v *Volumes) cached(ctx context.Context, id string) (*v1alpha1.LocalVolume,
 // it, it reads the API server every Poll. cond's error ends the wait.
 func (v *Volumes) await(ctx context.Context, id string, cond func(lv *v1alpha1.LocalVolume, direct bool) (verdict, error)) (*v1alpha1.LocalVolume, error) {
 	var changed <-chan struct{}
-	var tick *time.Timer
 	if v.waiting() {
 		ch, cancel := v.Events.subscribe(id)
 		defer cancel()
 		changed = ch
-		tick = time.NewTimer(v.recheck())
-	} else {
-		tick = time.NewTimer(v.poll())
 	}
-	defer tick.Stop()
 	direct := !v.waiting()
+	cacheDown := false // the cache cannot answer (not started or synced yet): poll until it can
 	for {
 		var lv *v1alpha1.LocalVolume
 		var err error
 		if direct {
 			lv, err = read(ctx, v.Client, id)
 		} else if lv, err = read(ctx, v.Cache, id); err != nil {
-			direct = true
+			if !cacheDown {
+				klog.V(2).InfoS("LocalVolume cache cannot answer yet; polling the API server until it can", "name", id, "err", err)
+			}
+			cacheDown, direct = true, true
 			continue
+		} else {
+			cacheDown = false
 		}
 		if err != nil {
 			return nil, err
@@ -106,18 +108,21 @@ func (v *Volumes) await(ctx context.Context, id string, cond func(lv *v1alpha1.L
 			direct = true
 			continue
 		}
+		// Without news for this long, read the API server once.
+		wait := v.recheck()
+		if !v.waiting() || cacheDown {
+			wait = v.poll()
+		}
 		direct = !v.waiting()
+		tick := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			tick.Stop()
 			return nil, ctx.Err()
 		case <-changed:
+			tick.Stop()
 		case <-tick.C:
-			if v.waiting() {
-				direct = true
-				tick.Reset(v.recheck())
-			} else {
-				tick.Reset(v.poll())
-			}
+			direct = true
 		}
 	}
 }

@@ -299,3 +299,24 @@ func TestBurstRefusedBeforeAnyLocalVolume(t *testing.T) {
 		t.Errorf("create on the full node after the burst: %v", err)
 	}
 }
+
+type notStarted struct{ client.Reader }
+
+func (notStarted) Get(context.Context, client.ObjectKey, client.Object, ...client.GetOption) error {
+	return errors.New("the cache is not started")
+}
+
+// CSI calls can come before the manager's cache has started: they poll the
+// API server meanwhile instead of waiting a recheck period for news.
+func TestWaitBeforeTheCacheStarts(t *testing.T) {
+	v, _, api, _, ctx := watched(t, time.Hour, nodeStorage("n1", 8*gib))
+	v.Cache, v.Recheck = notStarted{}, time.Minute
+	go agent(ctx, api, "n1", 8*gib, 20*time.Millisecond)
+	start := time.Now()
+	if _, err := v.Create(ctx, CreateRequest{Name: "pvc", Range: volume.Range{RequiredBytes: gib}}); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("create before the cache started took %v", took)
+	}
+}
