@@ -106,9 +106,12 @@ func (v *Volumes) Create(ctx context.Context, req CreateRequest) (*v1alpha1.Loca
 	}
 	direct := false // read the API server: the cache showed an object that is gone
 	for {
-		lv, err := v.cached(ctx, id)
+		var lv *v1alpha1.LocalVolume
+		var err error
 		if direct {
 			lv, err = read(ctx, v.Client, id)
+		} else {
+			lv, err = v.cached(ctx, id)
 		}
 		if err != nil {
 			return nil, err

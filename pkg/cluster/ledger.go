@@ -18,6 +18,9 @@ import (
 // the NodeStorage read already shows errs towards refusing: the scheduler
 // then tries elsewhere. Only this process's placements are known: after a
 // restart, volumes still being made are counted once their node publishes.
+// A reservation whose call gave up (its context ended) and that no retry
+// settles is held at most maxHold, so that an abandoned call cannot shrink a
+// node for good.
 type ledger struct {
 	mu      sync.Mutex
 	entries map[string]*reservation // by LocalVolume name
@@ -27,7 +30,21 @@ type ledger struct {
 type reservation struct {
 	node, pool string
 	bytes      int64
+	placed     time.Time
 	settled    time.Time // zero while the volume is being made
+}
+
+// maxHold bounds how long an unsettled reservation counts: a node acts on a
+// LocalVolume in well under a second, a provisioner retries a call that
+// timed out (60 s) sooner than this.
+const maxHold = 5 * time.Minute
+
+// counts reports whether r counts for a NodeStorage read begun at start.
+func (r *reservation) counts(start time.Time) bool {
+	if r.settled.IsZero() {
+		return start.Sub(r.placed) < maxHold
+	}
+	return !r.settled.Before(start)
 }
 
 // placement is one reading of NodeStorage, begun at start.
@@ -57,7 +74,7 @@ func (l *ledger) end(p *placement) {
 		}
 	}
 	for name, r := range l.entries {
-		if !r.settled.IsZero() && r.settled.Before(oldest) {
+		if !r.counts(oldest) {
 			delete(l.entries, name)
 		}
 	}
@@ -68,7 +85,7 @@ func (l *ledger) end(p *placement) {
 func (l *ledger) pending(p *placement, node, pool string) int64 {
 	var sum int64
 	for _, r := range l.entries {
-		if r.node == node && r.pool == pool && (r.settled.IsZero() || !r.settled.Before(p.start)) {
+		if r.node == node && r.pool == pool && r.counts(p.start) {
 			sum += r.bytes
 		}
 	}
@@ -80,7 +97,7 @@ func (l *ledger) reserve(name, node, pool string, bytes int64) {
 	if l.entries == nil {
 		l.entries = map[string]*reservation{}
 	}
-	l.entries[name] = &reservation{node: node, pool: pool, bytes: bytes}
+	l.entries[name] = &reservation{node: node, pool: pool, bytes: bytes, placed: time.Now()}
 }
 
 // settle notes that LocalVolume name no longer needs its reservation: the

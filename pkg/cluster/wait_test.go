@@ -320,3 +320,42 @@ func TestWaitBeforeTheCacheStarts(t *testing.T) {
 		t.Errorf("create before the cache started took %v", took)
 	}
 }
+
+// A reservation counts until its volume settles, for placements that read
+// NodeStorage before that, and never longer than maxHold when no call
+// settles it.
+func TestLedgerHold(t *testing.T) {
+	var l ledger
+	early := l.begin()
+	l.mu.Lock()
+	l.reserve("a", "n1", "p", gib)
+	l.mu.Unlock()
+	if got := l.pending(early, "n1", "p"); got != gib {
+		t.Fatalf("pending while being made: %d", got)
+	}
+	l.settle("a")
+	late := l.begin()
+	if got := l.pending(early, "n1", "p"); got != gib {
+		t.Errorf("settled after the read began: %d, want it counted", got)
+	}
+	if got := l.pending(late, "n1", "p"); got != 0 {
+		t.Errorf("settled before the read began: %d, want 0", got)
+	}
+	l.end(early)
+	l.end(late)
+	if len(l.entries) != 0 {
+		t.Errorf("%d reservations kept with no placement under way", len(l.entries))
+	}
+	l.mu.Lock()
+	l.reserve("abandoned", "n1", "p", gib)
+	l.entries["abandoned"].placed = time.Now().Add(-maxHold)
+	l.mu.Unlock()
+	p := l.begin()
+	if got := l.pending(p, "n1", "p"); got != 0 {
+		t.Errorf("a reservation older than maxHold still counts: %d", got)
+	}
+	l.end(p)
+	if len(l.entries) != 0 {
+		t.Errorf("an expired reservation is kept")
+	}
+}
