@@ -210,23 +210,17 @@ func TestWaitsUseTheWatch(t *testing.T) {
 func TestWaitIgnoresStaleCache(t *testing.T) {
 	v, _, api, inf, ctx := watched(t, 50*time.Millisecond, nodeStorage("n1", 8*gib))
 	id := names.VolumeID("pvc")
+	inf.mu.Lock()
 	inf.store[id] = &v1alpha1.LocalVolume{ObjectMeta: metav1.ObjectMeta{Name: id, UID: "earlier", Generation: 1},
 		Spec:   v1alpha1.LocalVolumeSpec{VolumeName: "pvc", NodeName: "n1", SizeBytes: gib},
 		Status: v1alpha1.LocalVolumeStatus{Phase: v1alpha1.PhaseFailed, Code: "ResourceExhausted", ObservedGeneration: 1}}
+	inf.mu.Unlock()
 	inf.frozen.Store(true) // the earlier object is all the cache shows for now
 	go agent(ctx, api, "n1", 8*gib, 20*time.Millisecond)
 	go func() { time.Sleep(300 * time.Millisecond); inf.frozen.Store(false) }()
-	// Create deletes what it takes for a failed attempt only through the
-	// API server (with its uid): the direct client has none, so the cached
-	// one must lead to waiting, not to returning its failure.
-	done := make(chan struct{})
-	var lv *v1alpha1.LocalVolume
-	var err error
-	go func() {
-		defer close(done)
-		lv, err = v.Create(ctx, CreateRequest{Name: "pvc", Range: volume.Range{RequiredBytes: gib}})
-	}()
-	<-done
+	// The API server has no such object: the cached failure must be
+	// confirmed there (it is not), and the new object waited for.
+	lv, err := v.Create(ctx, CreateRequest{Name: "pvc", Range: volume.Range{RequiredBytes: gib}})
 	if err != nil || lv.Status.Phase != v1alpha1.PhaseReady || lv.UID == "earlier" {
 		t.Fatalf("create with a stale cache: %+v, %v", lv, err)
 	}
