@@ -132,7 +132,8 @@ func (v *Volumes) await(ctx context.Context, id string, cond func(lv *v1alpha1.L
 // retries transient failures itself), or Ready with at least minSize bytes.
 // The uid and minGen keep a cached copy of an earlier object of the same
 // name, or of an earlier spec, from answering; a failure is confirmed with
-// the API server, since a retry may just have reset it. Errors: errGone (wrapped) when the object is gone.
+// the API server, since a retry may just have reset it. Errors: errGone
+// (wrapped) when the object is gone, the context's error when it ends.
 func (v *Volumes) awaitSettled(ctx context.Context, id string, uid types.UID, minGen, minSize int64) (*v1alpha1.LocalVolume, error) {
 	node := ""
 	lv, err := v.await(ctx, id, func(lv *v1alpha1.LocalVolume, direct bool) (verdict, error) {
