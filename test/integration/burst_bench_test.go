@@ -81,7 +81,7 @@ func BenchmarkControllerBurst(b *testing.B) {
 		}
 		arms = append(arms, &burstArm{name: "after " + l, watch: true, qps: float32(qps), burst: burst})
 	}
-	admin := startControlPlane(b, bin)
+	admin, _ := startControlPlane(b, bin)
 	crlog.SetLogger(klog.NewKlogr())
 
 	// client-go logs a throttling wait over 50 ms at V(3): capture them.
@@ -146,7 +146,7 @@ var burstNodes = []string{"node-1", "node-2", "node-3"}
 func ratio(a, b time.Duration) float64 { return float64(a) / float64(b) }
 
 // benchBin finds the rig's binaries, or skips.
-func benchBin(b *testing.B) string {
+func benchBin(b testing.TB) string {
 	bin := os.Getenv("CARVE_K8S_BIN")
 	if bin == "" && os.Getenv("CARVE_K8S_CACHE") != "" {
 		bin = filepath.Join(os.Getenv("CARVE_K8S_CACHE"), "bin")
@@ -163,8 +163,9 @@ func benchBin(b *testing.B) string {
 }
 
 // startControlPlane starts hack/k8s's cluster with carve's CRDs and the
-// simulated nodes' Node and CSINode objects; it returns the admin config.
-func startControlPlane(b *testing.B, bin string) *rest.Config {
+// simulated nodes' Node and CSINode objects; it returns the admin config and
+// the cluster folder.
+func startControlPlane(b testing.TB, bin string) (*rest.Config, string) {
 	root := k8srig.RepoRoot()
 	dir := b.TempDir()
 	sh := filepath.Join(root, "hack", "k8s", "cluster.sh")
@@ -194,7 +195,7 @@ func startControlPlane(b *testing.B, bin string) *rest.Config {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return cfg
+	return cfg, dir
 }
 
 func withLimits(cfg *rest.Config, arm *burstArm) *rest.Config {
@@ -203,31 +204,40 @@ func withLimits(cfg *rest.Config, arm *burstArm) *rest.Config {
 	return c
 }
 
-// runArm starts the node agents and the controller as arm says, runs the
-// burst and stops them again.
-func runArm(b *testing.B, admin *rest.Config, arm *burstArm, run string) {
-	ctx, cancel := context.WithCancel(context.Background())
+// armRig is a running arm: the controller service, a direct client and the
+// simulated nodes' pools.
+type armRig struct {
+	cc     *carvecsi.ClusterController
+	direct client.Client
+	pools  map[string]*backendtest.Memory
+}
+
+// startArm starts the node agents and the controller as arm says; they stop
+// at cleanup (or when ctx ends).
+func startArm(tb testing.TB, ctx context.Context, admin *rest.Config, arm *burstArm) *armRig {
+	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
+	tb.Cleanup(func() { cancel(); wg.Wait() })
 	start := func(mgr ctrl.Manager) {
 		wg.Go(func() {
 			if err := mgr.Start(ctx); err != nil {
-				b.Errorf("manager: %v", err)
+				tb.Errorf("manager: %v", err)
 			}
 		})
 	}
+	r := &armRig{pools: map[string]*backendtest.Memory{}}
 	for _, n := range burstNodes {
-		vols, err := volume.NewManager([]volume.Pool{{Name: k8srig.PoolName,
-			Backend: lvmLike{backendtest.NewMemory(k8srig.PoolName, nodePool, 4<<20)}}}, k8srig.PoolName)
+		r.pools[n] = backendtest.NewMemory(k8srig.PoolName, nodePool, 4<<20)
+		vols, err := volume.NewManager([]volume.Pool{{Name: k8srig.PoolName, Backend: lvmLike{r.pools[n]}}}, k8srig.PoolName)
 		if err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 		mgr, err := nodeagent.NewManager(withLimits(admin, arm), nodeagent.ManagerOptions{NodeName: n, Select: nodeagent.SelectByLabel, ManyPerProcess: true})
 		if err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 		if err := (&nodeagent.Agent{NodeName: n, Vols: vols, Locks: &keylock.Locks{}}).SetupWithManager(mgr); err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 		start(mgr)
 	}
@@ -237,37 +247,55 @@ func runArm(b *testing.B, admin *rest.Config, arm *burstArm, run string) {
 	cfg := withLimits(admin, arm)
 	scheme, err := nodeagent.Scheme()
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0",
 		Controller: config.Controller{SkipNameValidation: &many}})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	if err := (&cluster.Releaser{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	direct, err := client.New(cfg, client.Options{Scheme: scheme})
-	if err != nil {
-		b.Fatal(err)
+	if r.direct, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
+		tb.Fatal(err)
 	}
-	vols := &cluster.Volumes{Client: direct}
+	vols := &cluster.Volumes{Client: r.direct}
 	if arm.watch {
-		if vols, err = cluster.NewVolumes(ctx, mgr.GetCache(), direct); err != nil {
-			b.Fatal(err)
+		if vols, err = cluster.NewVolumes(ctx, mgr.GetCache(), r.direct); err != nil {
+			tb.Fatal(err)
 		}
 	}
 	start(mgr)
 	if !mgr.GetCache().WaitForCacheSync(ctx) {
-		b.Fatal("controller cache did not sync")
+		tb.Fatal("controller cache did not sync")
 	}
-	cc := &carvecsi.ClusterController{Vols: vols, Locks: &keylock.Locks{}}
-	waitNodeStorages(b, ctx, direct)
+	r.cc = &carvecsi.ClusterController{Vols: vols, Locks: &keylock.Locks{}}
+	waitNodeStorages(tb, ctx, r.direct)
+	return r
+}
 
-	caps := []*csi.VolumeCapability{{
-		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-	}}
+// burstCaps is what external-provisioner passes for an ext4 PVC.
+var burstCaps = []*csi.VolumeCapability{{
+	AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
+	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+}}
+
+// burstCreate is external-provisioner's CreateVolume for volume i of a
+// late-bound PVC whose pod went to one of the nodes (strict topology).
+func burstCreate(name string, i int) *csi.CreateVolumeRequest {
+	seg := []*csi.Topology{{Segments: map[string]string{k8srig.TopologyKey: burstNodes[i%len(burstNodes)]}}}
+	return &csi.CreateVolumeRequest{Name: name, CapacityRange: &csi.CapacityRange{RequiredBytes: burstSize}, VolumeCapabilities: burstCaps,
+		Parameters:                map[string]string{carvecsi.ParamPool: k8srig.PoolName},
+		AccessibilityRequirements: &csi.TopologyRequirement{Requisite: seg, Preferred: seg}}
+}
+
+// runArm runs the burst on a fresh arm and stops it again.
+func runArm(b *testing.B, admin *rest.Config, arm *burstArm, run string) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r := startArm(b, ctx, admin, arm)
+	cc, direct := r.cc, r.direct
 	ids := make([]string, burstVolumes)
 	burst := func(what string, call func(i int) error) (wall, median time.Duration) {
 		took := make([]time.Duration, burstVolumes)
@@ -293,14 +321,9 @@ func runArm(b *testing.B, admin *rest.Config, arm *burstArm, run string) {
 		return wall, took[len(took)/2]
 	}
 	arm.createWall, arm.createMed = burst("CreateVolume", func(i int) error {
-		node := burstNodes[i%len(burstNodes)]
-		seg := []*csi.Topology{{Segments: map[string]string{k8srig.TopologyKey: node}}}
 		cctx, ccancel := context.WithTimeout(ctx, 60*time.Second)
 		defer ccancel()
-		resp, err := cc.CreateVolume(cctx, &csi.CreateVolumeRequest{Name: fmt.Sprintf("pvc-burst-%s-%s-%d", strings.ReplaceAll(arm.name, "/", "-"), run, i),
-			CapacityRange: &csi.CapacityRange{RequiredBytes: burstSize}, VolumeCapabilities: caps,
-			Parameters:                map[string]string{carvecsi.ParamPool: k8srig.PoolName},
-			AccessibilityRequirements: &csi.TopologyRequirement{Requisite: seg, Preferred: seg}})
+		resp, err := cc.CreateVolume(cctx, burstCreate(fmt.Sprintf("pvc-burst-%s-%s-%d", strings.ReplaceAll(arm.name, "/", "-"), run, i), i))
 		if err == nil {
 			ids[i] = resp.GetVolume().GetVolumeId()
 		}
@@ -319,7 +342,7 @@ func runArm(b *testing.B, admin *rest.Config, arm *burstArm, run string) {
 }
 
 // waitNodeStorages waits until every simulated node has published.
-func waitNodeStorages(b *testing.B, ctx context.Context, c client.Client) {
+func waitNodeStorages(tb testing.TB, ctx context.Context, c client.Client) {
 	deadline := time.Now().Add(k8srig.WaitLong)
 	for {
 		var list v1alpha1.NodeStorageList
@@ -328,7 +351,7 @@ func waitNodeStorages(b *testing.B, ctx context.Context, c client.Client) {
 			return
 		}
 		if time.Now().After(deadline) {
-			b.Fatalf("the node agents published no NodeStorage within %v", k8srig.WaitLong)
+			tb.Fatalf("the node agents published no NodeStorage within %v", k8srig.WaitLong)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
