@@ -65,6 +65,12 @@ test-cluster:
 
 bench:
 	$(GO) test -run XXX -bench . -benchtime 1x ./pkg/backend/lvm/ ./test/bench/
+	$(MAKE) bench-controller
+
+# The controller under a burst on a real API server (README, "Scale"): about 90 s.
+.PHONY: bench-controller
+bench-controller:
+	$(GO) test -run XXX -bench ControllerBurst -benchtime 1x -timeout 15m ./test/integration/
 
 # Every fuzz target for FUZZTIME each (hack/fuzz.sh); fuzz-short is the quick pass make test runs.
 FUZZTIME ?= 30s

@@ -15,8 +15,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -30,6 +28,7 @@ import (
 	"github.com/carve-csi/carve/pkg/csi"
 	"github.com/carve-csi/carve/pkg/exec"
 	"github.com/carve-csi/carve/pkg/keylock"
+	"github.com/carve-csi/carve/pkg/kubeclient"
 	"github.com/carve-csi/carve/pkg/metrics"
 	"github.com/carve-csi/carve/pkg/mounter"
 	"github.com/carve-csi/carve/pkg/nodeagent"
@@ -48,6 +47,8 @@ type options struct {
 	standalone                          bool
 	startupTimeout, resync              time.Duration
 	inlineCleanup                       time.Duration
+	kubeAPIQPS                          float64
+	kubeAPIBurst                        int
 }
 
 func main() {
@@ -93,12 +94,17 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.startupTimeout, "startup-timeout", time.Minute, "limit for reading the pools at start-up")
 	fs.DurationVar(&o.resync, "capacity-resync", time.Minute, "node mode: period of the NodeStorage refresh besides every change")
 	fs.DurationVar(&o.inlineCleanup, "inline-cleanup-period", time.Minute, "node mode: period of the sweep that removes inline volumes whose pod is gone (unmounted target, pod directory gone); 0: only at start-up")
+	fs.Float64Var(&o.kubeAPIQPS, "kube-api-qps", kubeclient.DefaultQPS, "queries per second to the Kubernetes API server (client-side limit; the server's priority and fairness still applies)")
+	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", kubeclient.DefaultBurst, "burst of queries to the Kubernetes API server above --kube-api-qps")
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if o.kubeAPIQPS <= 0 || o.kubeAPIBurst <= 0 {
+		return nil, fmt.Errorf("--kube-api-qps (%g) and --kube-api-burst (%d) must be positive", o.kubeAPIQPS, o.kubeAPIBurst)
 	}
 	switch o.mode {
 	case "controller":
@@ -122,17 +128,6 @@ func parseFlags(args []string) (*options, error) {
 		o.defaultPool = o.pools[0].Name
 	}
 	return o, nil
-}
-
-func kubeConfig(path string) (*rest.Config, error) {
-	if path != "" {
-		return clientcmd.BuildConfigFromFlags("", path)
-	}
-	cfg, err := rest.InClusterConfig()
-	if err != nil {
-		return nil, fmt.Errorf("no --kubeconfig and not in a cluster (%v); use --standalone to serve CSI without the Kubernetes API", err)
-	}
-	return cfg, nil
 }
 
 // startMetrics opens --metrics-address first, so that a bad address fails
@@ -195,7 +190,7 @@ func runNode(ctx context.Context, o *options) error {
 	}
 	var mgr ctrl.Manager
 	if !o.standalone {
-		cfg, err := kubeConfig(o.kubeconfig)
+		cfg, err := kubeclient.Config(o.kubeconfig, float32(o.kubeAPIQPS), o.kubeAPIBurst)
 		if err != nil {
 			return err
 		}
@@ -232,7 +227,7 @@ func runController(ctx context.Context, o *options) error {
 	if ms != nil {
 		defer ms.Close()
 	}
-	cfg, err := kubeConfig(o.kubeconfig)
+	cfg, err := kubeclient.Config(o.kubeconfig, float32(o.kubeAPIQPS), o.kubeAPIBurst)
 	if err != nil {
 		return err
 	}
@@ -252,13 +247,17 @@ func runController(ctx context.Context, o *options) error {
 	if err := reg.Register(metrics.NewLocalVolumes(mgr.GetClient(), 0)); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	// CSI calls read LocalVolumes straight from the API server: a retried
-	// CreateVolume must see what the previous attempt wrote.
+	// CSI calls wait on the manager's LocalVolume informer and read straight
+	// from the API server where the cache could mislead them (a retried
+	// CreateVolume must see what the previous attempt wrote).
 	direct, err := client.New(cfg, client.Options{Scheme: scheme})
 	if err != nil {
 		return err
 	}
-	vols := &cluster.Volumes{Client: direct}
+	vols, err := cluster.NewVolumes(ctx, mgr.GetCache(), direct)
+	if err != nil {
+		return err
+	}
 	ids := &csi.Identity{Name: o.driverName, Version: version, Controller: true, Ready: func(ctx context.Context) error {
 		_, err := vols.List(ctx)
 		return err

@@ -19,7 +19,6 @@ import (
 
 	"github.com/carve-csi/carve/pkg/apis/carve/v1alpha1"
 	"github.com/carve-csi/carve/pkg/backend"
-	"github.com/carve-csi/carve/pkg/errcode"
 	"github.com/carve-csi/carve/pkg/names"
 	"github.com/carve-csi/carve/pkg/volume"
 )
@@ -53,8 +52,21 @@ type Volumes struct {
 	// NodeStorages reads NodeStorage (nil: Client). Give it a cache only
 	// through FreshReader: see Capacity.
 	NodeStorages client.Reader
-	// Poll is how often a waiting call re-reads its LocalVolume.
+	// Cache is an informer cache that holds LocalVolumes, and Events the
+	// handler registered on that informer (WatchLocalVolumes). With both,
+	// CreateVolume, DeleteVolume and ControllerExpandVolume wait on the
+	// watch and read the API server only where a stale cache could mislead
+	// them. Without them, waits poll Client every Poll (the behaviour before
+	// issue 13; kept for fake clients and as the benchmark's baseline).
+	Cache  client.Reader
+	Events *Events
+	// Recheck bounds a wait on the watch without news before one read from
+	// the API server (DefaultRecheck if 0).
+	Recheck time.Duration
+	// Poll is how often a wait without the watch re-reads its LocalVolume.
 	Poll time.Duration
+
+	placed ledger
 }
 
 func (v *Volumes) poll() time.Duration {
@@ -78,7 +90,11 @@ type CreateRequest struct {
 }
 
 // Create places the volume and waits until its node reports it Ready or Failed.
-// A retry with the same name finds the same LocalVolume.
+// A retry with the same name finds the same LocalVolume. A placement that no
+// candidate node can hold, counting what this controller placed there and the
+// node has not yet published, is refused (ErrNoRoom) before any LocalVolume
+// is written; a LocalVolume its node fails is deleted before Create returns
+// the failure.
 func (v *Volumes) Create(ctx context.Context, req CreateRequest) (*v1alpha1.LocalVolume, error) {
 	id := names.VolumeID(req.Name)
 	size := req.Range.RequiredBytes
@@ -88,45 +104,50 @@ func (v *Volumes) Create(ctx context.Context, req CreateRequest) (*v1alpha1.Loca
 			size = req.Range.LimitBytes
 		}
 	}
+	direct := false // read the API server: the cache showed an object that is gone
 	for {
-		lv := &v1alpha1.LocalVolume{}
-		err := v.Client.Get(ctx, types.NamespacedName{Name: id}, lv)
-		switch {
-		case apierrors.IsNotFound(err):
-			node, err := v.place(ctx, req, size)
-			if err != nil {
+		var lv *v1alpha1.LocalVolume
+		var err error
+		if direct {
+			lv, err = read(ctx, v.Client, id)
+		} else {
+			lv, err = v.cached(ctx, id)
+		}
+		if err != nil {
+			return nil, err
+		}
+		direct = false
+		if lv == nil {
+			if lv, err = v.createNew(ctx, id, req, size); err != nil {
 				return nil, err
 			}
-			lv = &v1alpha1.LocalVolume{
-				ObjectMeta: metav1.ObjectMeta{Name: id, Labels: map[string]string{NodeLabel: node}},
-				Spec: v1alpha1.LocalVolumeSpec{VolumeName: req.Name, NodeName: node, Pool: req.Pool, SizeBytes: size,
-					LimitBytes: req.Range.LimitBytes, VolumeMode: req.VolumeMode, FSType: req.FSType},
+			if lv == nil {
+				continue // one of that name appeared meanwhile
 			}
-			if err := v.Client.Create(ctx, lv); err != nil && !apierrors.IsAlreadyExists(err) {
-				return nil, fmt.Errorf("create LocalVolume %s: %w", id, err)
-			}
-			klog.InfoS("LocalVolume created", "name", id, "volume", req.Name, "node", node, "pool", req.Pool, "bytes", size)
-			continue
-		case err != nil:
-			return nil, fmt.Errorf("get LocalVolume %s: %w", id, err)
-		case lv.DeletionTimestamp != nil:
+		}
+		if lv.DeletionTimestamp != nil {
 			// A failed attempt is being cleaned up; start over once it is gone.
-			if err := v.sleep(ctx); err != nil {
-				return nil, err
+			if err := v.awaitGone(ctx, id, lv.UID); err != nil {
+				return nil, fmt.Errorf("waiting for the earlier LocalVolume %s to go: %w", id, err)
 			}
 			continue
 		}
 		if err := compatible(lv, req); err != nil {
 			return nil, err
 		}
-		ready, err := v.waitSettled(ctx, id, 0)
-		if err != nil {
-			return nil, err
+		ready, err := v.awaitSettled(ctx, id, lv.UID, lv.Generation, 0)
+		if errors.Is(err, errGone) {
+			direct = true
+			continue
 		}
+		if err != nil {
+			return nil, err // still being made: its reservation stays
+		}
+		v.placed.settle(id)
 		if ready.Status.Phase == v1alpha1.PhaseFailed {
 			failure := &NodeFailure{Node: ready.Spec.NodeName, Code: ready.Status.Code, Message: ready.Status.Message}
 			// Remove the failed attempt so that a retry can place it elsewhere.
-			if err := v.Client.Delete(ctx, ready); err != nil && !apierrors.IsNotFound(err) {
+			if err := v.Client.Delete(ctx, ready, client.Preconditions{UID: &ready.UID}); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
 				klog.ErrorS(err, "Cannot remove failed LocalVolume", "name", id)
 			}
 			return nil, failure
@@ -134,6 +155,43 @@ func (v *Volumes) Create(ctx context.Context, req CreateRequest) (*v1alpha1.Loca
 		v.touch(ctx, ready.Spec.NodeName)
 		return ready, nil
 	}
+}
+
+// createNew places the volume and writes its LocalVolume. It returns the
+// object as written, or nil when one of that name exists already (the cache
+// had not shown it: a retry's earlier attempt).
+func (v *Volumes) createNew(ctx context.Context, id string, req CreateRequest, size int64) (*v1alpha1.LocalVolume, error) {
+	node, err := v.place(ctx, id, req, size)
+	if err != nil {
+		// An earlier attempt's volume, not yet in the cache, may hold the very
+		// space this placement lacks: do not refuse a retry for it.
+		if lv, gerr := read(ctx, v.Client, id); gerr == nil && lv != nil {
+			return lv, nil
+		}
+		return nil, err
+	}
+	lv := &v1alpha1.LocalVolume{
+		ObjectMeta: metav1.ObjectMeta{Name: id, Labels: map[string]string{NodeLabel: node}},
+		Spec: v1alpha1.LocalVolumeSpec{VolumeName: req.Name, NodeName: node, Pool: req.Pool, SizeBytes: size,
+			LimitBytes: req.Range.LimitBytes, VolumeMode: req.VolumeMode, FSType: req.FSType},
+	}
+	if err := v.Client.Create(ctx, lv); apierrors.IsAlreadyExists(err) {
+		v.placed.drop(id)
+		if !v.waiting() {
+			return nil, nil
+		}
+		// The cache lags: read it once from the API server.
+		existing, err := read(ctx, v.Client, id)
+		if err != nil || existing == nil {
+			return nil, err
+		}
+		return existing, nil
+	} else if err != nil {
+		v.placed.drop(id)
+		return nil, fmt.Errorf("create LocalVolume %s: %w", id, err)
+	}
+	klog.InfoS("LocalVolume created", "name", id, "volume", req.Name, "node", node, "pool", req.Pool, "bytes", size)
+	return lv, nil
 }
 
 func compatible(lv *v1alpha1.LocalVolume, req CreateRequest) error {
@@ -156,10 +214,14 @@ func compatible(lv *v1alpha1.LocalVolume, req CreateRequest) error {
 	return nil
 }
 
-// place picks the first candidate node whose pool can hold size bytes:
-// preferred nodes first, then the other requisite ones, else every node by free space.
-// A node whose Node object does not exist is never a candidate.
-func (v *Volumes) place(ctx context.Context, req CreateRequest, size int64) (string, error) {
+// place picks the first candidate node whose pool can hold size bytes besides
+// what this controller placed there that its NodeStorage may not show yet:
+// preferred nodes first, then the other requisite ones, else every node by
+// free space. A node whose Node object does not exist is never a candidate.
+// The pick is reserved for LocalVolume id until the volume settles.
+func (v *Volumes) place(ctx context.Context, id string, req CreateRequest, size int64) (string, error) {
+	pl := v.placed.begin()
+	defer v.placed.end(pl)
 	byNode, err := v.liveNodeStorages(ctx)
 	if err != nil {
 		return "", err
@@ -179,7 +241,10 @@ func (v *Volumes) place(ctx context.Context, req CreateRequest, size int64) (str
 			return fi > fj || fi == fj && candidates[i] < candidates[j]
 		})
 	}
+	v.placed.mu.Lock()
+	defer v.placed.mu.Unlock()
 	havePool := false
+	var pending int64
 	for _, n := range candidates {
 		ns, ok := byNode[n]
 		if !ok {
@@ -190,9 +255,15 @@ func (v *Volumes) place(ctx context.Context, req CreateRequest, size int64) (str
 			continue
 		}
 		havePool = true
-		if p.Healthy && p.MaxVolumeBytes >= size {
+		if !p.Healthy {
+			continue
+		}
+		held := v.placed.pending(pl, n, p.Name)
+		if need := size + held; p.MaxVolumeBytes >= need && p.FreeBytes >= need {
+			v.placed.reserve(id, n, p.Name, size)
 			return n, nil
 		}
+		pending += held
 	}
 	pool := req.Pool
 	if pool == "" {
@@ -201,7 +272,8 @@ func (v *Volumes) place(ctx context.Context, req CreateRequest, size int64) (str
 	if !havePool {
 		return "", fmt.Errorf("%w: pool %s on nodes %v", ErrNoPool, pool, candidates)
 	}
-	return "", fmt.Errorf("%w: no node among %v has %d bytes free in pool %s", ErrNoRoom, candidates, size, pool)
+	return "", fmt.Errorf("%w: no node among %v has %d bytes free in pool %s (%d bytes there are being placed by other calls)",
+		ErrNoRoom, candidates, size, pool, pending)
 }
 
 // poolOf returns the named pool (or the node's default) from a NodeStorage.
@@ -220,36 +292,6 @@ func poolOf(ns *v1alpha1.NodeStorage, name string) v1alpha1.PoolStatus {
 	return v1alpha1.PoolStatus{}
 }
 
-// waitSettled waits until the node has acted on the current spec: Failed for
-// good (the node retries transient failures itself), or
-// Ready with at least minSize bytes (the size check does not trust
-// observedGeneration alone to tell an old Ready from a new one).
-func (v *Volumes) waitSettled(ctx context.Context, id string, minSize int64) (*v1alpha1.LocalVolume, error) {
-	for {
-		lv := &v1alpha1.LocalVolume{}
-		if err := v.Client.Get(ctx, types.NamespacedName{Name: id}, lv); err != nil {
-			return nil, fmt.Errorf("get LocalVolume %s: %w", id, err)
-		}
-		if lv.Status.ObservedGeneration >= lv.Generation &&
-			(lv.Status.Phase == v1alpha1.PhaseReady && lv.Status.CurrentSizeBytes >= minSize ||
-				lv.Status.Phase == v1alpha1.PhaseFailed && errcode.PermanentName(lv.Status.Code)) {
-			return lv, nil
-		}
-		if err := v.sleep(ctx); err != nil {
-			return nil, fmt.Errorf("waiting for node %s to act on LocalVolume %s: %w", lv.Spec.NodeName, id, err)
-		}
-	}
-}
-
-func (v *Volumes) sleep(ctx context.Context) error {
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(v.poll()):
-		return nil
-	}
-}
-
 // Get returns the LocalVolume for a CSI volume id.
 func (v *Volumes) Get(ctx context.Context, id string) (*v1alpha1.LocalVolume, error) {
 	if !names.IsVolumeID(id) {
@@ -266,30 +308,34 @@ func (v *Volumes) Get(ctx context.Context, id string) (*v1alpha1.LocalVolume, er
 
 // Delete removes the LocalVolume and waits until its node has removed the device.
 func (v *Volumes) Delete(ctx context.Context, id string) error {
-	lv, err := v.Get(ctx, id)
-	if errors.Is(err, backend.ErrNotFound) {
-		return nil
+	if !names.IsVolumeID(id) {
+		return nil // never a carve volume: nothing to delete
+	}
+	lv, err := v.cached(ctx, id)
+	if err == nil && lv == nil && v.waiting() {
+		// The cache may not have seen it yet: a delete that wrongly found
+		// nothing would leak the device.
+		lv, err = read(ctx, v.Client, id)
 	}
 	if err != nil {
 		return err
 	}
+	if lv == nil {
+		v.placed.settle(id)
+		return nil
+	}
 	if lv.DeletionTimestamp == nil {
-		if err := v.Client.Delete(ctx, lv); err != nil && !apierrors.IsNotFound(err) {
+		if err := v.Client.Delete(ctx, lv, client.Preconditions{UID: &lv.UID}); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete LocalVolume %s: %w", id, err)
 		}
 		klog.InfoS("LocalVolume deleted, waiting for its node", "name", id, "node", lv.Spec.NodeName)
 	}
-	for {
-		if _, err := v.Get(ctx, id); errors.Is(err, backend.ErrNotFound) {
-			v.touch(ctx, lv.Spec.NodeName)
-			return nil
-		} else if err != nil {
-			return err
-		}
-		if err := v.sleep(ctx); err != nil {
-			return fmt.Errorf("waiting for node %s to remove volume %s: %w", lv.Spec.NodeName, id, err)
-		}
+	if err := v.awaitGone(ctx, id, lv.UID); err != nil {
+		return fmt.Errorf("waiting for node %s to remove volume %s: %w", lv.Spec.NodeName, id, err)
 	}
+	v.placed.settle(id)
+	v.touch(ctx, lv.Spec.NodeName)
+	return nil
 }
 
 // Expand raises the volume's size to at least r.RequiredBytes bytes and waits
@@ -338,7 +384,12 @@ func (v *Volumes) Expand(ctx context.Context, id string, r volume.Range) (*v1alp
 			return nil, fmt.Errorf("retry expansion of LocalVolume %s: %w", id, err)
 		}
 	}
-	settled, err := v.waitSettled(ctx, id, r.RequiredBytes)
+	// lv is as the API server answered the last read or write: the wait
+	// takes no older generation of it from the cache.
+	settled, err := v.awaitSettled(ctx, id, lv.UID, lv.Generation, r.RequiredBytes)
+	if errors.Is(err, errGone) {
+		return nil, fmt.Errorf("%w: %s was deleted during its expansion", backend.ErrNotFound, id)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -33,10 +33,16 @@ func (c *ClusterController) lock(ctx context.Context, id string) (func(), error)
 	return unlock, nil
 }
 
-// clusterStatus maps errors of the cluster layer; a node's failure keeps the node's code.
-func clusterStatus(err error) error {
+// clusterStatus maps errors of the cluster layer; a node's failure keeps the
+// node's code. An API server that cannot answer now is Unavailable, and a call
+// whose context ended is DeadlineExceeded (or Canceled) whatever the client
+// made of it (client-go's rate limiter reports a wait past the deadline
+// without the context's error): both are codes a provisioner retries.
+func clusterStatus(ctx context.Context, err error) error {
 	var nf *cluster.NodeFailure
 	switch {
+	case err == nil:
+		return nil
 	case errors.As(err, &nf):
 		code, ok := errcode.ByName(nf.Code)
 		if !ok {
@@ -47,6 +53,10 @@ func clusterStatus(err error) error {
 		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, cluster.ErrNoPool):
 		return status.Error(codes.InvalidArgument, err.Error())
+	case ctx.Err() != nil:
+		return status.Error(status.FromContextError(ctx.Err()).Code(), err.Error())
+	case cluster.APIUnavailable(err):
+		return status.Error(codes.Unavailable, err.Error())
 	}
 	return toStatus(err)
 }
@@ -102,7 +112,7 @@ func (c *ClusterController) CreateVolume(ctx context.Context, req *csi.CreateVol
 	lv, err := c.Vols.Create(ctx, cluster.CreateRequest{Name: req.GetName(), Pool: pool, Range: r,
 		Preferred: nodesOf(topo.GetPreferred()), Requisite: nodesOf(topo.GetRequisite()), VolumeMode: mode, FSType: fs})
 	if err != nil {
-		return nil, clusterStatus(err)
+		return nil, clusterStatus(ctx, err)
 	}
 	vol := clusterVolume(lv)
 	if d, ok := req.GetParameters()[ParamDAX]; ok {
@@ -121,7 +131,7 @@ func (c *ClusterController) DeleteVolume(ctx context.Context, req *csi.DeleteVol
 	}
 	defer unlock()
 	if err := c.Vols.Delete(ctx, req.GetVolumeId()); err != nil {
-		return nil, clusterStatus(err)
+		return nil, clusterStatus(ctx, err)
 	}
 	return &csi.DeleteVolumeResponse{}, nil
 }
@@ -138,7 +148,7 @@ func (c *ClusterController) ControllerExpandVolume(ctx context.Context, req *csi
 	defer unlock()
 	lv, err := c.Vols.Expand(ctx, req.GetVolumeId(), r)
 	if err != nil {
-		return nil, clusterStatus(err)
+		return nil, clusterStatus(ctx, err)
 	}
 	return &csi.ControllerExpandVolumeResponse{CapacityBytes: lv.Status.CurrentSizeBytes,
 		NodeExpansionRequired: !isBlock(req.GetVolumeCapability())}, nil
@@ -147,7 +157,7 @@ func (c *ClusterController) ControllerExpandVolume(ctx context.Context, req *csi
 func (c *ClusterController) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
 	return validateCapabilities(req, func() error {
 		_, err := c.Vols.Get(ctx, req.GetVolumeId())
-		return clusterStatus(err)
+		return clusterStatus(ctx, err)
 	})
 }
 
@@ -157,7 +167,7 @@ func (c *ClusterController) ListVolumes(ctx context.Context, req *csi.ListVolume
 	}
 	lvs, err := c.Vols.List(ctx)
 	if err != nil {
-		return nil, clusterStatus(err)
+		return nil, clusterStatus(ctx, err)
 	}
 	var out []*csi.Volume
 	for i := range lvs {
@@ -174,7 +184,7 @@ func (c *ClusterController) ControllerGetVolume(ctx context.Context, req *csi.Co
 	}
 	lv, err := c.Vols.Get(ctx, req.GetVolumeId())
 	if err != nil {
-		return nil, clusterStatus(err)
+		return nil, clusterStatus(ctx, err)
 	}
 	return &csi.ControllerGetVolumeResponse{Volume: clusterVolume(lv), Status: &csi.ControllerGetVolumeResponse_VolumeStatus{}}, nil
 }
@@ -199,7 +209,7 @@ func (c *ClusterController) GetCapacity(ctx context.Context, req *csi.GetCapacit
 	}
 	capa, err := c.Vols.Capacity(ctx, node, pool)
 	if err != nil {
-		return nil, clusterStatus(err)
+		return nil, clusterStatus(ctx, err)
 	}
 	return &csi.GetCapacityResponse{AvailableCapacity: capa.FreeBytes, MaximumVolumeSize: wrapInt64(capa.MaxVolumeBytes)}, nil
 }
@@ -218,7 +228,7 @@ func (c *ClusterController) ControllerPublishVolume(ctx context.Context, req *cs
 	}
 	lv, err := c.Vols.Get(ctx, req.GetVolumeId())
 	if err != nil {
-		return nil, clusterStatus(err)
+		return nil, clusterStatus(ctx, err)
 	}
 	if lv.Spec.NodeName != req.GetNodeId() {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s lives on node %s, not %s", lv.Name, lv.Spec.NodeName, req.GetNodeId())

@@ -11,6 +11,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/carve-csi/carve/pkg/apis/carve/v1alpha1"
@@ -44,6 +45,10 @@ type ManagerOptions struct {
 	NodeName string
 	// Select limits the LocalVolume watch (default SelectAll).
 	Select Selection
+	// ManyPerProcess lets several agents run in one process (simulated
+	// nodes in tests and benchmarks): controller-runtime otherwise refuses
+	// a second controller of the same name.
+	ManyPerProcess bool
 }
 
 // Scheme returns a scheme with core/v1 and carve's v1alpha1 types.
@@ -87,6 +92,7 @@ func NewManager(cfg *rest.Config, o ManagerOptions) (ctrl.Manager, error) {
 		Client: client.Options{
 			Cache: &client.CacheOptions{DisableFor: []client.Object{&v1alpha1.NodeStorage{}, &corev1.Node{}}},
 		},
+		Controller: config.Controller{SkipNameValidation: &o.ManyPerProcess},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("nodeagent: manager: %w", err)
