@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	crlog "sigs.k8s.io/controller-runtime/pkg/log"
@@ -212,7 +213,8 @@ func runNode(ctx context.Context, o *options) error {
 		return nil // stopped while starting: do not open the socket
 	}
 	go node.ReclaimOrphans(ctx, o.inlineCleanup)
-	ids := &csi.Identity{Name: o.driverName, Version: version, Ready: vols.Check, Controller: true}
+	// Probe answers from pool checks that outlive a probe's deadline (volume.Health).
+	ids := &csi.Identity{Name: o.driverName, Version: version, Ready: volume.NewHealth(vols.Check, clock.RealClock{}).Ready, Controller: true}
 	srv := csi.NewServer(ids, ctrlSvc, node, grpcMetrics.UnaryInterceptor)
 	klog.InfoS("carve-csi starting", "mode", o.mode, "version", version, "endpoint", o.endpoint, "driver", o.driverName,
 		"node", o.nodeID, "pools", o.pools.String(), "defaultPool", o.defaultPool, "standalone", o.standalone)
