@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"k8s.io/klog/v2"
+	utilexec "k8s.io/utils/exec"
 )
 
 // Smallest devices (bytes) that mkfs accepts for the filesystems carve makes,
@@ -65,6 +66,34 @@ func (m *Mounter) format(device, fsType string, formatOptions []string) error {
 	out, err := m.sfm.Exec.Command("mkfs."+fsType, args...).CombinedOutput()
 	if err != nil {
 		return toolError("mkfs."+fsType+" "+device, err, out)
+	}
+	return nil
+}
+
+// fsck(8) exit codes that mount-utils acts on.
+const (
+	fsckCorrected   = 1
+	fsckUncorrected = 4
+)
+
+// checkFilesystem runs `fsck -a device` on an existing filesystem before a
+// read-write mount, with mount-utils' rules (SafeFormatAndMount's
+// checkAndRepairFilesystem, which it does not export): exit 4 (errors left
+// uncorrected) is an error, anything else (corrected, fsck missing, other
+// failures) is logged and the mount goes on.
+func (m *Mounter) checkFilesystem(device string) error {
+	out, err := m.sfm.Exec.Command("fsck", "-a", device).CombinedOutput()
+	if err == nil {
+		return nil
+	}
+	var ee utilexec.ExitError
+	switch {
+	case errors.As(err, &ee) && ee.ExitStatus() == fsckUncorrected:
+		return toolError("fsck -a "+device+": errors left uncorrected", err, out)
+	case errors.As(err, &ee) && ee.ExitStatus() == fsckCorrected:
+		klog.InfoS("fsck corrected errors", "device", device)
+	default:
+		klog.InfoS("fsck failed; mounting anyway, as mount-utils does", "device", device, "err", err, "output", string(out))
 	}
 	return nil
 }

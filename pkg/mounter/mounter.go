@@ -170,9 +170,13 @@ func (m *Mounter) FormatAndMount(device, target, fsType string, options []string
 		return nil
 	}
 
-	// mount-utils only warns when the existing filesystem differs and then
-	// mounts it anyway; carve refuses, so a wrong fsType is never silently
-	// accepted (and a device with data is never handed to mkfs).
+	// carve probes once and mounts through mount-utils' plain mount, not its
+	// FormatAndMount: that one probes again with blkid and fscks the filesystem
+	// made a moment ago (two tool calls, about a third of an inline volume's
+	// publish + unpublish under emulation). mount-utils also only warns when
+	// the existing filesystem differs and then mounts it anyway; carve
+	// refuses, so a wrong fsType is never silently accepted (and a device with
+	// data is never handed to mkfs).
 	existing, err := m.sfm.GetDiskFormat(device)
 	if err != nil {
 		return oneLine("probe filesystem on "+device+" (blkid)", err)
@@ -181,7 +185,8 @@ func (m *Mounter) FormatAndMount(device, target, fsType string, options []string
 		return fmt.Errorf("%w: %s holds %q, requested %q; refusing to mount or reformat it",
 			ErrFilesystemMismatch, device, existing, fsType)
 	}
-	if existing == "" {
+	switch {
+	case existing == "":
 		// Formatted here, also for a read-only mount: a new volume (an inline
 		// one, or a PVC staged read-only first) has nothing on it to protect,
 		// and mount-utils would refuse it as "unformatted ... read-only mode".
@@ -192,10 +197,15 @@ func (m *Mounter) FormatAndMount(device, target, fsType string, options []string
 		if err := m.format(device, fsType, formatOptions); err != nil {
 			return err
 		}
+	case !readOnly:
+		// As mount-utils: an existing filesystem is checked before a
+		// read-write mount.
+		if err := m.checkFilesystem(device); err != nil {
+			return err
+		}
 	}
-	// Cloned: mount-utils appends "defaults" to the slice it is given. It finds
-	// the filesystem made above and only checks (fsck) and mounts it.
-	if err := m.sfm.FormatAndMountSensitiveWithFormatOptions(device, target, fsType, slices.Clone(options), nil, nil); err != nil {
+	// "defaults" last, as mount-utils' FormatAndMount passes it.
+	if err := m.sfm.Mount(device, target, fsType, append(slices.Clone(options), "defaults")); err != nil {
 		return oneLine(fmt.Sprintf("mount %s at %s as %s", device, target, fsType), err)
 	}
 	if dax {
