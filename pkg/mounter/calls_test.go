@@ -46,7 +46,7 @@ func (m recMount) Unmount(target string) error {
 // record makes e.m log its tool calls.
 func (e *env) record() *recorder {
 	r := &recorder{}
-	e.m.sfm = &mount.SafeFormatAndMount{Interface: recMount{e.m.sfm.Interface, r}, Exec: recExec{e.m.sfm.Exec, r}}
+	e.m = NewWith(recExec{utilexec.New(), r}, recMount{mount.New(""), r})
 	return r
 }
 

@@ -76,9 +76,15 @@ type Mounter struct {
 // New returns a Mounter that runs the host's mount, umount, blkid, mkfs.*,
 // fsck, resize2fs and xfs_growfs.
 func New() *Mounter {
-	e := utilexec.New()
+	return NewWith(utilexec.New(), mount.New(""))
+}
+
+// NewWith returns a Mounter that runs blkid, mkfs.*, fsck, resize2fs and
+// xfs_growfs through e and mounts and unmounts through mi (tests count the
+// tools a CSI call runs this way).
+func NewWith(e utilexec.Interface, mi mount.Interface) *Mounter {
 	return &Mounter{
-		sfm:      &mount.SafeFormatAndMount{Interface: mount.New(""), Exec: e},
+		sfm:      &mount.SafeFormatAndMount{Interface: mi, Exec: e},
 		resizer:  mount.NewResizeFs(e),
 		procInfo: "/proc/self/mountinfo",
 		sysBlock: "/sys/dev/block",
