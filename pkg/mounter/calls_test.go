@@ -2,10 +2,13 @@ package mounter
 
 import (
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 
 	mount "k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
+	testingexec "k8s.io/utils/exec/testing"
 )
 
 // recorder logs the tools a Mounter runs: blkid, mkfs, fsck through the exec
@@ -100,6 +103,70 @@ func TestFormatAndMountToolCalls(t *testing.T) {
 			if err := e.m.Unmount(target); err != nil {
 				t.Fatal(err)
 			}
+		})
+	}
+}
+
+// fakeTool answers one command of a FakeExec with output and an exit status
+// (0: success; -1: the tool is not installed).
+func fakeTool(out string, status int) testingexec.FakeCommandAction {
+	return func(cmd string, args ...string) utilexec.Cmd {
+		c := &testingexec.FakeCmd{CombinedOutputScript: []testingexec.FakeAction{func() ([]byte, []byte, error) {
+			switch status {
+			case 0:
+				return []byte(out), nil, nil
+			case -1:
+				return nil, nil, utilexec.ErrExecutableNotFound
+			}
+			return []byte(out), nil, testingexec.FakeExitError{Status: status}
+		}}}
+		return testingexec.InitFakeCmd(c, cmd, args...)
+	}
+}
+
+// The fsck before a read-write mount of an existing filesystem keeps
+// mount-utils' rules now that carve runs it: errors left uncorrected (exit 4,
+// e2fsck's words) refuse the mount; corrected errors, other failures and a
+// missing fsck let it go on.
+func TestFormatAndMountFsckRules(t *testing.T) {
+	e := newEnv(t)
+	dev := e.loop(64 << 20)
+	// Recorded: `fsck -a` (util-linux 2.38.1, e2fsprogs 1.47.0) of an ext4
+	// image whose root inode was cleared (debugfs -w -R "clri <2>", "ssv state 2"); exit 4.
+	const uncorrected = "fsck from util-linux 2.38.1\n/tmp/fsckimg contains a file system with errors, check forced.\n" +
+		"/tmp/fsckimg: Root inode is not a directory.  \n\n" +
+		"/tmp/fsckimg: UNEXPECTED INCONSISTENCY; RUN fsck MANUALLY.\n\t(i.e., without -a or -p options)\n"
+	for _, tc := range []struct {
+		name    string
+		out     string
+		status  int
+		mounted bool
+	}{
+		{"clean", "fsck from util-linux 2.38.1\n/tmp/fsckimg: clean, 11/16384 files, 9513/65536 blocks\n", 0, true},
+		{"corrected", "fsck from util-linux 2.38.1\n/tmp/fsckimg: recovering journal\n", 1, true},
+		{"uncorrected", uncorrected, 4, false},
+		{"fsck failed otherwise", "fsck: fsck.ext4: not found\n", 8, true},
+		{"no fsck", "", -1, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &recorder{}
+			fe := &testingexec.FakeExec{CommandScript: []testingexec.FakeCommandAction{
+				fakeTool("DEVNAME="+dev+"\nTYPE=ext4\n", 0), fakeTool(tc.out, tc.status),
+			}}
+			// The mount itself is recorded, not done: the device holds no filesystem.
+			m := NewWith(recExec{fe, r}, recMount{mount.NewFakeMounter(nil), r})
+			err := m.FormatAndMount(dev, e.path(tc.name), FSTypeExt4, nil)
+			if tc.mounted {
+				if err != nil {
+					t.Fatalf("FormatAndMount: %v", err)
+				}
+				r.want(t, "mount after fsck exit "+strconv.Itoa(tc.status), "blkid", "fsck", "mount")
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), "contains a file system with errors") || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("FormatAndMount after fsck exit 4: %v; want a one-line error quoting fsck", err)
+			}
+			r.want(t, "refused mount", "blkid", "fsck")
 		})
 	}
 }

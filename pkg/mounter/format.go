@@ -149,9 +149,9 @@ var (
 	// versionBanner is the first line e2fsprogs tools print: "mke2fs 1.47.0 (5-Feb-2023)".
 	versionBanner = regexp.MustCompile(`^\S+ [0-9]+\.[0-9]+(\.[0-9]+)* \([^)]*\)$`)
 	// noise are lines that never say why: usage text, mount(8)'s pointer to
-	// dmesg, mount-utils' echo of the command.
+	// dmesg, mount-utils' echo of the command, util-linux fsck's banner.
 	noise = []string{"usage:", "dmesg(1) may have more information", "mounting command:", "mounting arguments:",
-		"unmounting arguments:", "/*", "discarding device blocks"}
+		"unmounting arguments:", "/*", "discarding device blocks", "fsck from util-linux"}
 )
 
 // causeLine picks the first line of a tool's output that says why it failed,
