@@ -119,6 +119,8 @@ func MountOptions(readOnly bool, flags []string) []string {
 // ext4) if blkid finds nothing on it. options are passed to mount(8); "ro"
 // among them mounts read-only, after formatting a blank device. It never
 // reformats: an existing filesystem of another type is ErrFilesystemMismatch;
+// an existing one of fsType gets `fsck -a` before a read-write mount, with
+// mount-utils' rules (checkFilesystem);
 // a blank device below MinSizeBytes(fsType) is ErrDeviceTooSmall. Errors are
 // one line; a tool's whole output is logged at --v=4.
 //
@@ -178,8 +180,8 @@ func (m *Mounter) FormatAndMount(device, target, fsType string, options []string
 
 	// carve probes once and mounts through mount-utils' plain mount, not its
 	// FormatAndMount: that one probes again with blkid and fscks the filesystem
-	// made a moment ago (two tool calls, about a third of an inline volume's
-	// publish + unpublish under emulation). mount-utils also only warns when
+	// made a moment ago (two processes per mount, each slow under emulation:
+	// issue 13). mount-utils also only warns when
 	// the existing filesystem differs and then mounts it anyway; carve
 	// refuses, so a wrong fsType is never silently accepted (and a device with
 	// data is never handed to mkfs).
