@@ -124,6 +124,15 @@ type lvmAnswers struct {
 
 func (a *lvmAnswers) runner(t *testing.T) *exectest.Fake {
 	newOut := captured(t, "new", 0)
+	t.Cleanup(func() {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		for sub, q := range a.queue {
+			if len(q) > 0 {
+				t.Errorf("%d answers for lvm %s queued but never asked for", len(q), sub)
+			}
+		}
+	})
 	return &exectest.Fake{Handler: func(ctx context.Context, argv []string) (exectest.Response, bool) {
 		if argv[1] == "vgs" {
 			return exectest.Response{Stdout: newOut}, true
