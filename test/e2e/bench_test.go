@@ -31,6 +31,9 @@ const benchRounds = 30
 // e2e environment (test/e2e/run-vm.sh).
 func BenchmarkInlineNodePath(b *testing.B) {
 	if skipReason != "" {
+		if os.Getenv("CARVE_E2E_REQUIRE") == "1" {
+			b.Fatalf("CARVE_E2E_REQUIRE=1 but the benchmark cannot run: %s", skipReason)
+		}
 		b.Skip(skipReason)
 	}
 	rounds := benchRounds
