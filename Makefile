@@ -72,6 +72,12 @@ bench:
 bench-controller:
 	$(GO) test -run XXX -bench ControllerBurst -benchtime 1x -timeout 15m ./test/integration/
 
+# The node path in the QEMU VM (README, "Scale"): an inline volume's publish + unpublish
+# against the same tools run bare, ext4 and xfs, as ratios. Boots the VM rig.
+.PHONY: bench-nodepath
+bench-nodepath:
+	test/e2e/run-vm.sh -- -test.run XXX -test.bench InlineNodePath -test.benchtime 1x
+
 # Every fuzz target for FUZZTIME each (hack/fuzz.sh); fuzz-short is the quick pass make test runs.
 FUZZTIME ?= 30s
 fuzz:

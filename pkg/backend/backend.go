@@ -98,6 +98,16 @@ type Backend interface {
 	Activate(ctx context.Context, id string) (string, error)
 }
 
+// InlineRemover is implemented by backends that can check and remove an
+// inline volume in one tool call (LVM: lvremove with a tag selection).
+type InlineRemover interface {
+	// DeleteInline removes volume id only if it is carve's inline volume of
+	// CSI name published at target, and reports whether it removed it. false
+	// with a nil error means nothing matched (gone, another target, not an
+	// inline volume, not carve's): the caller reads the volume to tell which.
+	DeleteInline(ctx context.Context, id, name, target string) (bool, error)
+}
+
 // FixedSize is implemented by backends whose volumes can never grow (PMEM
 // namespaces); their Expand fails with ErrNotExpandable beyond the current size.
 type FixedSize interface {

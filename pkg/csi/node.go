@@ -406,25 +406,51 @@ func (n *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVo
 		return nil, toStatus(fmt.Errorf("unpublish volume %s: %w", req.GetVolumeId(), err))
 	}
 	if inline {
-		v, err := n.Vols.Find(ctx, lockID)
-		switch {
-		case errors.Is(err, backend.ErrNotFound):
-		case err != nil:
-			return nil, toStatus(err)
-		case v.Ephemeral && v.Name == req.GetVolumeId() && v.TargetPath != "" && filepath.Clean(v.TargetPath) != filepath.Clean(req.GetTargetPath()):
-			// Another target holds this inline volume (a retried or stray call): unmounting
-			// this one was all there was to do; the volume goes with its own target.
-			klog.InfoS("Inline volume kept: it belongs to another target", "volumeID", req.GetVolumeId(), "device", v.ID, "target", v.TargetPath, "unpublished", req.GetTargetPath())
-		case v.Ephemeral && v.Name == req.GetVolumeId():
-			if err := n.Vols.Delete(ctx, v.ID); err != nil {
-				return nil, toStatus(fmt.Errorf("delete inline volume %s: %w", req.GetVolumeId(), err))
-			}
-			n.failed.Delete(v.ID)
-			n.changed()
-			klog.InfoS("Inline volume removed", "volumeID", req.GetVolumeId(), "device", v.ID)
+		if err := n.deleteUnpublishedInline(ctx, lockID, req); err != nil {
+			return nil, err
 		}
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// deleteUnpublishedInline removes the inline volume id that req unpublished,
+// if it is carve's inline volume of that name and target. The common case is
+// one removal call whose selection makes those checks (Manager.DeleteInline);
+// only when it matched nothing is the volume read to tell why: gone (a
+// retry), held by another target, not an inline volume, or not carve's.
+func (n *Node) deleteUnpublishedInline(ctx context.Context, id string, req *csi.NodeUnpublishVolumeRequest) error {
+	done, err := n.Vols.DeleteInline(ctx, id, req.GetVolumeId(), req.GetTargetPath())
+	if err != nil {
+		return toStatus(fmt.Errorf("delete inline volume %s: %w", req.GetVolumeId(), err))
+	}
+	if done {
+		n.inlineRemoved(req.GetVolumeId(), id)
+		return nil
+	}
+	v, err := n.Vols.Find(ctx, id)
+	switch {
+	case errors.Is(err, backend.ErrNotFound):
+	case err != nil:
+		return toStatus(err)
+	case v.Ephemeral && v.Name == req.GetVolumeId() && v.TargetPath != "" && filepath.Clean(v.TargetPath) != filepath.Clean(req.GetTargetPath()):
+		// Another target holds this inline volume (a retried or stray call): unmounting
+		// this one was all there was to do; the volume goes with its own target.
+		klog.InfoS("Inline volume kept: it belongs to another target", "volumeID", req.GetVolumeId(), "device", v.ID, "target", v.TargetPath, "unpublished", req.GetTargetPath())
+	case v.Ephemeral && v.Name == req.GetVolumeId():
+		// Its target differs from req's only in spelling, or it has none
+		// (backends without InlineRemover land here on every call).
+		if err := n.Vols.Delete(ctx, v.ID); err != nil {
+			return toStatus(fmt.Errorf("delete inline volume %s: %w", req.GetVolumeId(), err))
+		}
+		n.inlineRemoved(req.GetVolumeId(), v.ID)
+	}
+	return nil
+}
+
+func (n *Node) inlineRemoved(volumeID, id string) {
+	n.failed.Delete(id)
+	n.changed()
+	klog.InfoS("Inline volume removed", "volumeID", volumeID, "device", id)
 }
 
 func (n *Node) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"k8s.io/klog/v2"
+	utilexec "k8s.io/utils/exec"
 )
 
 // Smallest devices (bytes) that mkfs accepts for the filesystems carve makes,
@@ -69,6 +70,34 @@ func (m *Mounter) format(device, fsType string, formatOptions []string) error {
 	return nil
 }
 
+// fsck(8) exit codes that mount-utils acts on.
+const (
+	fsckCorrected   = 1
+	fsckUncorrected = 4
+)
+
+// checkFilesystem runs `fsck -a device` on an existing filesystem before a
+// read-write mount, with mount-utils' rules (SafeFormatAndMount's
+// checkAndRepairFilesystem, which it does not export): exit 4 (errors left
+// uncorrected) is an error, anything else (corrected, fsck missing, other
+// failures) is logged and the mount goes on.
+func (m *Mounter) checkFilesystem(device string) error {
+	out, err := m.sfm.Exec.Command("fsck", "-a", device).CombinedOutput()
+	if err == nil {
+		return nil
+	}
+	var ee utilexec.ExitError
+	switch {
+	case errors.As(err, &ee) && ee.ExitStatus() == fsckUncorrected:
+		return toolError("fsck -a "+device+": errors left uncorrected", err, out)
+	case errors.As(err, &ee) && ee.ExitStatus() == fsckCorrected:
+		klog.InfoS("fsck corrected errors", "device", device)
+	default:
+		klog.InfoS("fsck failed; mounting anyway, as mount-utils does", "device", device, "err", err, "output", string(out))
+	}
+	return nil
+}
+
 // deviceSize is the size of a block device in bytes (its end, by seeking).
 func deviceSize(device string) (int64, error) {
 	f, err := os.Open(device)
@@ -120,9 +149,9 @@ var (
 	// versionBanner is the first line e2fsprogs tools print: "mke2fs 1.47.0 (5-Feb-2023)".
 	versionBanner = regexp.MustCompile(`^\S+ [0-9]+\.[0-9]+(\.[0-9]+)* \([^)]*\)$`)
 	// noise are lines that never say why: usage text, mount(8)'s pointer to
-	// dmesg, mount-utils' echo of the command.
+	// dmesg, mount-utils' echo of the command, util-linux fsck's banner.
 	noise = []string{"usage:", "dmesg(1) may have more information", "mounting command:", "mounting arguments:",
-		"unmounting arguments:", "/*", "discarding device blocks"}
+		"unmounting arguments:", "/*", "discarding device blocks", "fsck from util-linux"}
 )
 
 // causeLine picks the first line of a tool's output that says why it failed,

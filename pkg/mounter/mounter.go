@@ -76,9 +76,15 @@ type Mounter struct {
 // New returns a Mounter that runs the host's mount, umount, blkid, mkfs.*,
 // fsck, resize2fs and xfs_growfs.
 func New() *Mounter {
-	e := utilexec.New()
+	return NewWith(utilexec.New(), mount.New(""))
+}
+
+// NewWith returns a Mounter that runs blkid, mkfs.*, fsck, resize2fs and
+// xfs_growfs through e and mounts and unmounts through mi (tests count the
+// tools a CSI call runs this way).
+func NewWith(e utilexec.Interface, mi mount.Interface) *Mounter {
 	return &Mounter{
-		sfm:      &mount.SafeFormatAndMount{Interface: mount.New(""), Exec: e},
+		sfm:      &mount.SafeFormatAndMount{Interface: mi, Exec: e},
 		resizer:  mount.NewResizeFs(e),
 		procInfo: "/proc/self/mountinfo",
 		sysBlock: "/sys/dev/block",
@@ -113,6 +119,8 @@ func MountOptions(readOnly bool, flags []string) []string {
 // ext4) if blkid finds nothing on it. options are passed to mount(8); "ro"
 // among them mounts read-only, after formatting a blank device. It never
 // reformats: an existing filesystem of another type is ErrFilesystemMismatch;
+// an existing one of fsType gets `fsck -a` before a read-write mount, with
+// mount-utils' rules (checkFilesystem);
 // a blank device below MinSizeBytes(fsType) is ErrDeviceTooSmall. Errors are
 // one line; a tool's whole output is logged at --v=4.
 //
@@ -170,9 +178,13 @@ func (m *Mounter) FormatAndMount(device, target, fsType string, options []string
 		return nil
 	}
 
-	// mount-utils only warns when the existing filesystem differs and then
-	// mounts it anyway; carve refuses, so a wrong fsType is never silently
-	// accepted (and a device with data is never handed to mkfs).
+	// carve probes once and mounts through mount-utils' plain mount, not its
+	// FormatAndMount: that one probes again with blkid and fscks the filesystem
+	// made a moment ago (two processes per mount, each slow under emulation:
+	// issue 13). mount-utils also only warns when
+	// the existing filesystem differs and then mounts it anyway; carve
+	// refuses, so a wrong fsType is never silently accepted (and a device with
+	// data is never handed to mkfs).
 	existing, err := m.sfm.GetDiskFormat(device)
 	if err != nil {
 		return oneLine("probe filesystem on "+device+" (blkid)", err)
@@ -181,7 +193,8 @@ func (m *Mounter) FormatAndMount(device, target, fsType string, options []string
 		return fmt.Errorf("%w: %s holds %q, requested %q; refusing to mount or reformat it",
 			ErrFilesystemMismatch, device, existing, fsType)
 	}
-	if existing == "" {
+	switch {
+	case existing == "":
 		// Formatted here, also for a read-only mount: a new volume (an inline
 		// one, or a PVC staged read-only first) has nothing on it to protect,
 		// and mount-utils would refuse it as "unformatted ... read-only mode".
@@ -192,10 +205,15 @@ func (m *Mounter) FormatAndMount(device, target, fsType string, options []string
 		if err := m.format(device, fsType, formatOptions); err != nil {
 			return err
 		}
+	case !readOnly:
+		// As mount-utils: an existing filesystem is checked before a
+		// read-write mount.
+		if err := m.checkFilesystem(device); err != nil {
+			return err
+		}
 	}
-	// Cloned: mount-utils appends "defaults" to the slice it is given. It finds
-	// the filesystem made above and only checks (fsck) and mounts it.
-	if err := m.sfm.FormatAndMountSensitiveWithFormatOptions(device, target, fsType, slices.Clone(options), nil, nil); err != nil {
+	// "defaults" last, as mount-utils' FormatAndMount passes it.
+	if err := m.sfm.Mount(device, target, fsType, append(slices.Clone(options), "defaults")); err != nil {
 		return oneLine(fmt.Sprintf("mount %s at %s as %s", device, target, fsType), err)
 	}
 	if dax {

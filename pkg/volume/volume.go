@@ -210,6 +210,32 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 	return nil
 }
 
+// DeleteInline removes the inline volume id only if it is carve's, ephemeral,
+// of CSI name and published at target, checked by each pool's backend in its
+// removal call (backend.InlineRemover; pools whose backend cannot are
+// skipped). It reports whether a pool removed it; false with a nil error
+// means none did, and the caller reads the volume (Find) to tell why.
+func (m *Manager) DeleteInline(ctx context.Context, id, name, target string) (bool, error) {
+	if !names.IsVolumeID(id) {
+		return false, nil
+	}
+	for _, p := range m.pools {
+		r, ok := p.Backend.(backend.InlineRemover)
+		if !ok {
+			continue
+		}
+		done, err := r.DeleteInline(ctx, id, name, target)
+		if err != nil {
+			return false, err
+		}
+		if done {
+			klog.InfoS("Volume deleted", "id", id, "pool", p.Name)
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // Expand grows the volume to fit r; returns the new size.
 func (m *Manager) Expand(ctx context.Context, id string, r Range) (*backend.Volume, error) {
 	v, err := m.Find(ctx, id)

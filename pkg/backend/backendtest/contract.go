@@ -32,7 +32,8 @@ type Factory func(t *testing.T) Subject
 // capacity, idempotency (a second Create of an id is backend.ErrExists and
 // leaves the volume as it was, so the caller can compare it with the
 // request), not-owned devices (never listed, touched or removed), no-space
-// (backend.ErrNoSpace, nothing left behind) and activate.
+// (backend.ErrNoSpace, nothing left behind), activate, and DeleteInline for
+// backends that implement backend.InlineRemover.
 func Run(t *testing.T, f Factory) {
 	for _, tc := range []struct {
 		name string
@@ -48,6 +49,7 @@ func Run(t *testing.T, f Factory) {
 		{"not-owned", (*suite).notOwned},
 		{"no-space", (*suite).noSpace},
 		{"activate", (*suite).activate},
+		{"inline-remove", (*suite).inlineRemove},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := &suite{Subject: f(t), ctx: context.Background()}
@@ -385,5 +387,45 @@ func (s *suite) activate(t *testing.T) {
 	}
 	if got := s.mustGet(t, v.ID); got.DevicePath != dev {
 		t.Errorf("Activate gave %q, Get says %q", dev, got.DevicePath)
+	}
+}
+
+// inlineRemove: DeleteInline removes only carve's inline volume of that name
+// and target, and reports false, touching nothing, for another target, a
+// persistent volume of that name, a foreign device and a volume already gone.
+func (s *suite) inlineRemove(t *testing.T) {
+	r, ok := s.Backend.(backend.InlineRemover)
+	if !ok {
+		t.Skipf("%T does not implement backend.InlineRemover", s.Backend)
+	}
+	const target = "/var/lib/kubelet/pods/uid/volumes/kubernetes.io~csi/scratch/mount"
+	inl := s.createVol(t, nameB, s.align, true, target)
+	pers := s.createVol(t, nameC, s.align, false, "")
+	foreign := names.VolumeID(nameA)
+	if s.AddForeign != nil {
+		s.AddForeign(t, foreign)
+	}
+	for _, c := range []struct{ what, id, name, target string }{
+		{"another target", inl.ID, nameB, target + "2"},
+		{"another name", inl.ID, nameC, target},
+		{"a persistent volume", pers.ID, nameC, target},
+		{"a foreign device", foreign, nameA, target},
+	} {
+		if done, err := r.DeleteInline(s.ctx, c.id, c.name, c.target); done || err != nil {
+			t.Errorf("DeleteInline of %s = %v, %v; want false, nil", c.what, done, err)
+		}
+	}
+	s.mustGet(t, inl.ID)
+	s.mustGet(t, pers.ID)
+	if done, err := r.DeleteInline(s.ctx, inl.ID, nameB, target); !done || err != nil {
+		t.Fatalf("DeleteInline of the inline volume at its target = %v, %v; want true, nil", done, err)
+	}
+	_, err := s.Backend.Get(s.ctx, inl.ID)
+	wantErr(t, "Get after DeleteInline", err, backend.ErrNotFound)
+	if done, err := r.DeleteInline(s.ctx, inl.ID, nameB, target); done || err != nil {
+		t.Errorf("second DeleteInline = %v, %v; want false, nil", done, err)
+	}
+	if err := s.Backend.Delete(s.ctx, pers.ID); err != nil {
+		t.Fatal(err)
 	}
 }

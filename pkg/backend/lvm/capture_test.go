@@ -340,3 +340,74 @@ func TestCaptureMissingPV(t *testing.T) {
 	step("list-missing-pv", func() error { _, err := b.List(ctx); return err })
 	step("delete-missing-pv", func() error { return b.Delete(ctx, capOnLost) })
 }
+
+// Names in the inline-removal captures.
+var (
+	capInlPersist     = "csi-persistent-name" // a persistent volume whose name looks like kubelet's
+	capInlPersistID   = names.VolumeID(capInlPersist)
+	capInlOtherTarget = "/var/lib/kubelet/pods/11111111-2222-3333-4444-555555555555/volumes/kubernetes.io~csi/scratch/mount"
+)
+
+// TestCaptureInline records DeleteInline (lvremove with the inline volume's
+// whole tag set as selection) in every case NodeUnpublishVolume meets: the
+// volume of that target (short and chunked tags), another target's, a
+// persistent volume of that name, LVs not carve's, and one already gone.
+// Its own VG, so the main captures stay as they are:
+//
+//	CARVE_LVM_CAPTURE=1 go test -count=1 -run TestCaptureInline ./pkg/backend/lvm/
+func TestCaptureInline(t *testing.T) {
+	if os.Getenv("CARVE_LVM_CAPTURE") == "" {
+		t.Skip("set CARVE_LVM_CAPTURE=1 to re-record testdata/delete-inline*.txt from real lvm2 (root, loop device)")
+	}
+	ctx := context.Background()
+	v := lvmtest.NewVGInfo(t, 2<<30, capVG)
+	rec := &recorder{r: v.Runner}
+	step := func(name string, f func() error) {
+		t.Helper()
+		err := f()
+		t.Logf("%s: err=%v", name, err)
+		if err := writeCapture(filepath.Join("testdata", name+".txt"), rec.take()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := New(ctx, rec, capPool, capVG, capOwner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, req := range []backend.CreateRequest{
+		{ID: capEphID, Name: capEphName, SizeBytes: 100 << 20, Ephemeral: true, TargetPath: capEphTarget},
+		{ID: capLongID, Name: capLongName, SizeBytes: 4 << 20, Ephemeral: true, TargetPath: capLongTgt},
+		{ID: capInlPersistID, Name: capInlPersist, SizeBytes: 4 << 20},
+	} {
+		if _, err := b.Create(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, args := range [][]string{
+		{"lvcreate", "-n", capForeign, "-L", "8388608b", "-W", "y", "-y", capVG},
+		{"lvcreate", "-n", capOther, "-L", "8388608b", "-W", "y", "-y", "--addtag", "carve.owner=other.csi.dev", capVG},
+	} {
+		if _, err := v.Runner.Run(ctx, "lvm", args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec.take() // set-up, not a scenario
+	del := func(id, name, target string) func() error {
+		return func() error {
+			done, err := b.DeleteInline(ctx, id, name, target)
+			t.Logf("DeleteInline(%s) removed=%v", id, done)
+			return err
+		}
+	}
+	step("delete-inline-other-target", del(capEphID, capEphName, capInlOtherTarget))
+	step("delete-inline-persistent", del(capInlPersistID, capInlPersist, capEphTarget))
+	step("delete-inline-foreign", del(capForeign, "csi-foreign", capEphTarget))
+	step("delete-inline-other-owner", del(capOther, "csi-other", capEphTarget))
+	step("delete-inline", del(capEphID, capEphName, capEphTarget))
+	step("delete-inline-missing", del(capEphID, capEphName, capEphTarget))
+	step("delete-inline-long", del(capLongID, capLongName, capLongTgt))
+	step("lvs-after-inline", func() error {
+		_, err := rec.Run(ctx, "lvm", append(append([]string{"lvs", "-o", lvColumns}, reportArgs...), capVG)...)
+		return err
+	})
+}

@@ -224,6 +224,24 @@ func (b *Backend) Delete(ctx context.Context, id string) error {
 	}
 }
 
+// DeleteInline implements backend.InlineRemover with one
+// `lvremove -f -S 'lv_name=<id> && lv_tags={<every tag Create gave an inline
+// volume of name at target>}' <vg>`: lvm removes the LV only if it carries
+// carve's owner, name, ephemeral and target tags, so the ownership and target
+// checks ride the removal instead of an lvs before it (about 350 ms under
+// emulation, issue 13). {} in a selection is a subset match (lvmreport(7)).
+func (b *Backend) DeleteInline(ctx context.Context, id, name, target string) (bool, error) {
+	if err := checkID(id); err != nil {
+		return false, err
+	}
+	sel := "lv_name=" + id + " && lv_tags={" + strings.Join(Tags(b.owner, name, true, target), ",") + "}"
+	out, err := b.runner.Run(ctx, "lvm", "lvremove", "-f", "-S", sel, b.vg)
+	if err != nil {
+		return false, b.mapError("delete", id, err)
+	}
+	return removed(out, id), nil
+}
+
 // removed reports whether lvremove's stdout says it removed the LV: lvm
 // prints `Logical volume "<id>" successfully removed.` for each LV it removes
 // and nothing when the selection matched nothing (exit code 0 either way; the

@@ -786,3 +786,45 @@ func TestCapacityCallerGaveUp(t *testing.T) {
 		})
 	}
 }
+
+// DeleteInline is one lvremove whose selection carries the inline volume's
+// whole tag set (recorded from real lvm2: testdata/delete-inline*.txt). lvm
+// removes carve's inline LV of that name and target, long chunked tags
+// included, and selects nothing for another target, a persistent volume of
+// that name, LVs not carve's, or a volume already gone.
+func TestDeleteInline(t *testing.T) {
+	for _, tc := range []struct {
+		scenario, id, name, target string
+		removed                    bool
+	}{
+		{"delete-inline", capEphID, capEphName, capEphTarget, true},
+		{"delete-inline-long", capLongID, capLongName, capLongTgt, true},
+		{"delete-inline-other-target", capEphID, capEphName, capInlOtherTarget, false},
+		{"delete-inline-persistent", capInlPersistID, capInlPersist, capEphTarget, false},
+		{"delete-inline-foreign", capForeign, "csi-foreign", capEphTarget, false},
+		{"delete-inline-other-owner", capOther, "csi-other", capEphTarget, false},
+		{"delete-inline-missing", capEphID, capEphName, capEphTarget, false},
+	} {
+		t.Run(tc.scenario, func(t *testing.T) {
+			b, f := newBackend(t, tc.scenario)
+			removed, err := b.DeleteInline(context.Background(), tc.id, tc.name, tc.target)
+			if err != nil || removed != tc.removed {
+				t.Fatalf("DeleteInline = %v, %v; want %v, nil", removed, err, tc.removed)
+			}
+			if len(f.Log) != 2 { // New's vgs, then the one lvremove
+				t.Fatalf("ran %d commands, want New's vgs and one lvremove: %q", len(f.Log), f.Log)
+			}
+		})
+	}
+}
+
+// A missing VG fails DeleteInline as it fails Delete (lvm's answer to that
+// lvremove, recorded in lvremove-missing-vg).
+func TestDeleteInlineMissingVG(t *testing.T) {
+	rec := loadCalls(t, "lvremove-missing-vg")[0]
+	f := &exectest.Fake{Handler: func(ctx context.Context, argv []string) (exectest.Response, bool) {
+		return exectest.Response{ExitCode: rec.RC, Stderr: rec.Stderr}, argv[1] == "lvremove"
+	}}
+	_, err := bareBackend(f, "carvemissing").DeleteInline(context.Background(), capEphID, capEphName, capEphTarget)
+	wantIs(t, err, backend.ErrUnavailable)
+}

@@ -3,13 +3,16 @@ package pmem
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/carve-csi/carve/pkg/backend"
 	"github.com/carve-csi/carve/pkg/backend/backendtest"
+	"github.com/carve-csi/carve/pkg/names"
 )
 
 // TestContract runs the backend contract suite on a pmem pool whose ndctl and
@@ -144,4 +147,42 @@ func TestSimMatchesRecordings(t *testing.T) {
 		t.Fatalf("compared %d creates, %d lists, %d creates without space: the recordings are not where expected", creates, lists, nospaces)
 	}
 	t.Logf("the simulation agrees with %d recorded creates, %d lists and %d creates without space", creates, lists, nospaces)
+}
+
+// DeleteInline finds the namespace in sysfs and its name and target in the
+// index, so removing an inline volume runs one ndctl (destroy-namespace), and
+// a volume that is not that target's runs none (Get before Delete ran
+// `ndctl list` first: issue 13).
+func TestDeleteInlineRunsOneNdctl(t *testing.T) {
+	sim := newSimRegion(t)
+	f := sim.runner()
+	ctx := context.Background()
+	b, err := NewWithOptions(ctx, f, "fast", "region0", "carve.csi.dev", t.TempDir(), Options{Sysfs: sim.sys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.wipe = func(dev string, size int64) error { return nil }
+	const name, target = "csi-0123456789abcdef", "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount"
+	id := names.VolumeID(name)
+	if _, err := b.Create(ctx, backend.CreateRequest{ID: id, Name: name, SizeBytes: 64 << 20, Ephemeral: true, TargetPath: target}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ what, name, target string }{
+		{"another target", name, target + "2"}, {"another name", "csi-other", target},
+	} {
+		f.Log = nil
+		if done, err := b.DeleteInline(ctx, id, c.name, c.target); done || err != nil || len(f.Log) != 0 {
+			t.Errorf("DeleteInline of %s = %v, %v, ran %q; want false, nil and no command", c.what, done, err, f.Log)
+		}
+	}
+	f.Log = nil
+	if done, err := b.DeleteInline(ctx, id, name, target); !done || err != nil {
+		t.Fatalf("DeleteInline = %v, %v", done, err)
+	}
+	if len(f.Log) != 1 || f.Log[0][1] != "destroy-namespace" {
+		t.Errorf("DeleteInline ran %q, want one ndctl destroy-namespace", f.Log)
+	}
+	if _, err := b.Get(ctx, id); !errors.Is(err, backend.ErrNotFound) {
+		t.Errorf("Get after DeleteInline: %v, want ErrNotFound", err)
+	}
 }

@@ -449,6 +449,49 @@ func (b *Backend) Delete(ctx context.Context, id string) error {
 	return b.idx.remove(id)
 }
 
+// DeleteInline implements backend.InlineRemover without the `ndctl list`
+// that a Get before Delete costs (issue 13): the namespace is found in sysfs
+// as Delete finds it, its uuid must be carve's for an inline volume of id
+// (the owner and the ephemeral flag are hashed into it), and its index record
+// must name name and target; then one `ndctl destroy-namespace -f`. Anything
+// else, a namespace without a record included, is false with nothing done.
+func (b *Backend) DeleteInline(ctx context.Context, id, name, target string) (bool, error) {
+	if err := checkID(id); err != nil {
+		return false, err
+	}
+	unlock, err := lockRegions(ctx, b.regions)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	found, err := b.sys.namespaces(b.regions, id)
+	if err != nil {
+		return false, fmt.Errorf("pmem: delete %s: %w: %w", id, backend.ErrUnavailable, err)
+	}
+	var ours []sysNamespace
+	for _, ns := range found {
+		if eph, ok := b.owned(id, ns.UUID); ok && eph {
+			ours = append(ours, ns)
+		}
+	}
+	if len(ours) == 0 {
+		return false, nil
+	}
+	rec, ok, err := b.idx.get(id)
+	if err != nil {
+		return false, fmt.Errorf("pmem: delete %s: %w", id, err)
+	}
+	if !ok || rec.Name != name || rec.TargetPath != target {
+		return false, nil
+	}
+	for _, ns := range ours {
+		if _, err := ndctl(ctx, b.runner, "destroy-namespace", "-f", ns.Dev); err != nil {
+			return false, mapError("delete", ns.Region+"/"+id+" ("+ns.Dev+")", err)
+		}
+	}
+	return true, b.idx.remove(id)
+}
+
 // Expand implements backend.Backend: namespaces cannot grow, so it succeeds
 // only when the volume is already large enough.
 func (b *Backend) Expand(ctx context.Context, id string, sizeBytes int64) (*backend.Volume, error) {

@@ -1,0 +1,133 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/carve-csi/carve/test/driver"
+)
+
+// benchRounds is the number of interleaved rounds (CARVE_BENCH_ROUNDS overrides).
+const benchRounds = 30
+
+// BenchmarkInlineNodePath compares an inline volume's NodePublishVolume +
+// NodeUnpublishVolume through carve-csi's socket with the same steps run bare
+// (issue 13): lvcreate, blkid, mkfs, mount, umount, lvremove, each a process,
+// as kubelet's node would run them without a driver. ext4 at 256 MiB and xfs
+// at 300 MiB (mkfs.xfs's minimum), interleaved, alternating which arm goes
+// first; it prints the medians and their ratio (goal <= 1.05). Needs the
+// e2e environment (test/e2e/run-vm.sh).
+func BenchmarkInlineNodePath(b *testing.B) {
+	if skipReason != "" {
+		if os.Getenv("CARVE_E2E_REQUIRE") == "1" {
+			b.Fatalf("CARVE_E2E_REQUIRE=1 but the benchmark cannot run: %s", skipReason)
+		}
+		b.Skip(skipReason)
+	}
+	rounds := benchRounds
+	if v, err := strconv.Atoi(os.Getenv("CARVE_BENCH_ROUNDS")); err == nil && v > 0 {
+		rounds = v
+	}
+	kubelet := filepath.Join(b.TempDir(), "kubelet")
+	for _, d := range []string{"pods", "plugins"} {
+		if err := os.MkdirAll(filepath.Join(kubelet, d), 0o750); err != nil {
+			b.Fatal(err)
+		}
+	}
+	p := driver.Start(b, nil, "--mode=node", "--nodeid="+nodeID, "--drivername="+driverName,
+		"--pool=default=lvm:"+e2eVG, "--kubelet-dir="+kubelet)
+	conn, err := grpc.NewClient("unix://"+p.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	node := csi.NewNodeClient(conn)
+	for _, c := range []struct {
+		fs   string
+		size int64
+	}{{"ext4", 256 * mib}, {"xfs", 300 * mib}} {
+		target := func(arm string, i int) string {
+			t := filepath.Join(kubelet, "pods", fmt.Sprintf("bench-%s-%s-%d", c.fs, arm, i), "volumes", "kubernetes.io~csi", "v", "mount")
+			if err := os.MkdirAll(filepath.Dir(t), 0o750); err != nil {
+				b.Fatal(err)
+			}
+			return t
+		}
+		carveOnce := func(i int) time.Duration {
+			id, tgt := fmt.Sprintf("csi-bench-%s-%d", c.fs, i), target("carve", i)
+			ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+			defer cancel()
+			start := time.Now()
+			if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, TargetPath: tgt,
+				VolumeCapability: mountCap(c.fs, rwo), VolumeContext: inlineCtx(map[string]string{"size": strconv.FormatInt(c.size, 10), "fsType": c.fs})}); err != nil {
+				b.Fatalf("NodePublishVolume %s: %v", id, err)
+			}
+			if _, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: tgt}); err != nil {
+				b.Fatalf("NodeUnpublishVolume %s: %v", id, err)
+			}
+			return time.Since(start)
+		}
+		bareOnce := func(i int) time.Duration {
+			lv, tgt := fmt.Sprintf("bench-bare-%s-%d", c.fs, i), target("bare", i)
+			dev := "/dev/" + e2eVG + "/" + lv
+			mkfs := []string{"mkfs.ext4", "-F", "-m0", dev}
+			if c.fs == "xfs" {
+				mkfs = []string{"mkfs.xfs", "-f", dev}
+			}
+			if err := os.MkdirAll(tgt, 0o750); err != nil {
+				b.Fatal(err)
+			}
+			start := time.Now()
+			for _, argv := range [][]string{
+				{"lvm", "lvcreate", "-n", lv, "-L", strconv.FormatInt(c.size, 10) + "b", "-W", "y", "-y", "--addtag", "carve.bench=" + lv, e2eVG},
+				{"blkid", "-p", "-s", "TYPE", "-s", "PTTYPE", "-o", "export", dev}, // as mount-utils probes; exit 2: nothing found
+				mkfs,
+				{"mount", "-t", c.fs, "-o", "defaults", dev, tgt},
+				{"umount", tgt},
+				{"lvm", "lvremove", "-f", e2eVG + "/" + lv},
+			} {
+				cmd := exec.Command(argv[0], argv[1:]...)
+				cmd.Env = append(os.Environ(), "LC_ALL=C")
+				if out, err := cmd.CombinedOutput(); err != nil && !(argv[0] == "blkid" && cmd.ProcessState.ExitCode() == 2) {
+					b.Fatalf("%s: %v: %s", strings.Join(argv, " "), err, out)
+				}
+			}
+			return time.Since(start)
+		}
+		carveOnce(-1) // warm up: page cache, lvm metadata
+		bareOnce(-1)
+		var carve, bare []time.Duration
+		for i := range rounds {
+			if i%2 == 0 {
+				carve, bare = append(carve, carveOnce(i)), append(bare, bareOnce(i))
+			} else {
+				bare, carve = append(bare, bareOnce(i)), append(carve, carveOnce(i))
+			}
+		}
+		mc, mb := benchMedian(carve), benchMedian(bare)
+		fmt.Printf("inline %s %d MiB publish+unpublish: carve median %v, bare tools median %v, ratio %.2f (goal <= 1.05); %d rounds\n",
+			c.fs, c.size/mib, mc.Round(time.Millisecond), mb.Round(time.Millisecond), float64(mc)/float64(mb), rounds)
+		b.ReportMetric(float64(mc)/float64(mb), c.fs+"-ratio")
+	}
+}
+
+func benchMedian(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
