@@ -57,11 +57,12 @@ test-faults:
 
 # carve installed from deploy/kubernetes (test/cluster/overlay) on a real node: kubelet,
 # containerd and kube-proxy in the VM rig, the control plane on the host (hack/cluster.sh),
-# then the pod scenarios of test/cluster against it.
+# then the pod scenarios of test/cluster against it. -test.parallel: the six independent
+# scenarios at once (Go's default is GOMAXPROCS, 2 on the build machines, which ran them in pairs).
 .PHONY: test-cluster
 test-cluster:
 	CGO_ENABLED=0 $(GO) test -c -o _output/cluster.test ./test/cluster/
-	hack/cluster.sh -- _output/cluster.test -test.v -test.count=1 -test.timeout=60m
+	hack/cluster.sh -- _output/cluster.test -test.v -test.count=1 -test.timeout=60m -test.parallel=6
 
 bench:
 	$(GO) test -run XXX -bench . -benchtime 1x ./pkg/backend/lvm/ ./test/bench/
