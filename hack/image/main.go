@@ -397,18 +397,13 @@ func checkLayerDigests(img v1.Image) error {
 		if err != nil {
 			return err
 		}
-		rc, err := l.Compressed()
-		if err != nil {
-			return fmt.Errorf("layer %d: %w", i, err)
-		}
-		got, n, err := v1.SHA256(rc)
-		rc.Close()
-		if err != nil {
-			return fmt.Errorf("layer %d: %w", i, err)
-		}
 		size, err := l.Size()
 		if err != nil {
 			return err
+		}
+		got, n, err := hashStream(l.Compressed)
+		if err != nil {
+			return fmt.Errorf("layer %d: %w", i, err)
 		}
 		if got != want || n != size {
 			return fmt.Errorf("layer %d: compressed bytes hash to %s (%d bytes), manifest says %s (%d bytes)", i, got, n, want, size)
@@ -417,12 +412,7 @@ func checkLayerDigests(img v1.Image) error {
 		if err != nil {
 			return err
 		}
-		urc, err := l.Uncompressed()
-		if err != nil {
-			return fmt.Errorf("layer %d: %w", i, err)
-		}
-		gotDiff, _, err := v1.SHA256(urc)
-		urc.Close()
+		gotDiff, _, err := hashStream(l.Uncompressed)
 		if err != nil {
 			return fmt.Errorf("layer %d: decompress: %w", i, err)
 		}
@@ -431,4 +421,14 @@ func checkLayerDigests(img v1.Image) error {
 		}
 	}
 	return nil
+}
+
+// hashStream: the sha256 and length of what open returns.
+func hashStream(open func() (io.ReadCloser, error)) (v1.Hash, int64, error) {
+	rc, err := open()
+	if err != nil {
+		return v1.Hash{}, 0, err
+	}
+	defer rc.Close()
+	return v1.SHA256(rc)
 }
