@@ -49,7 +49,10 @@ func kubeletClient(t *testing.T, sock string, done <-chan error) registerapi.Reg
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// WaitForReady: the socket file exists from bind(2), before listen(2); a call in between is
+	// refused (seen under load), as kubelet's first dial can be, and kubelet retries.
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.WaitForReady(true)))
 	if err != nil {
 		t.Fatal(err)
 	}
