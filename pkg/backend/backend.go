@@ -7,6 +7,7 @@ package backend
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 )
 
@@ -32,6 +33,17 @@ var (
 	// ErrNotExpandable: the volume cannot grow (PMEM namespaces have a fixed size).
 	ErrNotExpandable = errors.New("volumes in this pool cannot be expanded")
 )
+
+// ReadFailed wraps err, a failed read of the pool's state (vgs, ndctl list), as ErrUnavailable,
+// unless ctx ended: a child killed because its caller gave up (a probe's deadline, a canceled
+// call) says nothing about the pool (issue 11: kubelet's 1 s probe timeout read as "pool
+// unavailable"), so then err keeps only ctx's error for errors.Is.
+func ReadFailed(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
 
 // Volume is one carve-owned device in a pool.
 type Volume struct {

@@ -406,13 +406,8 @@ func (b *Backend) devicePath(id string) string { return "/dev/" + b.vg + "/" + i
 func (b *Backend) vgs(ctx context.Context, columns string) (*vgRow, error) {
 	args := append([]string{"vgs", "-o", columns}, reportArgs...)
 	out, err := b.runner.Run(ctx, "lvm", append(args, b.vg)...)
-	if err != nil && ctx.Err() != nil {
-		// The caller gave up (a probe's timeout, a canceled call): that says nothing about the
-		// pool, so no ErrUnavailable (issue 11: kubelet's 1 s probe timeout read as "pool unavailable").
-		return nil, fmt.Errorf("lvm: volume group %q: vgs: %w", b.vg, err)
-	}
 	if err != nil {
-		return nil, fmt.Errorf("lvm: volume group %q: %w: %w", b.vg, backend.ErrUnavailable, err)
+		return nil, fmt.Errorf("lvm: volume group %q: %w", b.vg, backend.ReadFailed(ctx, err))
 	}
 	var rep struct {
 		Report []struct {

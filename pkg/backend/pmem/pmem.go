@@ -700,15 +700,10 @@ func (b *Backend) list(ctx context.Context, namespaces bool) ([]regionJSON, erro
 		args = append(args, "-r", b.region)
 	}
 	out, err := ndctl(ctx, b.runner, args...)
-	if err != nil && ctx.Err() != nil {
-		// The caller gave up (a probe's timeout, a canceled call): that says nothing about the
-		// pool, so no ErrUnavailable (issue 11: kubelet's 1 s probe timeout read as "pool unavailable").
-		return nil, fmt.Errorf("pmem: region %s: list: %w", b.region, err)
-	}
 	if err != nil {
-		// Whatever ndctl says, the pool cannot be read.
+		// Whatever ndctl says, the pool cannot be read (unless the caller gave up).
 		if err = mapError("list", b.region, err); !errors.Is(err, backend.ErrUnavailable) {
-			err = fmt.Errorf("%w: %w", backend.ErrUnavailable, err)
+			err = backend.ReadFailed(ctx, err)
 		}
 		return nil, err
 	}
