@@ -418,6 +418,72 @@ func eventTime(e corev1.Event) time.Time {
 	return e.CreationTimestamp.Time
 }
 
+// Timeline lists, in seconds since the pod was created, what happened on its
+// way to running: the events of the pod and its claims, its conditions and
+// its containers' start and end. The scenarios log it so that a slow start
+// shows where its time went (scheduling, provisioning, mount, containers).
+func (c *Cluster) Timeline(ctx context.Context, pod *corev1.Pod) string {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+	defer cancel()
+	type mark struct {
+		at   time.Time
+		what string
+	}
+	var marks []mark
+	objs := []string{pod.Name}
+	for _, v := range pod.Spec.Volumes {
+		switch {
+		case v.Ephemeral != nil:
+			objs = append(objs, pod.Name+"-"+v.Name)
+		case v.PersistentVolumeClaim != nil:
+			objs = append(objs, v.PersistentVolumeClaim.ClaimName)
+		}
+	}
+	for _, o := range objs {
+		list, err := c.CS.CoreV1().Events(pod.Namespace).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + o})
+		if err != nil {
+			marks = append(marks, mark{time.Now(), "events of " + o + ": " + err.Error()})
+			continue
+		}
+		for _, e := range list.Items {
+			// First occurrence: a repeated event's LastTimestamp would hide when it began.
+			at := e.FirstTimestamp.Time
+			if at.IsZero() {
+				at = eventTime(e)
+			}
+			marks = append(marks, mark{at, fmt.Sprintf("%s %s: %s", e.InvolvedObject.Kind, e.Reason, firstLine(e.Message, 100))})
+		}
+	}
+	for _, cd := range pod.Status.Conditions {
+		marks = append(marks, mark{cd.LastTransitionTime.Time, fmt.Sprintf("condition %s=%s", cd.Type, cd.Status)})
+	}
+	for _, st := range append(append([]corev1.ContainerStatus{}, pod.Status.InitContainerStatuses...), pod.Status.ContainerStatuses...) {
+		switch {
+		case st.State.Terminated != nil:
+			marks = append(marks, mark{st.State.Terminated.StartedAt.Time, "container " + st.Name + " started"},
+				mark{st.State.Terminated.FinishedAt.Time, "container " + st.Name + " finished"})
+		case st.State.Running != nil:
+			marks = append(marks, mark{st.State.Running.StartedAt.Time, "container " + st.Name + " started"})
+		}
+	}
+	sort.SliceStable(marks, func(i, j int) bool { return marks[i].at.Before(marks[j].at) })
+	created := pod.CreationTimestamp.Time
+	var b strings.Builder
+	fmt.Fprintf(&b, "timeline of pod %s (seconds since created, %s):\n", pod.Name, created.UTC().Format("15:04:05"))
+	for _, m := range marks {
+		fmt.Fprintf(&b, "    %+4.0fs %s\n", m.at.Sub(created).Seconds(), m.what)
+	}
+	return b.String()
+}
+
+func firstLine(s string, n int) string {
+	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
+	if len(s) > n {
+		s = s[:n] + "..."
+	}
+	return s
+}
+
 // Describe is the pod's phase, conditions and container states, and the
 // events of the pod and its claims, for failure messages.
 func (c *Cluster) Describe(ctx context.Context, ns, name string) string {

@@ -101,6 +101,7 @@ func (s *suite) startPod(ctx context.Context, t *testing.T, o PodOpts) *corev1.P
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Log(s.Timeline(ctx, pod))
 	return pod
 }
 
@@ -128,9 +129,11 @@ func (s *suite) createClaim(ctx context.Context, t *testing.T, name string, spec
 
 func (s *suite) deletePod(ctx context.Context, t *testing.T, name string) {
 	t.Helper()
+	start := time.Now()
 	if err := s.DeletePod(ctx, s.ns, name, podGone); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("pod %s gone after %.0fs", name, time.Since(start).Seconds())
 }
 
 func (s *suite) deleteClaim(ctx context.Context, t *testing.T, name string) {
@@ -154,16 +157,20 @@ func (s *suite) boundVolume(ctx context.Context, t *testing.T, claim string, siz
 
 func (s *suite) volumeGone(ctx context.Context, t *testing.T, v Volume) {
 	t.Helper()
+	start := time.Now()
 	if err := s.WaitVolumeGone(ctx, v, volumeGone); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("volume %s (PVC, PV, LocalVolume, LV) gone after %.0fs", v.PV, time.Since(start).Seconds())
 }
 
 func (s *suite) capacityBack(ctx context.Context, t *testing.T) {
 	t.Helper()
+	start := time.Now()
 	if err := s.WaitCapacity(ctx, s.baseline, capacityBack); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("capacity back to the baseline after %.0fs", time.Since(start).Seconds())
 }
 
 // ephemeralFS: a generic ephemeral volume formatted fs: data round trip, df
@@ -491,6 +498,7 @@ func (s *suite) nodeRestart(ctx context.Context, t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	restart := time.Now()
 	if err := s.CS.CoreV1().Pods(s.Namespace).Delete(ctx, old.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatalf("delete carve-node pod %s: %v", old.Name, err)
 	}
@@ -509,7 +517,8 @@ func (s *suite) nodeRestart(ctx context.Context, t *testing.T) {
 		}
 		t.Fatalf("carve-node pod not back, all containers Ready, %v after deleting %s: %v\n%s", podStart, old.Name, err, desc)
 	}
-	t.Logf("carve-node pod %s replaced by %s", old.Name, cur.Name)
+	t.Logf("carve-node pod %s replaced by %s, all containers Ready after %.0fs", old.Name, cur.Name, time.Since(restart).Seconds())
+	t.Log(s.Timeline(ctx, cur))
 
 	out, code, err := s.RunInPod(ctx, s.ns, name, "look-after-restart", lookScript, false, ephemeralRun)
 	if err != nil {
