@@ -14,6 +14,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -177,9 +178,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-// Publish measures every pool now and writes this node's NodeStorage status,
-// creating the object if it is missing. A pool that cannot be read is
-// published as unhealthy with no capacity.
+// Publish measures every pool now and writes this node's NodeStorage status
+// if it differs from the published one (updateTime aside), creating the
+// object if it is missing: a resync that finds nothing changed writes
+// nothing. A pool that cannot be read is published as unhealthy with no
+// capacity.
 //
 // The object is owned by the Node, so that the garbage collector removes it
 // with the Node. While the Node does not exist nothing is published (and
@@ -302,6 +305,19 @@ func (a *Agent) writeNodeStorage(ctx context.Context, st v1alpha1.NodeStorageSta
 		}
 		klog.InfoS("NodeStorage owner reference set", "node", a.NodeName, "nodeUID", owner.UID)
 	}
+	if sameStatus(ns.Status, st) {
+		// Nothing changed: a write would only move updateTime, and every
+		// watcher of NodeStorage would get it (100 nodes resyncing each
+		// minute were 100 writes a minute at idle, issue 13).
+		return nil
+	}
 	ns.Status = st
 	return a.Client.Status().Update(ctx, ns)
+}
+
+// sameStatus reports whether the published status already says what st
+// says; updateTime, the time of the last change, is not compared.
+func sameStatus(published, st v1alpha1.NodeStorageStatus) bool {
+	published.UpdateTime = st.UpdateTime
+	return equality.Semantic.DeepEqual(published, st)
 }

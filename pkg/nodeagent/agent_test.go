@@ -63,6 +63,7 @@ type rig struct {
 	fastC      *counting
 	writes     atomic.Int32 // create/update/patch/delete calls through the client, status included
 	statusPub  atomic.Int32 // NodeStorage status updates (publishes)
+	nsReads    atomic.Int32 // NodeStorage gets (each publish reads it first)
 	failStatus atomic.Int32 // fail this many NodeStorage status updates
 	// lvWrite, if set, sees every LocalVolume as the agent is about to write it.
 	lvWrite func(*v1alpha1.LocalVolume)
@@ -99,6 +100,12 @@ func newRig(t *testing.T, objs ...client.Object) *rig {
 		WithStatusSubresource(&v1alpha1.LocalVolume{}, &v1alpha1.NodeStorage{}).
 		WithObjects(append([]client.Object{node("uid-1")}, objs...)...).
 		WithInterceptorFuncs(interceptor.Funcs{
+			Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, o client.Object, opts ...client.GetOption) error {
+				if _, ok := o.(*v1alpha1.NodeStorage); ok {
+					r.nsReads.Add(1)
+				}
+				return c.Get(ctx, key, o, opts...)
+			},
 			Create: func(ctx context.Context, c client.WithWatch, o client.Object, opts ...client.CreateOption) error {
 				count()
 				return c.Create(ctx, o, opts...)
@@ -702,7 +709,10 @@ func TestRunPublishesAfterChangesAndPeriodically(t *testing.T) {
 	if ns := r.nodeStorage(); ns.Status.FreeBytes != 8*gib {
 		t.Fatalf("free after create %d, want 8GiB", ns.Status.FreeBytes)
 	}
-	// A burst of signals is one publish.
+	// A burst of signals is one publish (of a change made behind the agent's back).
+	if _, err := r.fast.Create(context.Background(), backend.CreateRequest{ID: "x", Name: "x", SizeBytes: gib}); err != nil {
+		t.Fatal(err)
+	}
 	for i := 0; i < 100; i++ {
 		r.agent.Changed()
 	}
@@ -712,6 +722,9 @@ func TestRunPublishesAfterChangesAndPeriodically(t *testing.T) {
 		t.Fatalf("%d publishes after a burst of 100 signals, want 1", n-2)
 	}
 	// A failed publish is retried.
+	if _, err := r.fast.Create(context.Background(), backend.CreateRequest{ID: "y", Name: "y", SizeBytes: gib}); err != nil {
+		t.Fatal(err)
+	}
 	r.failStatus.Store(1)
 	r.agent.Changed()
 	waitFor(t, "publish retried after a failure", func() bool { return r.statusPub.Load() == 4 })
@@ -723,7 +736,7 @@ func TestRunResync(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- r.agent.Run(ctx) }()
-	waitFor(t, "periodic publishes", func() bool { return r.statusPub.Load() >= 4 })
+	waitFor(t, "first publish and periodic reads", func() bool { return r.statusPub.Load() == 1 && r.nsReads.Load() >= 4 })
 	// The pools change behind the agent's back (e.g. an admin's lvcreate): the next resync reports it.
 	if _, err := r.fast.Create(context.Background(), backend.CreateRequest{ID: "x", Name: "x", SizeBytes: gib}); err != nil {
 		t.Fatal(err)
@@ -740,6 +753,35 @@ func TestRunResync(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return after cancel")
+	}
+}
+
+// TestIdleResyncWritesNothing: a resync that finds the pools as published
+// writes nothing (issue 13: every node rewrote NodeStorage each minute at idle,
+// only to move updateTime); a change is still written at the next resync.
+func TestIdleResyncWritesNothing(t *testing.T) {
+	r := newRig(t)
+	r.agent.Resync = 10 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- r.agent.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, "first publish", func() bool { return r.statusPub.Load() == 1 })
+	first := r.nodeStorage()
+	writes := r.writes.Load()
+	waitFor(t, "ten resyncs", func() bool { return r.nsReads.Load() >= 11 })
+	if n, w := r.statusPub.Load(), r.writes.Load(); n != 1 || w != writes {
+		t.Fatalf("idle resyncs wrote: %d status updates (want 1, the first), %d writes after it (want 0)", n, w-writes)
+	}
+	if ns := r.nodeStorage(); ns.ResourceVersion != first.ResourceVersion {
+		t.Fatalf("NodeStorage changed at idle: resourceVersion %s -> %s", first.ResourceVersion, ns.ResourceVersion)
+	}
+	if _, err := r.slow.Create(context.Background(), backend.CreateRequest{ID: "x", Name: "x", SizeBytes: 100 * mib}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the change written by a resync", func() bool { return r.statusPub.Load() == 2 })
+	if got, want := r.nodeStorage().Status.Pools[1], wantPool(t, r.slow); got != want {
+		t.Fatalf("slow pool after the change: %+v, want %+v", got, want)
 	}
 }
 
