@@ -63,7 +63,15 @@ type Agent struct {
 
 	once    sync.Once
 	changed chan struct{}
-	pubMu   sync.Mutex // one publish at a time
+	// Publishes run one at a time; callers that arrive while one runs share
+	// the next one (pub.cond waits on pub.mu).
+	pub struct {
+		mu          sync.Mutex
+		cond        *sync.Cond
+		running     bool
+		asked, done uint64 // publishes asked for so far; the last one covered by a finished publish
+		err         error  // the result of the publish that finished last
+	}
 }
 
 func (a *Agent) signal() chan struct{} {
@@ -190,9 +198,42 @@ func (a *Agent) Run(ctx context.Context) error {
 // owner and outlive it, and the controller would count and place volumes on a
 // node that is gone. When the Node cannot be read, an existing object's status
 // is still updated, but none is created without its owner.
+//
+// Concurrent calls coalesce: a call made while a publish runs waits for the
+// next one, which starts after it and so measures what the caller changed;
+// every caller waiting then shares it and its result. Each finished volume
+// publishes before its result shows, and a node making several at once
+// would otherwise queue one full publish per volume (issue 13: 4.4 s median
+// from device made to Ready with 100 nodes on the bench-scale rig).
 func (a *Agent) Publish(ctx context.Context) error {
-	a.pubMu.Lock()
-	defer a.pubMu.Unlock()
+	p := &a.pub
+	p.mu.Lock()
+	if p.cond == nil {
+		p.cond = sync.NewCond(&p.mu)
+	}
+	p.asked++
+	mine := p.asked
+	for p.running && p.done < mine {
+		p.cond.Wait()
+	}
+	if p.done >= mine { // a publish that started after this call finished
+		err := p.err
+		p.mu.Unlock()
+		return err
+	}
+	p.running = true
+	covers := p.asked // every call so far: all were made before this measures
+	p.mu.Unlock()
+	err := a.publish(ctx)
+	p.mu.Lock()
+	p.running, p.done, p.err = false, covers, err
+	p.cond.Broadcast()
+	p.mu.Unlock()
+	return err
+}
+
+// publish is one publish (see Publish); only one runs at a time.
+func (a *Agent) publish(ctx context.Context) error {
 	owner, err := a.nodeOwner(ctx)
 	mayCreate := true
 	switch {

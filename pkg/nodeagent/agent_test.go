@@ -64,7 +64,9 @@ type rig struct {
 	writes     atomic.Int32 // create/update/patch/delete calls through the client, status included
 	statusPub  atomic.Int32 // NodeStorage status updates (publishes)
 	nsReads    atomic.Int32 // NodeStorage gets (each publish reads it first)
-	failStatus atomic.Int32 // fail this many NodeStorage status updates
+	// beforeStatus, if set, runs before each NodeStorage status update.
+	beforeStatus func()
+	failStatus   atomic.Int32 // fail this many NodeStorage status updates
 	// lvWrite, if set, sees every LocalVolume as the agent is about to write it.
 	lvWrite func(*v1alpha1.LocalVolume)
 }
@@ -123,6 +125,9 @@ func newRig(t *testing.T, objs ...client.Object) *rig {
 			SubResourceUpdate: func(ctx context.Context, c client.Client, sub string, o client.Object, opts ...client.SubResourceUpdateOption) error {
 				count()
 				if _, ok := o.(*v1alpha1.NodeStorage); ok {
+					if r.beforeStatus != nil {
+						r.beforeStatus()
+					}
 					if r.failStatus.Load() > 0 {
 						r.failStatus.Add(-1)
 						return apierrors.NewServiceUnavailable("injected")
@@ -782,6 +787,61 @@ func TestIdleResyncWritesNothing(t *testing.T) {
 	waitFor(t, "the change written by a resync", func() bool { return r.statusPub.Load() == 2 })
 	if got, want := r.nodeStorage().Status.Pools[1], wantPool(t, r.slow); got != want {
 		t.Fatalf("slow pool after the change: %+v, want %+v", got, want)
+	}
+}
+
+// TestConcurrentPublishesCoalesce: calls made while a publish runs share the
+// next one instead of each running its own in turn (issue 13: volumes made at
+// once on a node each waited for every publish before theirs), and that one
+// measures what they changed.
+func TestConcurrentPublishesCoalesce(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	if err := r.agent.Publish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	r.beforeStatus = func() { once.Do(func() { close(entered); <-release }) }
+	mustCreate := func(id string) {
+		if _, err := r.fast.Create(ctx, backend.CreateRequest{ID: id, Name: id, SizeBytes: gib}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustCreate("a")
+	first := make(chan error, 1)
+	go func() { first <- r.agent.Publish(ctx) }()
+	<-entered // the first publish is writing
+	reads := r.nsReads.Load()
+	mustCreate("b")
+	const n = 10
+	errs := make(chan error, n)
+	for range n {
+		go func() { errs <- r.agent.Publish(ctx) }()
+	}
+	waitFor(t, "the callers waiting", func() bool {
+		r.agent.pub.mu.Lock()
+		defer r.agent.pub.mu.Unlock()
+		return r.agent.pub.asked == 2+n
+	})
+	close(release)
+	for range n + 1 {
+		select {
+		case err := <-first:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case err := <-errs:
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got := r.nsReads.Load() - reads; got != 1 {
+		t.Fatalf("%d publishes after the running one for %d callers that waited for it, want 1", got, n)
+	}
+	if got, want := r.nodeStorage().Status.Pools[0], wantPool(t, r.fast); got != want {
+		t.Fatalf("fast pool published %+v, want %+v (with volume b)", got, want)
 	}
 }
 
