@@ -1,11 +1,13 @@
 package scale
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -251,4 +253,70 @@ func sumMetric(text, name string, match ...string) float64 {
 		}
 	}
 	return sum
+}
+
+// serverTime is the API server's time spent serving requests
+// (apiserver_request_duration_seconds, watches left out) and their number,
+// by "VERB resource[/subresource]".
+type serverTime map[string]struct{ secs, n float64 }
+
+func (p *plane) serverTime(t testing.TB) serverTime {
+	out := serverTime{}
+	for _, l := range strings.Split(p.apiserverMetrics(t), "\n") {
+		var sum bool
+		switch {
+		case strings.HasPrefix(l, "apiserver_request_duration_seconds_sum{"):
+			sum = true
+		case strings.HasPrefix(l, "apiserver_request_duration_seconds_count{"):
+		default:
+			continue
+		}
+		labels := map[string]string{}
+		for _, kv := range strings.Split(l[strings.Index(l, "{")+1:strings.LastIndex(l, "}")], ",") {
+			if k, v, ok := strings.Cut(kv, "="); ok {
+				labels[k] = strings.Trim(v, `"`)
+			}
+		}
+		if labels["verb"] == "WATCH" || labels["verb"] == "CONNECT" {
+			continue
+		}
+		key := labels["verb"] + " " + labels["resource"]
+		if labels["subresource"] != "" {
+			key += "/" + labels["subresource"]
+		}
+		f := strings.Fields(l)
+		var v float64
+		if _, err := fmt.Sscan(f[len(f)-1], &v); err != nil {
+			continue
+		}
+		e := out[key]
+		if sum {
+			e.secs += v
+		} else {
+			e.n += v
+		}
+		out[key] = e
+	}
+	return out
+}
+
+// top renders the n request kinds that took the most server time since
+// before, with their count and mean.
+func (after serverTime) top(before serverTime, n int) []string {
+	type row struct {
+		key     string
+		secs, c float64
+	}
+	var rows []row
+	for k, e := range after {
+		if r := (row{k, e.secs - before[k].secs, e.n - before[k].n}); r.c > 0 {
+			rows = append(rows, r)
+		}
+	}
+	slices.SortFunc(rows, func(a, b row) int { return cmp.Compare(b.secs, a.secs) })
+	var out []string
+	for _, r := range rows[:min(n, len(rows))] {
+		out = append(out, fmt.Sprintf("%-40s %8.0fs %6.0f requests, mean %.3fs", r.key, r.secs, r.c, r.secs/r.c))
+	}
+	return out
 }

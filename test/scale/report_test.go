@@ -29,6 +29,10 @@ func report(s settings, results []*result) {
 		for _, sg := range r.stages {
 			fmt.Printf("     %-58s %9s %9s\n", sg.name, secs(sg.med), secs(sg.p99))
 		}
+		fmt.Printf("   the API server's time while they were made (apiserver_request_duration_seconds, watches aside):\n")
+		for _, l := range r.serverTop {
+			fmt.Printf("     %s\n", l)
+		}
 		fmt.Printf("   carve's CreateVolume (controller metrics): %g calls, mean %s\n", r.createCalls, secs(r.createMean))
 		cm, cp := pct(r.ctlBound, 0.5), pct(r.ctlBound, 0.99)
 		dm, dp := pct(r.distBound, 0.5), pct(r.distBound, 0.99)

@@ -36,6 +36,7 @@ type result struct {
 	stages          []stage
 	createCalls     float64       // carve's CreateVolume calls so far (item 1's and the lost races)
 	createMean      time.Duration // their mean duration
+	serverTop       []string      // the API server's busiest request kinds while item 1's volumes were made
 	// 2.
 	ctlBound, distBound []time.Duration
 	// 3.
@@ -231,7 +232,7 @@ func runPlane(b *testing.B, s settings, bin, carve, scoring, logs string, idle b
 	res.plain = waitDone(b, p, st, pods, false, s.PhaseLimit)
 	phase("1. %d pods without volumes scheduled in %v", s.Pods, res.plain.Round(time.Millisecond))
 	cleanup(b, p, s.PhaseLimit)
-	req0, from := p.flowRequests(b), time.Now()
+	req0, from, srv0 := p.flowRequests(b), time.Now(), p.serverTime(b)
 	pods = createPods(b, p, st, "vol", s.Pods, s.VolSize, nil, 0)
 	res.withVols = waitDone(b, p, st, pods, true, s.PhaseLimit)
 	phase("1. %d pods with volumes scheduled and bound in %v", s.Pods, res.withVols.Round(time.Millisecond))
@@ -247,6 +248,7 @@ func runPlane(b *testing.B, s settings, bin, carve, scoring, logs string, idle b
 		ds := st.since(pods, sg.step, sg.claim)
 		res.stages = append(res.stages, stage{sg.name, pct(ds, 0.5), pct(ds, 0.99)})
 	}
+	res.serverTop = p.serverTime(b).top(srv0, 10)
 	m := ctrlMetrics()
 	res.ctrlRSS, res.ctrlHeap = sumMetric(m, "process_resident_memory_bytes"), sumMetric(m, "go_memstats_heap_inuse_bytes")
 	res.createCalls = sumMetric(m, "carve_csi_operation_duration_seconds_count", "CreateVolume")
