@@ -211,8 +211,7 @@ func (p *plane) addNodes(t testing.TB, n, dist int) {
 	}
 }
 
-// apiserverMetric sums a metric of the API server's /metrics over the lines
-// that contain every one of match.
+// apiserverMetrics is the API server's /metrics page.
 func (p *plane) apiserverMetrics(t testing.TB) string {
 	b, err := p.cs.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
 	if err != nil {

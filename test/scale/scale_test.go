@@ -229,12 +229,12 @@ func runPlane(b *testing.B, s settings, bin, carve, scoring, logs string, idle b
 
 	// 1. Without volumes, then with.
 	pods := createPods(b, p, st, "plain", s.Pods, 0, nil, 0)
-	res.plain = waitDone(b, p, st, pods, false, s.PhaseLimit)
+	res.plain = waitDone(b, st, pods, false, s.PhaseLimit)
 	phase("1. %d pods without volumes scheduled in %v", s.Pods, res.plain.Round(time.Millisecond))
 	cleanup(b, p, s.PhaseLimit)
 	req0, from, srv0 := p.flowRequests(b), time.Now(), p.serverTime(b)
 	pods = createPods(b, p, st, "vol", s.Pods, s.VolSize, nil, 0)
-	res.withVols = waitDone(b, p, st, pods, true, s.PhaseLimit)
+	res.withVols = waitDone(b, st, pods, true, s.PhaseLimit)
 	phase("1. %d pods with volumes scheduled and bound in %v", s.Pods, res.withVols.Round(time.Millisecond))
 	for _, sg := range []struct {
 		name  string
@@ -273,7 +273,7 @@ func runPlane(b *testing.B, s settings, bin, carve, scoring, logs string, idle b
 	// 3. The burst that fits only if spread.
 	ex0 := exhausted()
 	pods = createPods(b, p, st, "burst", s.Burst, s.burstSize(), nil, 0)
-	res.burst = waitDone(b, p, st, pods, true, s.PhaseLimit)
+	res.burst = waitDone(b, st, pods, true, s.PhaseLimit)
 	res.burstExhausted = exhausted() - ex0
 	res.burstFailed = failedEvents(b, p, "burst-")
 	perNode := map[string]int{}
@@ -292,7 +292,7 @@ func runPlane(b *testing.B, s settings, bin, carve, scoring, logs string, idle b
 	// 2. Controller mode.
 	sel := map[string]string{distLabel: "true"}
 	pods = createPods(b, p, st, "ctl", s.DistPods, s.VolSize, sel, s.DistRate)
-	waitDone(b, p, st, pods, true, s.PhaseLimit)
+	waitDone(b, st, pods, true, s.PhaseLimit)
 	res.ctlBound = st.since(pods, st.claimed, true)
 	phase("2. controller mode: pod -> claim Bound median %v p99 %v", pct(res.ctlBound, 0.5), pct(res.ctlBound, 0.99))
 	cleanup(b, p, s.PhaseLimit)
@@ -322,7 +322,7 @@ func runPlane(b *testing.B, s settings, bin, carve, scoring, logs string, idle b
 	waitCapacities(b, p, s.DistNodes, "external-provisioner-")
 	phase("2. %d per-node external-provisioners up", s.DistNodes)
 	pods = createPods(b, p, st, "dist", s.DistPods, s.VolSize, sel, s.DistRate)
-	waitDone(b, p, st, pods, true, s.PhaseLimit)
+	waitDone(b, st, pods, true, s.PhaseLimit)
 	res.distBound = st.since(pods, st.claimed, true)
 	phase("2. distributed mode: pod -> claim Bound median %v p99 %v", pct(res.distBound, 0.5), pct(res.distBound, 0.99))
 	cleanup(b, p, s.PhaseLimit)

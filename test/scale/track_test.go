@@ -219,7 +219,7 @@ func createPods(t testing.TB, p *plane, st *stamps, prefix string, n int, size i
 
 // waitDone waits until every pod is scheduled (and its claim Bound if
 // volumes) and returns the time from the first creation to the last.
-func waitDone(t testing.TB, p *plane, st *stamps, pods []string, volumes bool, limit time.Duration) time.Duration {
+func waitDone(t testing.TB, st *stamps, pods []string, volumes bool, limit time.Duration) time.Duration {
 	k8srig.WaitFor(t, fmt.Sprintf("%d pods scheduled (volumes %v)", len(pods), volumes), limit, 250*time.Millisecond, func() (bool, string) {
 		n, _ := st.done(pods, volumes)
 		return n == len(pods), fmt.Sprintf("%d of %d done", n, len(pods))
