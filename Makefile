@@ -74,6 +74,14 @@ bench:
 bench-controller:
 	$(GO) test -run XXX -bench ControllerBurst -benchtime 1x -timeout 15m ./test/integration/
 
+# carve's controller path at cluster scale on the control-plane rig (README, "Scale"): 1000 pods
+# over 100 simulated nodes with and without volumes, controller vs distributed mode, a burst
+# that fits only if spread, API requests per volume, idle NodeStorage writes; StorageCapacityScoring
+# on and off. Not part of make test. Sizes: CARVE_SCALE_* (test/scale/env_test.go).
+.PHONY: bench-scale
+bench-scale:
+	$(GO) test -run XXX -bench Scale -benchtime 1x -timeout 60m ./test/scale/
+
 # The node path in the QEMU VM (README, "Scale"): an inline volume's publish + unpublish
 # against the same tools run bare, ext4 and xfs, as ratios. Boots the VM rig.
 .PHONY: bench-nodepath

@@ -63,7 +63,10 @@ type rig struct {
 	fastC      *counting
 	writes     atomic.Int32 // create/update/patch/delete calls through the client, status included
 	statusPub  atomic.Int32 // NodeStorage status updates (publishes)
-	failStatus atomic.Int32 // fail this many NodeStorage status updates
+	nsReads    atomic.Int32 // NodeStorage gets (each publish reads it first)
+	// beforeStatus, if set, runs before each NodeStorage status update.
+	beforeStatus func()
+	failStatus   atomic.Int32 // fail this many NodeStorage status updates
 	// lvWrite, if set, sees every LocalVolume as the agent is about to write it.
 	lvWrite func(*v1alpha1.LocalVolume)
 }
@@ -99,6 +102,12 @@ func newRig(t *testing.T, objs ...client.Object) *rig {
 		WithStatusSubresource(&v1alpha1.LocalVolume{}, &v1alpha1.NodeStorage{}).
 		WithObjects(append([]client.Object{node("uid-1")}, objs...)...).
 		WithInterceptorFuncs(interceptor.Funcs{
+			Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, o client.Object, opts ...client.GetOption) error {
+				if _, ok := o.(*v1alpha1.NodeStorage); ok {
+					r.nsReads.Add(1)
+				}
+				return c.Get(ctx, key, o, opts...)
+			},
 			Create: func(ctx context.Context, c client.WithWatch, o client.Object, opts ...client.CreateOption) error {
 				count()
 				return c.Create(ctx, o, opts...)
@@ -116,6 +125,9 @@ func newRig(t *testing.T, objs ...client.Object) *rig {
 			SubResourceUpdate: func(ctx context.Context, c client.Client, sub string, o client.Object, opts ...client.SubResourceUpdateOption) error {
 				count()
 				if _, ok := o.(*v1alpha1.NodeStorage); ok {
+					if r.beforeStatus != nil {
+						r.beforeStatus()
+					}
 					if r.failStatus.Load() > 0 {
 						r.failStatus.Add(-1)
 						return apierrors.NewServiceUnavailable("injected")
@@ -702,7 +714,10 @@ func TestRunPublishesAfterChangesAndPeriodically(t *testing.T) {
 	if ns := r.nodeStorage(); ns.Status.FreeBytes != 8*gib {
 		t.Fatalf("free after create %d, want 8GiB", ns.Status.FreeBytes)
 	}
-	// A burst of signals is one publish.
+	// A burst of signals is one publish (of a change made behind the agent's back).
+	if _, err := r.fast.Create(context.Background(), backend.CreateRequest{ID: "x", Name: "x", SizeBytes: gib}); err != nil {
+		t.Fatal(err)
+	}
 	for i := 0; i < 100; i++ {
 		r.agent.Changed()
 	}
@@ -712,6 +727,9 @@ func TestRunPublishesAfterChangesAndPeriodically(t *testing.T) {
 		t.Fatalf("%d publishes after a burst of 100 signals, want 1", n-2)
 	}
 	// A failed publish is retried.
+	if _, err := r.fast.Create(context.Background(), backend.CreateRequest{ID: "y", Name: "y", SizeBytes: gib}); err != nil {
+		t.Fatal(err)
+	}
 	r.failStatus.Store(1)
 	r.agent.Changed()
 	waitFor(t, "publish retried after a failure", func() bool { return r.statusPub.Load() == 4 })
@@ -723,7 +741,7 @@ func TestRunResync(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- r.agent.Run(ctx) }()
-	waitFor(t, "periodic publishes", func() bool { return r.statusPub.Load() >= 4 })
+	waitFor(t, "first publish and periodic reads", func() bool { return r.statusPub.Load() == 1 && r.nsReads.Load() >= 4 })
 	// The pools change behind the agent's back (e.g. an admin's lvcreate): the next resync reports it.
 	if _, err := r.fast.Create(context.Background(), backend.CreateRequest{ID: "x", Name: "x", SizeBytes: gib}); err != nil {
 		t.Fatal(err)
@@ -740,6 +758,90 @@ func TestRunResync(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return after cancel")
+	}
+}
+
+// TestIdleResyncWritesNothing: a resync that finds the pools as published
+// writes nothing (issue 13: every node rewrote NodeStorage each minute at idle,
+// only to move updateTime); a change is still written at the next resync.
+func TestIdleResyncWritesNothing(t *testing.T) {
+	r := newRig(t)
+	r.agent.Resync = 10 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- r.agent.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, "first publish", func() bool { return r.statusPub.Load() == 1 })
+	first := r.nodeStorage()
+	writes := r.writes.Load()
+	waitFor(t, "ten resyncs", func() bool { return r.nsReads.Load() >= 11 })
+	if n, w := r.statusPub.Load(), r.writes.Load(); n != 1 || w != writes {
+		t.Fatalf("idle resyncs wrote: %d status updates (want 1, the first), %d writes after it (want 0)", n, w-writes)
+	}
+	if ns := r.nodeStorage(); ns.ResourceVersion != first.ResourceVersion {
+		t.Fatalf("NodeStorage changed at idle: resourceVersion %s -> %s", first.ResourceVersion, ns.ResourceVersion)
+	}
+	if _, err := r.slow.Create(context.Background(), backend.CreateRequest{ID: "x", Name: "x", SizeBytes: 100 * mib}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the change written by a resync", func() bool { return r.statusPub.Load() == 2 })
+	if got, want := r.nodeStorage().Status.Pools[1], wantPool(t, r.slow); got != want {
+		t.Fatalf("slow pool after the change: %+v, want %+v", got, want)
+	}
+}
+
+// TestConcurrentPublishesCoalesce: calls made while a publish runs share the
+// next one instead of each running its own in turn (issue 13: volumes made at
+// once on a node each waited for every publish before theirs), and that one
+// measures what they changed.
+func TestConcurrentPublishesCoalesce(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	if err := r.agent.Publish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	r.beforeStatus = func() { once.Do(func() { close(entered); <-release }) }
+	mustCreate := func(id string) {
+		if _, err := r.fast.Create(ctx, backend.CreateRequest{ID: id, Name: id, SizeBytes: gib}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustCreate("a")
+	first := make(chan error, 1)
+	go func() { first <- r.agent.Publish(ctx) }()
+	<-entered // the first publish is writing
+	reads := r.nsReads.Load()
+	mustCreate("b")
+	const n = 10
+	errs := make(chan error, n)
+	for range n {
+		go func() { errs <- r.agent.Publish(ctx) }()
+	}
+	waitFor(t, "the callers waiting", func() bool {
+		r.agent.pub.mu.Lock()
+		defer r.agent.pub.mu.Unlock()
+		return r.agent.pub.asked == 2+n
+	})
+	close(release)
+	for range n + 1 {
+		select {
+		case err := <-first:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case err := <-errs:
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got := r.nsReads.Load() - reads; got != 1 {
+		t.Fatalf("%d publishes after the running one for %d callers that waited for it, want 1", got, n)
+	}
+	if got, want := r.nodeStorage().Status.Pools[0], wantPool(t, r.fast); got != want {
+		t.Fatalf("fast pool published %+v, want %+v (with volume b)", got, want)
 	}
 }
 
