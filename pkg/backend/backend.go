@@ -110,6 +110,23 @@ type Backend interface {
 	Activate(ctx context.Context, id string) (string, error)
 }
 
+// Device is one physical device a pool is built from.
+type Device struct {
+	Path      string // as the pool's tool names it (lvm: pv_name; "[unknown]" when missing)
+	UUID      string // lvm: pv_uuid, which names a missing device too
+	SizeBytes int64
+	FreeBytes int64
+	// Missing: the pool knows the device but it is not there (a VG's missing PV).
+	Missing bool
+}
+
+// DeviceLister is implemented by pools carve builds from the node's disks;
+// NodeStorage lists their devices.
+type DeviceLister interface {
+	// Devices returns the pool's devices in the pool's order.
+	Devices(ctx context.Context) ([]Device, error)
+}
+
 // InlineRemover is implemented by backends that can check and remove an
 // inline volume in one tool call (LVM: lvremove with a tag selection).
 type InlineRemover interface {

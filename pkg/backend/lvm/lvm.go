@@ -666,3 +666,43 @@ func (n num) int() (int64, error) {
 	}
 	return v, nil
 }
+
+// pvColumns are what PVs reads of each physical volume.
+const pvColumns = "pv_name,pv_uuid,pv_size,pv_free,pv_missing"
+
+// PVs returns the volume group's physical volumes with one
+// `lvm pvs -S vg_name=<vg>`, in lvm's order. A missing PV is listed with
+// Missing set and the path lvm gives it ("[unknown]").
+func (b *Backend) PVs(ctx context.Context) ([]backend.Device, error) {
+	args := append([]string{"pvs", "-o", pvColumns}, reportArgs...)
+	out, err := b.runner.Run(ctx, "lvm", append(args, "-S", "vg_name="+b.vg)...)
+	if err != nil {
+		return nil, fmt.Errorf("lvm: physical volumes of %q: %w", b.vg, backend.ReadFailed(ctx, err))
+	}
+	var rep struct {
+		Report []struct {
+			PV []struct {
+				Name    string `json:"pv_name"`
+				UUID    string `json:"pv_uuid"`
+				Size    num    `json:"pv_size"`
+				Free    num    `json:"pv_free"`
+				Missing string `json:"pv_missing"`
+			} `json:"pv"`
+		} `json:"report"`
+	}
+	if err := DecodeReport(out, &rep); err != nil {
+		return nil, fmt.Errorf("lvm: physical volumes of %q: parsing pvs report: %w", b.vg, err)
+	}
+	var devs []backend.Device
+	for _, r := range rep.Report {
+		for _, pv := range r.PV {
+			size, err1 := pv.Size.int()
+			free, err2 := pv.Free.int()
+			if err := errors.Join(err1, err2); err != nil {
+				return nil, fmt.Errorf("lvm: physical volume %s of %q: %w", pv.Name, b.vg, err)
+			}
+			devs = append(devs, backend.Device{Path: pv.Name, UUID: pv.UUID, SizeBytes: size, FreeBytes: free, Missing: pv.Missing != ""})
+		}
+	}
+	return devs, nil
+}
