@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 
 	"github.com/carve-csi/carve/pkg/backend"
@@ -47,9 +46,8 @@ func stripedScenario(t *testing.T, b *Backend, run func(args ...string) (string,
 		if err != nil || v.SizeBytes != c.MaxVolumeBytes {
 			t.Fatalf("%d stripes, exactly max %d: %+v, %v", n, c.MaxVolumeBytes, v, err)
 		}
-		out, err := run("lvs", "-o", "lv_name,stripes,lv_size", "--noheadings", "--units", "b", "--nosuffix", b.vg+"/"+v.ID)
-		if f := strings.Fields(out); err != nil || len(f) != 3 || f[1] != strconv.Itoa(n) || f[2] != strconv.FormatInt(c.MaxVolumeBytes, 10) {
-			t.Fatalf("lvs of the striped LV: %q, %v; want %d stripes", out, err, n)
+		if got := stripes(t, run, b.vg+"/"+v.ID); got != [3]string{strconv.Itoa(n), "65536", strconv.FormatInt(c.MaxVolumeBytes, 10)} {
+			t.Fatalf("lvs of the striped LV: %q; want %d stripes of lvm's default 64 KiB", got, n)
 		}
 		if c, _, err := b.StripedCapacity(ctx, tc.stripes); err != nil || c.MaxVolumeBytes >= tc.max {
 			t.Fatalf("after a max volume: %+v, %v", c, err)
@@ -70,9 +68,8 @@ func stripedScenario(t *testing.T, b *Backend, run func(args ...string) (string,
 	if err != nil || v.SizeBytes != 4*ext {
 		t.Fatalf("2 stripes of 1 MiB, 3 extents: %+v, %v; want 4 extents", v, err)
 	}
-	out, err := run("lvs", "-o", "stripes,stripe_size,lv_size", "--noheadings", "--units", "b", "--nosuffix", b.vg+"/"+v.ID)
-	if f := strings.Fields(out); err != nil || len(f) != 3 || f[0] != "2" || f[1] != "1048576" || f[2] != strconv.FormatInt(4*ext, 10) {
-		t.Fatalf("lvs: %q, %v; want 2 stripes of 1048576 bytes, %d bytes", out, err, 4*ext)
+	if got := stripes(t, run, b.vg+"/"+v.ID); got != [3]string{"2", "1048576", strconv.FormatInt(4*ext, 10)} {
+		t.Fatalf("lvs: %q; want 2 stripes of 1048576 bytes, %d bytes", got, 4*ext)
 	}
 	if err := b.Delete(ctx, v.ID); err != nil {
 		t.Fatal(err)
@@ -82,6 +79,29 @@ func stripedScenario(t *testing.T, b *Backend, run func(args ...string) (string,
 			t.Errorf("stripe size %d: %v, want ErrCannotStripe", bad, err)
 		}
 	}
+}
+
+// stripes reads an LV's stripes, stripe size and size with an lvs of its own.
+func stripes(t *testing.T, run func(args ...string) (string, error), lv string) [3]string {
+	t.Helper()
+	out, err := run(append(append([]string{"lvs", "-o", "lv_name,vg_name,lv_size,lv_path,stripes,stripe_size"}, reportArgs...), lv)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		Report []struct {
+			LV []struct {
+				Size       string `json:"lv_size"`
+				Stripes    string `json:"stripes"`
+				StripeSize string `json:"stripe_size"`
+			} `json:"lv"`
+		} `json:"report"`
+	}
+	if err := DecodeReport([]byte(out), &rep); err != nil || len(rep.Report) != 1 || len(rep.Report[0].LV) != 1 {
+		t.Fatalf("lvs %s: %v: %s", lv, err, out)
+	}
+	r := rep.Report[0].LV[0]
+	return [3]string{r.Stripes, r.StripeSize, r.Size}
 }
 
 func TestRealStriped(t *testing.T) {
