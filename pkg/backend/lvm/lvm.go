@@ -46,6 +46,9 @@ const (
 	TagName      = "carve.name"
 	TagEphemeral = "carve.ephemeral"
 	TagTarget    = "carve.target"
+	// TagZeroing marks an LV whose zeroing has not finished (see
+	// EnableZeroing): Create removes it only after the LV reads as zeros.
+	TagZeroing = "carve.zeroing=pending"
 
 	// MaxTagLen is LVM's documented limit on one tag (lvm(8), "Tags").
 	MaxTagLen = 1024
@@ -82,7 +85,20 @@ type Backend struct {
 
 	// devExists reports whether a device node exists; tests replace it.
 	devExists func(string) bool
+	// zero: Create zeroes each new LV before returning it (EnableZeroing).
+	zero bool
 }
+
+// EnableZeroing makes Create zero every new LV before returning it, so that
+// no volume shows what an earlier LV on the same extents held (lvcreate -W y
+// wipes only the signatures it knows). Create then runs `blkdiscard -z
+// /dev/<vg>/<lv>` (BLKZEROOUT: the device zeroes or unmaps the range where it
+// can, the kernel writes zeroes where it cannot) between an lvcreate that
+// tags the LV TagZeroing and an lvchange that removes the tag; a create
+// killed in between leaves the tag, and the retry (lvcreate: exists) zeroes
+// again before the volume is handed out. It needs the LV active with its
+// device node (lvm's default; not with activation = 0).
+func (b *Backend) EnableZeroing() { b.zero = true }
 
 var _ backend.Backend = (*Backend)(nil)
 
@@ -150,6 +166,9 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 	}
 	size := backend.AlignUp(req.SizeBytes, align)
 	tags := Tags(b.owner, req.Name, req.Ephemeral, req.TargetPath)
+	if b.zero {
+		tags = append(tags, TagZeroing)
+	}
 	args := []string{"lvcreate", "-n", req.ID, "-L", strconv.FormatInt(size, 10) + "b", "-W", "y", "-y"}
 	if req.Stripes > 1 {
 		args = append(args, "-i", strconv.Itoa(req.Stripes))
@@ -163,6 +182,13 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 	args = append(args, b.vg)
 	if _, err := b.runner.Run(ctx, "lvm", args...); err != nil {
 		err = b.mapError("create", req.ID, err)
+		if errors.Is(err, backend.ErrExists) && b.zero {
+			// A retry: finish an earlier create's zeroing before the
+			// caller looks at the LV and hands it out.
+			if zerr := b.finishZeroing(ctx, req.ID, req.Name); zerr != nil {
+				return nil, errors.Join(err, zerr)
+			}
+		}
 		if errors.Is(err, backend.ErrExists) || errors.Is(err, backend.ErrNoSpace) || errors.Is(err, backend.ErrDegraded) ||
 			errors.Is(err, backend.ErrCannotStripe) {
 			// lvm refused before allocating anything: nothing of ours to undo,
@@ -176,6 +202,13 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 			return nil, errors.Join(err, cerr)
 		}
 		return nil, err
+	}
+	if b.zero {
+		if err := b.zeroLV(ctx, req.ID); err != nil {
+			// Not handed out; a retry finds the tag and zeroes again, a
+			// delete removes it.
+			return nil, err
+		}
 	}
 	return &backend.Volume{
 		ID:         req.ID,
@@ -257,6 +290,39 @@ func (b *Backend) StripedCapacity(ctx context.Context, stripes int) (backend.Cap
 	sort.Slice(free, func(i, j int) bool { return free[i] > free[j] })
 	c.MaxVolumeBytes = free[n-1] * int64(n) * b.extentBytes
 	return c, n, nil
+}
+
+// zeroLV zeroes LV id and then drops its TagZeroing.
+func (b *Backend) zeroLV(ctx context.Context, id string) error {
+	dev := b.devicePath(id)
+	if _, err := b.runner.Run(ctx, "blkdiscard", "-z", dev); err != nil {
+		return fmt.Errorf("lvm: create %s/%s: zeroing %s: %w", b.vg, id, dev, err)
+	}
+	if _, err := b.runner.Run(ctx, "lvm", "lvchange", "--deltag", TagZeroing, b.vg+"/"+id); err != nil {
+		return b.mapError("create", id, err)
+	}
+	return nil
+}
+
+// finishZeroing zeroes LV id if it is carve's volume of CSI name and still
+// carries TagZeroing (an earlier create died before it was zeroed).
+func (b *Backend) finishZeroing(ctx context.Context, id, name string) error {
+	args := append([]string{"lvs", "-o", lvColumns}, reportArgs...)
+	out, err := b.runner.Run(ctx, "lvm", append(args, "-S", "lv_name="+id+" && lv_tags={"+b.owner+","+TagZeroing+"}", b.vg)...)
+	if err != nil {
+		return b.mapError("create", id, err)
+	}
+	rows, err := parseLVs(out)
+	if err != nil {
+		return fmt.Errorf("lvm: create %s/%s: %w", b.vg, id, err)
+	}
+	for _, r := range rows {
+		if info, _ := ParseTags(r.Tags); r.Name == id && r.VG == b.vg && info.Name == name {
+			klog.InfoS("Zeroing a volume an earlier create left unzeroed", "vg", b.vg, "lv", id)
+			return b.zeroLV(ctx, id)
+		}
+	}
+	return nil
 }
 
 func (b *Backend) removeHalfMade(ctx context.Context, id string, tags []string) error {
@@ -788,4 +854,20 @@ func (b *Backend) PVs(ctx context.Context) ([]backend.Device, error) {
 		}
 	}
 	return devs, nil
+}
+
+// ActivationEnabled reports whether lvm's configuration lets LVs be
+// activated (`lvm lvmconfig --typeconfig full global/activation`). Where it
+// does not (carve's metadata-only test rigs), no LV ever has a device, so
+// none can be zeroed, nor read.
+func ActivationEnabled(ctx context.Context, runner exec.Runner) (bool, error) {
+	out, err := runner.Run(ctx, "lvm", "lvmconfig", "--typeconfig", "full", "global/activation")
+	if err != nil {
+		return false, fmt.Errorf("lvm: reading global/activation: %w", err)
+	}
+	v, ok := strings.CutPrefix(strings.TrimSpace(string(out)), "activation=")
+	if !ok {
+		return false, fmt.Errorf("lvm: lvmconfig global/activation printed %q", out)
+	}
+	return v != "0", nil
 }

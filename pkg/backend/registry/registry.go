@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 
+	"k8s.io/klog/v2"
+
 	"github.com/carve-csi/carve/pkg/backend"
 	"github.com/carve-csi/carve/pkg/backend/disks"
 	"github.com/carve-csi/carve/pkg/backend/lvm"
@@ -94,9 +96,9 @@ func Kinds() []Kind {
 			parse: parseLVM, conflict: lvmConflict,
 			build: func(ctx context.Context, env Env, s Spec) (backend.Backend, error) {
 				if len(s.Devices) > 0 {
-					return disks.New(ctx, env.Runner, s.Name, disks.Options{VG: s.Source, Owner: env.Owner, Patterns: s.Devices})
+					return zeroing(disks.New(ctx, env.Runner, s.Name, disks.Options{VG: s.Source, Owner: env.Owner, Patterns: s.Devices}))(ctx, env)
 				}
-				return lvm.New(ctx, env.Runner, s.Name, s.Source, env.Owner)
+				return zeroing(lvm.New(ctx, env.Runner, s.Name, s.Source, env.Owner))(ctx, env)
 			}},
 		{Type: pmem.Type, Source: "<region|all>", Example: "dax=" + pmem.Type + ":region0", parse: parseRegion, conflict: pmemConflict,
 			build: func(ctx context.Context, env Env, s Spec) (backend.Backend, error) {
@@ -105,7 +107,7 @@ func Kinds() []Kind {
 			}},
 		{Type: pmem.LVMType, Source: "<region|all>[:<percent>%]", Example: "daxlvm=" + pmem.LVMType + ":region0:50%", parse: parseLVMPMEM,
 			build: func(ctx context.Context, env Env, s Spec) (backend.Backend, error) {
-				return pmem.NewLVM(ctx, env.Runner, s.Name, s.Source, s.SharePercent, s.VG, env.Owner)
+				return zeroing(pmem.NewLVM(ctx, env.Runner, s.Name, s.Source, s.SharePercent, s.VG, env.Owner))(ctx, env)
 			}},
 	}
 }
@@ -218,6 +220,33 @@ func lvmConflict(a, b Spec) error {
 		return fmt.Errorf("volume group %s is built from devices, so only one pool can use it", a.Source)
 	}
 	return nil
+}
+
+// zeroing turns on lvm's zeroing of new volumes (lvm.Backend.EnableZeroing:
+// no volume shows an earlier volume's bytes) on a freshly built lvm pool,
+// unless lvm's configuration disables activation: then no LV ever has a
+// device to zero or to read (carve's metadata-only test rigs), and the log
+// says so.
+func zeroing[B backend.Backend](b B, err error) func(context.Context, Env) (backend.Backend, error) {
+	return func(ctx context.Context, env Env) (backend.Backend, error) {
+		if err != nil {
+			return nil, err
+		}
+		z, ok := any(b).(interface{ EnableZeroing() })
+		if !ok {
+			return nil, fmt.Errorf("pool type %s cannot zero new volumes", b.Type())
+		}
+		on, aerr := lvm.ActivationEnabled(ctx, env.Runner)
+		switch {
+		case aerr != nil:
+			return nil, aerr
+		case on:
+			z.EnableZeroing()
+		default:
+			klog.InfoS("lvm activation is off (global/activation=0): new volumes are not zeroed; no LV can be read either")
+		}
+		return b, nil
+	}
 }
 
 func parseRegion(_ *Spec, source string) error {
