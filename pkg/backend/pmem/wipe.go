@@ -6,23 +6,25 @@ import (
 	"io/fs"
 	"os"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// wipeBytes is how much of each end of a new volume is zeroed.
-const wipeBytes = 1 << 20
+// zeroChunk is what wipeDevice writes at a time where the device cannot zero itself.
+const zeroChunk = 1 << 20
 
 // devWait bounds the wait for a new namespace's device node.
 var devWait = 10 * time.Second
 
-// wipeDevice zeroes the first and last MiB of a new namespace's block device.
-// A namespace made where an earlier one was shows that one's data: without
-// this, a new volume would come up holding the previous volume's filesystem
-// (which carve would then mount instead of formatting). The ends hold every
-// signature blkid looks for (ext4, xfs, LVM, GPT, MD, ZFS labels), as
-// lvcreate -W y wipes them for LVM volumes. It opens the device O_EXCL, so a
-// device in use is never touched.
+// wipeDevice zeroes all size bytes of a new namespace's block device. A
+// namespace made where an earlier one was shows that one's data: without
+// this, a new volume would come up holding the previous volume's bytes (a
+// raw block volume would read them; a filesystem would be mounted instead of
+// made). It asks the kernel to zero the range (BLKZEROOUT, which writes zero
+// pages where the device has no zeroing of its own, as pmem has not), and
+// writes zeroes itself where the ioctl does not apply (a regular file in
+// tests). It opens the device O_EXCL, so a device in use is never touched.
 func wipeDevice(dev string, size int64) error {
 	var f *os.File
 	var err error
@@ -38,12 +40,18 @@ func wipeDevice(dev string, size int64) error {
 		return fmt.Errorf("pmem: wiping new volume %s: %w", dev, err)
 	}
 	defer f.Close()
-	zeros := make([]byte, min(int64(wipeBytes), size))
-	// The head and the tail (they overlap on small devices).
-	for _, off := range []int64{0, size - int64(len(zeros))} {
-		if _, err := f.WriteAt(zeros, off); err != nil {
-			return fmt.Errorf("pmem: wiping new volume %s at %d: %w", dev, off, err)
+	r := [2]uint64{0, uint64(size)}
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKZEROOUT, uintptr(unsafe.Pointer(&r)))
+	if errno == unix.ENOTTY || errno == unix.EINVAL || errno == unix.EOPNOTSUPP {
+		zeros := make([]byte, zeroChunk)
+		for off := int64(0); off < size && err == nil; off += zeroChunk {
+			_, err = f.WriteAt(zeros[:min(zeroChunk, size-off)], off)
 		}
+	} else if errno != 0 {
+		err = errno
+	}
+	if err != nil {
+		return fmt.Errorf("pmem: zeroing new volume %s: %w", dev, err)
 	}
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("pmem: wiping new volume %s: %w", dev, err)
