@@ -165,8 +165,11 @@ func Setup(ctx context.Context, runner exec.Runner, opts Options) (Result, error
 		klog.InfoS("Created the volume group from blank disks", "vg", opts.VG, "devices", add)
 	default:
 		if _, err := runner.Run(ctx, "lvm", append([]string{"vgextend", opts.VG}, add...)...); err != nil {
-			// A VG missing a PV cannot be extended; the pool still serves
-			// what it has (degraded), and the next start tries again.
+			if exec.ExitCode(err) != lvmRefused || ctx.Err() != nil {
+				return res, fmt.Errorf("disks: vgextend %s: %w", opts.VG, err)
+			}
+			// lvm refused (a VG missing a PV cannot be extended): the pool
+			// still serves what it has, and the next start tries again.
 			klog.ErrorS(err, "Cannot add blank disks to the volume group now; using it as it is", "vg", opts.VG, "devices", add)
 			break
 		}
@@ -177,6 +180,9 @@ func Setup(ctx context.Context, runner exec.Runner, opts Options) (Result, error
 	sort.Strings(res.Members)
 	return res, nil
 }
+
+// lvmRefused is lvm's exit code when it refuses a command (ECMD_FAILED).
+const lvmRefused = 5
 
 // PVUUID is the physical volume uuid carve gives device dev of volume group
 // vg for driver owner: lvm's format (32 of [A-Za-z0-9], grouped 6-4-4-4-4-4-6),
