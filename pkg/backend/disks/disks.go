@@ -81,84 +81,108 @@ func Setup(ctx context.Context, runner exec.Runner, opts Options) (Result, error
 	if opts.VG == "" || opts.Owner == "" || len(opts.Patterns) == 0 {
 		return Result{}, fmt.Errorf("disks: volume group, owner and at least one pattern are required (got %q, %q, %q)", opts.VG, opts.Owner, opts.Patterns)
 	}
-	devs, err := matches(opts)
+	p, err := survey(ctx, runner, opts)
 	if err != nil {
 		return Result{}, err
+	}
+	for _, s := range p.res.Skipped {
+		klog.InfoS("Leaving a matching disk alone", "vg", opts.VG, "device", s.Device, "reason", s.Reason)
+	}
+	return p.apply(ctx, runner, opts)
+}
+
+// plan is what survey found: the result so far, and what to write.
+type plan struct {
+	res      Result
+	vgExists bool
+	blank    []string // blank disks: pvcreate, then into the VG
+	orphans  []string // PVs of ours from an interrupted start: into the VG
+}
+
+// survey reads the disks and lvm's view of them; it writes nothing.
+func survey(ctx context.Context, runner exec.Runner, opts Options) (*plan, error) {
+	devs, err := matches(opts)
+	if err != nil {
+		return nil, err
 	}
 	tree, err := readTree(ctx, runner)
 	if err != nil {
-		return Result{}, err
+		return nil, err
 	}
 	pvs, err := readPVs(ctx, runner)
 	if err != nil {
-		return Result{}, err
+		return nil, err
 	}
-	vgExists, vgOurs := false, false
+	p := &plan{}
+	vgOurs := false
 	ownerTag := lvm.TagOwner + "=" + opts.Owner
 	for _, pv := range pvs {
 		if pv.VG == opts.VG {
-			vgExists = true
+			p.vgExists = true
 			vgOurs = vgOurs || hasTag(pv.VGTags, ownerTag)
 		}
 	}
-	if vgExists && !vgOurs {
-		return Result{}, fmt.Errorf("disks: volume group %s exists but was not made by carve (no tag %s); use --pool=<name>=lvm:%s without devices=, or rename it: %w",
+	if p.vgExists && !vgOurs {
+		return nil, fmt.Errorf("disks: volume group %s exists but was not made by carve (no tag %s); use --pool=<name>=lvm:%s without devices=, or rename it: %w",
 			opts.VG, ownerTag, opts.VG, ErrRefused)
 	}
-	var res Result
-	var blank, orphans []string // orphans: PVs of ours from an interrupted start
 	for _, d := range devs {
 		pv, isPV := pvs[d]
 		if isPV && pv.VG == opts.VG {
 			// Checked before the tree: the pool's own disks have holders
 			// (active LVs) and mounts (volumes in use).
-			res.Members = append(res.Members, d)
+			p.res.Members = append(p.res.Members, d)
 			continue
 		}
 		reason, err := tree.check(d)
 		if err != nil {
-			return Result{}, fmt.Errorf("disks: volume group %s: %w", opts.VG, err)
+			return nil, fmt.Errorf("disks: volume group %s: %w", opts.VG, err)
 		}
 		switch {
 		case reason != "":
-			res.Skipped = append(res.Skipped, Skipped{d, reason})
 		case isPV && pv.VG != "":
-			res.Skipped = append(res.Skipped, Skipped{d, fmt.Sprintf("physical volume of volume group %q", pv.VG)})
+			reason = fmt.Sprintf("physical volume of volume group %q", pv.VG)
 		case isPV && pv.UUID == PVUUID(opts.Owner, opts.VG, d):
-			orphans = append(orphans, d)
+			p.orphans = append(p.orphans, d)
 		case isPV:
-			res.Skipped = append(res.Skipped, Skipped{d, fmt.Sprintf("LVM physical volume in no volume group, not made by carve (uuid %s)", pv.UUID)})
+			reason = fmt.Sprintf("LVM physical volume in no volume group, not made by carve (uuid %s)", pv.UUID)
 		default:
 			sigs, err := signatures(ctx, runner, d)
 			if err != nil {
-				return Result{}, err
+				return nil, err
 			}
 			if sigs != "" {
-				res.Skipped = append(res.Skipped, Skipped{d, "carries " + sigs})
-				continue
+				reason = "carries " + sigs
+			} else {
+				p.blank = append(p.blank, d)
 			}
-			blank = append(blank, d)
+		}
+		if reason != "" {
+			p.res.Skipped = append(p.res.Skipped, Skipped{d, reason})
 		}
 	}
-	for _, s := range res.Skipped {
-		klog.InfoS("Leaving a matching disk alone", "vg", opts.VG, "device", s.Device, "reason", s.Reason)
-	}
-	for _, d := range blank {
+	return p, nil
+}
+
+// apply writes the plan: pvcreate each blank disk, then vgcreate or vgextend.
+func (p *plan) apply(ctx context.Context, runner exec.Runner, opts Options) (Result, error) {
+	res := p.res
+	for _, d := range p.blank {
 		// No -y: should a signature have appeared since wipefs, pvcreate
 		// asks, reads the closed stdin as "no" and writes nothing.
 		if _, err := runner.Run(ctx, "lvm", "pvcreate", "--norestorefile", "-u", PVUUID(opts.Owner, opts.VG, d), d); err != nil {
 			return res, fmt.Errorf("disks: volume group %s: pvcreate %s: %w", opts.VG, d, err)
 		}
 	}
-	add := append(orphans, blank...)
+	add := append(append([]string(nil), p.orphans...), p.blank...)
 	sort.Strings(add)
 	switch {
-	case len(add) == 0 && !vgExists:
+	case len(add) == 0 && !p.vgExists:
 		return res, fmt.Errorf("disks: volume group %s does not exist and no blank disk matches %q (left alone: %s)",
 			opts.VG, opts.Patterns, describe(res.Skipped))
 	case len(add) == 0:
-	case !vgExists:
-		if _, err := runner.Run(ctx, "lvm", append([]string{"vgcreate", "--addtag", ownerTag, opts.VG}, add...)...); err != nil {
+	case !p.vgExists:
+		if _, err := runner.Run(ctx, "lvm", append([]string{"vgcreate", "--addtag", lvm.TagOwner + "=" + opts.Owner, opts.VG}, add...)...); err != nil {
 			return res, fmt.Errorf("disks: vgcreate %s: %w", opts.VG, err)
 		}
 		res.Created, res.Added = true, add
