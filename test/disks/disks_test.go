@@ -26,6 +26,8 @@ import (
 
 	"github.com/carve-csi/carve/pkg/backend"
 	"github.com/carve-csi/carve/pkg/backend/disks"
+	"github.com/carve-csi/carve/pkg/backend/registry"
+	"github.com/carve-csi/carve/pkg/config"
 	carvecsi "github.com/carve-csi/carve/pkg/csi"
 	"github.com/carve-csi/carve/pkg/exec"
 	"github.com/carve-csi/carve/pkg/keylock"
@@ -63,6 +65,64 @@ func show(t *testing.T, name string, args ...string) {
 var block = []*csi.VolumeCapability{{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
 	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}}
 
+// TestVMWipeCost times zeroing 1 GiB: blkdiscard -z (BLKZEROOUT) and dd of
+// /dev/zero with O_DIRECT, on a thick LV on a virtio disk (/dev/vdg) and on
+// an fsdax namespace of the emulated NVDIMM; and writing 1 GiB into a thin
+// LV with and without the pool's zeroing of new chunks.
+func TestVMWipeCost(t *testing.T) {
+	inVM(t)
+	const gib = 1 << 30
+	timed := func(what string, name string, args ...string) {
+		t.Helper()
+		start := time.Now()
+		sh(t, name, args...)
+		d := time.Since(start)
+		fmt.Printf("wipe: %-40s %6.2f s/GiB\n", what, d.Seconds())
+		t.Logf("wipe: %s: %.2f s/GiB", what, d.Seconds())
+	}
+	sh(t, "lvm", "vgcreate", "-y", "wipe", "/dev/vdg")
+	sh(t, "lvm", "lvcreate", "-y", "-n", "thick", "-L", "1g", "wipe")
+	lv := "/dev/wipe/thick"
+	timed("blkdiscard -z, thick LV on virtio", "blkdiscard", "-z", lv)
+	timed("dd /dev/zero O_DIRECT, thick LV on virtio", "dd", "if=/dev/zero", "of="+lv, "bs=4M", "count=256", "oflag=direct")
+	sh(t, "lvm", "lvremove", "-y", "wipe/thick")
+	sh(t, "lvm", "lvcreate", "-y", "--type", "thin-pool", "-n", "pool", "-L", "1200m", "-Zy", "wipe")
+	for _, z := range []string{"y", "n"} {
+		sh(t, "lvm", "lvchange", "-Z", z, "wipe/pool")
+		sh(t, "lvm", "lvcreate", "-y", "-n", "thin"+z, "-V", "1g", "--thinpool", "pool", "wipe")
+		timed("dd 1 GiB into a thin LV, pool zeroing "+z, "dd", "if=/dev/urandom", "of=/dev/wipe/thin"+z, "bs=4M", "count=256", "oflag=direct")
+		sh(t, "lvm", "lvremove", "-y", "wipe/thin"+z)
+	}
+	timed("dd /dev/urandom 1 GiB to /dev/null (the pattern's own cost)", "dd", "if=/dev/urandom", "of=/dev/null", "bs=4M", "count=256")
+
+	// PMEM: one fsdax namespace of 1 GiB.
+	for _, args := range [][]string{{"disable-region", "all"}, {"init-labels", "-f", "all"}, {"enable-region", "all"}} {
+		sh(t, "ndctl", args...)
+	}
+	out := sh(t, "ndctl", "create-namespace", "-r", "region0", "-m", "fsdax", "-s", strconv.Itoa(gib+(16<<20)), "-n", "wipe")
+	i := strings.Index(out, `"blockdev":"`)
+	if i < 0 {
+		t.Fatalf("ndctl create-namespace: %s", out)
+	}
+	pm := "/dev/" + strings.SplitN(out[i+len(`"blockdev":"`):], `"`, 2)[0]
+	timed("blkdiscard -z, fsdax namespace", "blkdiscard", "-z", "-l", strconv.Itoa(gib), pm)
+	timed("dd /dev/zero O_DIRECT, fsdax namespace", "dd", "if=/dev/zero", "of="+pm, "bs=4M", "count=256", "oflag=direct")
+}
+
+// pool builds a pool as carve-csi does (config, registry: lvm pools zero new volumes).
+func pool(t *testing.T, flag string) backend.Backend {
+	t.Helper()
+	spec, err := config.ParsePool(flag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := registry.New(context.Background(), registry.Env{Runner: &exec.Host{}, Owner: owner, KubeletDir: t.TempDir()}, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 // TestVMDisks: the pool, striping, capacity and a removed disk, in order.
 func TestVMDisks(t *testing.T) {
 	inVM(t)
@@ -93,12 +153,9 @@ func TestVMDisks(t *testing.T) {
 		len(res.Skipped) != 1 || res.Skipped[0].Device != "/dev/vdc" || !strings.Contains(res.Skipped[0].Reason, "ext4") {
 		t.Fatalf("want the VG from vdb, vdd, vde and vdc (ext4) left alone: %+v", res)
 	}
-	b, err := disks.New(ctx, runner, "disks", opts) // a restart: nothing changes
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := pool(t, "disks=lvm:"+vg+":devices=/dev/vd[b-e]") // a restart: nothing changes
 	show(t, "lvm", "vgs", "-o", "vg_name,vg_tags,pv_count,vg_size,vg_free", vg)
-	devs, err := b.Devices(ctx)
+	devs, err := b.(backend.DeviceLister).Devices(ctx)
 	if err != nil || len(devs) != 3 {
 		t.Fatalf("devices %+v, %v", devs, err)
 	}
@@ -172,7 +229,7 @@ func TestVMDisks(t *testing.T) {
 	} else {
 		t.Logf("create in the degraded pool: %v", err)
 	}
-	devs, err = b.Devices(ctx)
+	devs, err = b.(backend.DeviceLister).Devices(ctx)
 	t.Logf("NodeStorage devices after vde went: %+v, %v", devs, err)
 	if out, err := osexec.Command("dd", "if="+linDev, "of=/dev/null", "bs=1M", "count=64", "iflag=direct").CombinedOutput(); err != nil {
 		t.Errorf("the volume on vdb is not readable after vde went: %v: %s", err, out)
@@ -187,11 +244,7 @@ func TestVMDisks(t *testing.T) {
 func TestVMStaleData(t *testing.T) {
 	inVM(t)
 	ctx := context.Background()
-	runner := &exec.Host{}
-	b, err := disks.New(ctx, runner, "stale", disks.Options{VG: "carve-stale", Owner: owner, Patterns: []string{"/dev/vdf"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := pool(t, "stale=lvm:carve-stale:devices=/dev/vdf")
 	vols, err := volume.NewManager([]volume.Pool{{Name: "stale", Backend: b}}, "stale")
 	if err != nil {
 		t.Fatal(err)
@@ -235,46 +288,3 @@ func TestVMStaleData(t *testing.T) {
 	}
 }
 
-// TestVMWipeCost times zeroing 1 GiB: blkdiscard -z (BLKZEROOUT) and dd of
-// /dev/zero with O_DIRECT, on a thick LV on a virtio disk (/dev/vdg) and on
-// an fsdax namespace of the emulated NVDIMM; and writing 1 GiB into a thin
-// LV with and without the pool's zeroing of new chunks.
-func TestVMWipeCost(t *testing.T) {
-	inVM(t)
-	const gib = 1 << 30
-	timed := func(what string, name string, args ...string) {
-		t.Helper()
-		start := time.Now()
-		sh(t, name, args...)
-		d := time.Since(start)
-		fmt.Printf("wipe: %-40s %6.2f s/GiB\n", what, d.Seconds())
-		t.Logf("wipe: %s: %.2f s/GiB", what, d.Seconds())
-	}
-	sh(t, "lvm", "vgcreate", "-y", "wipe", "/dev/vdg")
-	sh(t, "lvm", "lvcreate", "-y", "-n", "thick", "-L", "1g", "wipe")
-	lv := "/dev/wipe/thick"
-	timed("blkdiscard -z, thick LV on virtio", "blkdiscard", "-z", lv)
-	timed("dd /dev/zero O_DIRECT, thick LV on virtio", "dd", "if=/dev/zero", "of="+lv, "bs=4M", "count=256", "oflag=direct")
-	sh(t, "lvm", "lvremove", "-y", "wipe/thick")
-	sh(t, "lvm", "lvcreate", "-y", "--type", "thin-pool", "-n", "pool", "-L", "2g", "-Zy", "wipe")
-	for _, z := range []string{"y", "n"} {
-		sh(t, "lvm", "lvchange", "-Z", z, "wipe/pool")
-		sh(t, "lvm", "lvcreate", "-y", "-n", "thin"+z, "-V", "1g", "--thinpool", "pool", "wipe")
-		timed("dd 1 GiB into a thin LV, pool zeroing "+z, "dd", "if=/dev/urandom", "of=/dev/wipe/thin"+z, "bs=4M", "count=256", "oflag=direct")
-		sh(t, "lvm", "lvremove", "-y", "wipe/thin"+z)
-	}
-	timed("dd /dev/urandom 1 GiB to /dev/null (the pattern's own cost)", "dd", "if=/dev/urandom", "of=/dev/null", "bs=4M", "count=256")
-
-	// PMEM: one fsdax namespace of 1 GiB.
-	for _, args := range [][]string{{"disable-region", "all"}, {"init-labels", "-f", "all"}, {"enable-region", "all"}} {
-		sh(t, "ndctl", args...)
-	}
-	out := sh(t, "ndctl", "create-namespace", "-r", "region0", "-m", "fsdax", "-s", strconv.Itoa(gib+(16<<20)), "-n", "wipe")
-	i := strings.Index(out, `"blockdev":"`)
-	if i < 0 {
-		t.Fatalf("ndctl create-namespace: %s", out)
-	}
-	pm := "/dev/" + strings.SplitN(out[i+len(`"blockdev":"`):], `"`, 2)[0]
-	timed("blkdiscard -z, fsdax namespace", "blkdiscard", "-z", "-l", strconv.Itoa(gib), pm)
-	timed("dd /dev/zero O_DIRECT, fsdax namespace", "dd", "if=/dev/zero", "of="+pm, "bs=4M", "count=256", "oflag=direct")
-}

@@ -18,7 +18,7 @@ mkdir -p "$SHARE"
 echo "[disks] share $SHARE"
 (cd "$REPO" && CGO_ENABLED=0 go test -c -o "$SHARE/disks.test" ./test/disks) || { echo "[disks] FAIL: build disks.test"; exit 1; }
 cp "$HERE/vm.sh" "$SHARE/vm.sh" && chmod +x "$SHARE/vm.sh"
-"$REPO/hack/vm/run.sh" --share "$SHARE" --timeout 2400 --disks 6 --disks-size 4G "${vmflags[@]}" -- /share/vm.sh "${testflags[@]}"
+"$REPO/hack/vm/run.sh" --share "$SHARE" --timeout 2400 --disks 6 --disks-size 2G "${vmflags[@]}" -- /share/vm.sh "${testflags[@]}"
 rc=$?
 echo "[disks] exit $rc; logs: $SHARE/guest.log, $SHARE/serial.log"
 exit "$rc"
