@@ -287,4 +287,3 @@ func TestVMStaleData(t *testing.T) {
 		t.Errorf("lvm: the new volume shows %d bytes of the previous volume", stale)
 	}
 }
-
