@@ -99,7 +99,7 @@ func TestVMWipeCost(t *testing.T) {
 	for _, args := range [][]string{{"disable-region", "all"}, {"init-labels", "-f", "all"}, {"enable-region", "all"}} {
 		sh(t, "ndctl", args...)
 	}
-	out := sh(t, "ndctl", "create-namespace", "-r", "region0", "-m", "fsdax", "-s", strconv.Itoa(gib+(16<<20)), "-n", "wipe")
+	out := sh(t, "ndctl", "create-namespace", "-r", "region0", "-m", "fsdax", "-s", strconv.Itoa(gib+(64<<20)), "-n", "wipe")
 	i := strings.Index(out, `"blockdev":"`)
 	if i < 0 {
 		t.Fatalf("ndctl create-namespace: %s", out)
