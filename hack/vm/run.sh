@@ -196,7 +196,18 @@ QEMU=(qemu-system-x86_64 -accel tcg -cpu max -smp "$SMP"
   -append "console=ttyS0 rdinit=/init panic=-1 quiet ${CARVE_VM_APPEND:-}"
   -nographic -no-reboot)
 # Extra disks after vda, in order: vdb, vdc, ... Each has a serial (carve-disk-N), which
-# udev would turn into /dev/disk/by-id/virtio-carve-disk-N (the guest runs no udev).
+# udev would turn into /dev/disk/by-id/virtio-carve-disk-N (the guest runs no udev). The guest
+# names virtio disks in PCI slot order and -device takes slots before if=virtio drives, so with
+# extra disks the first one is a -device too, ahead of them, to stay /dev/vda.
+if [ "$DISKS" -gt 0 ]; then
+  for ((i = 0; i < ${#QEMU[@]}; i++)); do
+    if [ "${QEMU[$i]}" = "file=$RUNDIR/disk.img,format=raw,if=virtio,cache=unsafe" ]; then
+      QEMU[$i]="file=$RUNDIR/disk.img,format=raw,if=none,id=disk0,cache=unsafe"
+      QEMU=("${QEMU[@]:0:$((i + 1))}" -device virtio-blk-pci,drive=disk0 "${QEMU[@]:$((i + 1))}")
+      break
+    fi
+  done
+fi
 for ((i = 1; i <= DISKS; i++)); do
   QEMU+=(-drive "file=$RUNDIR/disk$i.img,format=raw,if=none,id=disk$i,cache=unsafe"
     -device "virtio-blk-pci,drive=disk$i,serial=carve-disk-$i")
