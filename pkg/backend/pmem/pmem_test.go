@@ -391,7 +391,7 @@ func TestWipeDevice(t *testing.T) {
 			}
 		}
 	}
-	// A real block device: BLKZEROOUT zeroes all of it, the middle too.
+	// A real block device: all of it is zeroed, the middle too.
 	dev := loopdev.New(t, 8<<20)
 	if err := os.WriteFile(dev, []byte(strings.Repeat("x", 8<<20)), 0); err != nil {
 		t.Fatal(err)

@@ -6,13 +6,12 @@ import (
 	"io/fs"
 	"os"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// zeroChunk is what wipeDevice writes at a time where the device cannot zero itself.
-const zeroChunk = 1 << 20
+// zeroChunk is what wipeDevice writes at a time.
+const zeroChunk = 4 << 20
 
 // devWait bounds the wait for a new namespace's device node.
 var devWait = 10 * time.Second
@@ -21,10 +20,11 @@ var devWait = 10 * time.Second
 // namespace made where an earlier one was shows that one's data: without
 // this, a new volume would come up holding the previous volume's bytes (a
 // raw block volume would read them; a filesystem would be mounted instead of
-// made). It asks the kernel to zero the range (BLKZEROOUT, which writes zero
-// pages where the device has no zeroing of its own, as pmem has not), and
-// writes zeroes itself where the ioctl does not apply (a regular file in
-// tests). It opens the device O_EXCL, so a device in use is never touched.
+// made). It writes the zeroes itself: pmem has no zeroing of its own, and
+// BLKZEROOUT, which then writes zero pages in the kernel, measured slower
+// (VM rig, fsdax namespace: 14.35 s/GiB against 8.18 s/GiB for 4 MiB
+// writes; test/disks TestVMWipeCost). It opens the device O_EXCL, so a
+// device in use is never touched.
 func wipeDevice(dev string, size int64) error {
 	var f *os.File
 	var err error
@@ -40,18 +40,11 @@ func wipeDevice(dev string, size int64) error {
 		return fmt.Errorf("pmem: wiping new volume %s: %w", dev, err)
 	}
 	defer f.Close()
-	r := [2]uint64{0, uint64(size)}
-	_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKZEROOUT, uintptr(unsafe.Pointer(&r)))
-	if errno == unix.ENOTTY || errno == unix.EINVAL || errno == unix.EOPNOTSUPP {
-		zeros := make([]byte, zeroChunk)
-		for off := int64(0); off < size && err == nil; off += zeroChunk {
-			_, err = f.WriteAt(zeros[:min(zeroChunk, size-off)], off)
+	zeros := make([]byte, zeroChunk)
+	for off := int64(0); off < size; off += zeroChunk {
+		if _, err := f.WriteAt(zeros[:min(zeroChunk, size-off)], off); err != nil {
+			return fmt.Errorf("pmem: zeroing new volume %s at %d: %w", dev, off, err)
 		}
-	} else if errno != 0 {
-		err = errno
-	}
-	if err != nil {
-		return fmt.Errorf("pmem: zeroing new volume %s: %w", dev, err)
 	}
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("pmem: wiping new volume %s: %w", dev, err)
