@@ -45,6 +45,7 @@ type options struct {
 	defaultPool, kubeletDir, execPrefix string
 	allowInlinePool, attach             bool
 	kubeconfig, metricsAddr             string
+	pprof                               bool
 	standalone                          bool
 	startupTimeout, resync              time.Duration
 	inlineCleanup                       time.Duration
@@ -92,6 +93,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.attach, "attach", false, "controller mode: offer ControllerPublish/Unpublish (for deployments that run external-attacher)")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
 	fs.StringVar(&o.metricsAddr, "metrics-address", "", `address to serve Prometheus metrics on at /metrics, e.g. ":8080" (default "": none)`)
+	fs.BoolVar(&o.pprof, "pprof", false, "also serve Go's runtime profiles (heap, goroutines, CPU) at /debug/pprof/ on --metrics-address")
 	fs.DurationVar(&o.startupTimeout, "startup-timeout", time.Minute, "limit for reading the pools at start-up")
 	fs.DurationVar(&o.resync, "capacity-resync", time.Minute, "node mode: period of the NodeStorage refresh besides every change")
 	fs.DurationVar(&o.inlineCleanup, "inline-cleanup-period", time.Minute, "node mode: period of the sweep that removes inline volumes whose pod is gone (unmounted target, pod directory gone); 0: only at start-up")
@@ -103,6 +105,9 @@ func parseFlags(args []string) (*options, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if o.pprof && (o.metricsAddr == "" || o.metricsAddr == "0") {
+		return nil, errors.New("--pprof needs --metrics-address (the profiles are served on it)")
 	}
 	if o.kubeAPIQPS <= 0 || o.kubeAPIBurst <= 0 {
 		return nil, fmt.Errorf("--kube-api-qps (%g) and --kube-api-burst (%d) must be positive", o.kubeAPIQPS, o.kubeAPIBurst)
@@ -144,6 +149,9 @@ func startMetrics(o *options) (grpcMetrics *metrics.GRPC, reg *prometheus.Regist
 	ms, err = metrics.Listen(o.metricsAddr, prometheus.Gatherers{reg, crmetrics.Registry})
 	if err != nil {
 		return nil, nil, nil, err
+	}
+	if ms != nil && o.pprof {
+		ms.ServePprof()
 	}
 	if ms != nil {
 		// Logged before the CSI socket opens, so whoever waits for the socket
