@@ -460,3 +460,26 @@ func TestServePprof(t *testing.T) {
 		_ = s.Close()
 	}
 }
+
+// /metrics is never gzipped, even when the scraper asks (as Prometheus does).
+func TestServerDoesNotCompress(t *testing.T) {
+	s, err := metrics.Listen("127.0.0.1:0", prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	go func() { _ = s.Serve() }()
+	req, err := http.NewRequest(http.MethodGet, "http://"+s.Addr().String()+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept-Encoding", "gzip")
+	resp, err := http.DefaultTransport.RoundTrip(req) // no transparent decompression
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if enc := resp.Header.Get("Content-Encoding"); resp.StatusCode != http.StatusOK || enc != "" {
+		t.Fatalf("GET /metrics with Accept-Encoding gzip: %s, Content-Encoding %q; want plain text", resp.Status, enc)
+	}
+}
