@@ -79,6 +79,8 @@ func BenchmarkInlineNodePath(b *testing.B) {
 			}
 			return time.Since(start)
 		}
+		steps := map[string][]time.Duration{} // the bare arm's per-step times
+		stepNames := []string{"lvcreate", "blkid", "mkfs", "mount", "umount", "lvremove"}
 		bareOnce := func(i int) time.Duration {
 			lv, tgt := fmt.Sprintf("bench-bare-%s-%d", c.fs, i), target("bare", i)
 			dev := "/dev/" + e2eVG + "/" + lv
@@ -90,7 +92,7 @@ func BenchmarkInlineNodePath(b *testing.B) {
 				b.Fatal(err)
 			}
 			start := time.Now()
-			for _, argv := range [][]string{
+			for k, argv := range [][]string{
 				{"lvm", "lvcreate", "-n", lv, "-L", strconv.FormatInt(c.size, 10) + "b", "-W", "y", "-y", "--addtag", "carve.bench=" + lv, e2eVG},
 				{"blkid", "-p", "-s", "TYPE", "-s", "PTTYPE", "-o", "export", dev}, // as mount-utils probes; exit 2: nothing found
 				mkfs,
@@ -98,11 +100,13 @@ func BenchmarkInlineNodePath(b *testing.B) {
 				{"umount", tgt},
 				{"lvm", "lvremove", "-f", e2eVG + "/" + lv},
 			} {
+				t0 := time.Now()
 				cmd := exec.Command(argv[0], argv[1:]...)
 				cmd.Env = append(os.Environ(), "LC_ALL=C")
 				if out, err := cmd.CombinedOutput(); err != nil && !(argv[0] == "blkid" && cmd.ProcessState.ExitCode() == 2) {
 					b.Fatalf("%s: %v: %s", strings.Join(argv, " "), err, out)
 				}
+				steps[stepNames[k]] = append(steps[stepNames[k]], time.Since(t0))
 			}
 			return time.Since(start)
 		}
@@ -119,6 +123,11 @@ func BenchmarkInlineNodePath(b *testing.B) {
 		mc, mb := benchMedian(carve), benchMedian(bare)
 		fmt.Printf("inline %s %d MiB publish+unpublish: carve median %v, bare tools median %v, ratio %.2f (goal <= 1.05); %d rounds\n",
 			c.fs, c.size/mib, mc.Round(time.Millisecond), mb.Round(time.Millisecond), float64(mc)/float64(mb), rounds)
+		var per []string
+		for _, n := range stepNames {
+			per = append(per, fmt.Sprintf("%s %v", n, benchMedian(steps[n]).Round(time.Millisecond)))
+		}
+		fmt.Printf("inline %s bare steps, medians: %s\n", c.fs, strings.Join(per, ", "))
 		b.ReportMetric(float64(mc)/float64(mb), c.fs+"-ratio")
 	}
 }
