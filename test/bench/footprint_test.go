@@ -247,6 +247,21 @@ func measureNode(b *testing.B, cp *controlPlane, binary, node string, env []stri
 	if slices.Contains(extra, "--pprof") {
 		f.heapTop = heapTop(b, "http://"+addr+"/debug/pprof/heap")
 	}
+	// The volumes go as they came (finalizer released by the node), so a
+	// cache that broke the node's writes fails the benchmark.
+	for _, id := range mine {
+		if err := cp.cl.Delete(ctx, &v1alpha1.LocalVolume{ObjectMeta: metav1.ObjectMeta{Name: id}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	waitFor(b, fmt.Sprintf("%d LocalVolumes of %s gone", footprintVolumes, node), 5*time.Minute, func() bool {
+		for _, id := range mine {
+			if cp.cl.Get(ctx, types.NamespacedName{Name: id}, &v1alpha1.LocalVolume{}) == nil {
+				return false
+			}
+		}
+		return true
+	})
 	p.Stop(15)
 	return f
 }
