@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -46,8 +47,10 @@ func BenchmarkInlineNodePath(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	// --vmodule=exec=5: pkg/exec logs each lvm command with its duration (carve's side of the
+	// per-step times); mkfs, mount and blkid run through mount-utils and are not logged.
 	p := driver.Start(b, nil, "--mode=node", "--nodeid="+nodeID, "--drivername="+driverName,
-		"--pool=default=lvm:"+e2eVG, "--kubelet-dir="+kubelet)
+		"--pool=default=lvm:"+e2eVG, "--kubelet-dir="+kubelet, "--vmodule=exec=5")
 	conn, err := grpc.NewClient("unix://"+p.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		b.Fatal(err)
@@ -110,6 +113,7 @@ func BenchmarkInlineNodePath(b *testing.B) {
 			}
 			return time.Since(start)
 		}
+		logFrom := logSize(b, p.Log)
 		carveOnce(-1) // warm up: page cache, lvm metadata
 		bareOnce(-1)
 		var carve, bare []time.Duration
@@ -128,8 +132,41 @@ func BenchmarkInlineNodePath(b *testing.B) {
 			per = append(per, fmt.Sprintf("%s %v", n, benchMedian(steps[n]).Round(time.Millisecond)))
 		}
 		fmt.Printf("inline %s bare steps, medians: %s\n", c.fs, strings.Join(per, ", "))
+		lvm := lvmTimes(b, p.Log, logFrom)
+		var carveLVM []string
+		for _, n := range []string{"lvcreate", "lvs", "lvremove"} {
+			if len(lvm[n]) > 0 {
+				carveLVM = append(carveLVM, fmt.Sprintf("%s %v (%d runs)", n, benchMedian(lvm[n]).Round(time.Millisecond), len(lvm[n])))
+			}
+		}
+		fmt.Printf("inline %s carve's lvm steps, medians: %s\n", c.fs, strings.Join(carveLVM, ", "))
 		b.ReportMetric(float64(mc)/float64(mb), c.fs+"-ratio")
 	}
+}
+
+var execLine = regexp.MustCompile(`"exec" cmd=\["lvm","(\w+)"[^\]]*\] duration="([^"]+)"`)
+
+func logSize(b *testing.B, path string) int64 {
+	st, err := os.Stat(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return st.Size()
+}
+
+// lvmTimes reads the durations of carve's lvm commands from its log (from byte from on), by subcommand.
+func lvmTimes(b *testing.B, path string, from int64) map[string][]time.Duration {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := map[string][]time.Duration{}
+	for _, m := range execLine.FindAllSubmatch(data[from:], -1) {
+		if d, err := time.ParseDuration(string(m[2])); err == nil {
+			out[string(m[1])] = append(out[string(m[1])], d)
+		}
+	}
+	return out
 }
 
 func benchMedian(d []time.Duration) time.Duration {
