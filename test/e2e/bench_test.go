@@ -47,10 +47,10 @@ func BenchmarkInlineNodePath(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	// --vmodule=exec=5: pkg/exec logs each lvm command with its duration (carve's side of the
+	// --v=2 logs each gRPC call with its duration, --vmodule=exec=5 each lvm command (carve's side of the
 	// per-step times); mkfs, mount and blkid run through mount-utils and are not logged.
 	p := driver.Start(b, nil, "--mode=node", "--nodeid="+nodeID, "--drivername="+driverName,
-		"--pool=default=lvm:"+e2eVG, "--kubelet-dir="+kubelet, "--vmodule=exec=5")
+		"--pool=default=lvm:"+e2eVG, "--kubelet-dir="+kubelet, "--v=2", "--vmodule=exec=5")
 	conn, err := grpc.NewClient("unix://"+p.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		b.Fatal(err)
@@ -139,12 +139,20 @@ func BenchmarkInlineNodePath(b *testing.B) {
 				carveLVM = append(carveLVM, fmt.Sprintf("%s %v (%d runs)", n, benchMedian(lvm[n]).Round(time.Millisecond), len(lvm[n])))
 			}
 		}
-		fmt.Printf("inline %s carve's lvm steps, medians: %s\n", c.fs, strings.Join(carveLVM, ", "))
+		for _, n := range []string{"NodePublishVolume", "NodeUnpublishVolume"} {
+			if len(lvm[n]) > 0 {
+				carveLVM = append(carveLVM, fmt.Sprintf("%s %v", n, benchMedian(lvm[n]).Round(time.Millisecond)))
+			}
+		}
+		fmt.Printf("inline %s carve's side, medians, as carve logged them: %s\n", c.fs, strings.Join(carveLVM, ", "))
 		b.ReportMetric(float64(mc)/float64(mb), c.fs+"-ratio")
 	}
 }
 
-var execLine = regexp.MustCompile(`"exec" cmd=\["lvm","(\w+)"[^\]]*\] duration="([^"]+)"`)
+var (
+	execLine = regexp.MustCompile(`"exec" cmd=\["lvm","(\w+)"[^\]]*\] duration="([^"]+)"`)
+	grpcLine = regexp.MustCompile(`"GRPC call" method="/csi\.v1\.\w+/(\w+)" duration="([^"]+)"`)
+)
 
 func logSize(b *testing.B, path string) int64 {
 	st, err := os.Stat(path)
@@ -154,16 +162,19 @@ func logSize(b *testing.B, path string) int64 {
 	return st.Size()
 }
 
-// lvmTimes reads the durations of carve's lvm commands from its log (from byte from on), by subcommand.
+// lvmTimes reads the durations of carve's lvm commands (by subcommand) and gRPC calls (by
+// method) from its log, from byte from on.
 func lvmTimes(b *testing.B, path string, from int64) map[string][]time.Duration {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		b.Fatal(err)
 	}
 	out := map[string][]time.Duration{}
-	for _, m := range execLine.FindAllSubmatch(data[from:], -1) {
-		if d, err := time.ParseDuration(string(m[2])); err == nil {
-			out[string(m[1])] = append(out[string(m[1])], d)
+	for _, re := range []*regexp.Regexp{execLine, grpcLine} {
+		for _, m := range re.FindAllSubmatch(data[from:], -1) {
+			if d, err := time.ParseDuration(string(m[2])); err == nil {
+				out[string(m[1])] = append(out[string(m[1])], d)
+			}
 		}
 	}
 	return out

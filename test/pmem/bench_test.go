@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"testing"
@@ -81,7 +83,9 @@ func BenchmarkPMEMCreateDelete(b *testing.B) {
 		return end.Sub(start)
 	}
 	kubelet := newKubeletDir(b)
-	n := startNode(b, kubelet, "pm=pmem:"+reg)
+	// --vmodule=exec=5: the node logs each ndctl run with its duration; at --v=2 and up it logs
+	// each gRPC call's duration. Both give carve's side of the per-step times.
+	n := startNode(b, kubelet, "pm=pmem:"+reg, "--vmodule=exec=5")
 	csiOnce := func(i int) time.Duration {
 		start := time.Now()
 		resp, err := n.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: fmt.Sprintf("pvc-csi-bench-%d", i),
@@ -93,6 +97,13 @@ func BenchmarkPMEMCreateDelete(b *testing.B) {
 			b.Fatal(err)
 		}
 		return time.Since(start)
+	}
+	logData := func() []byte {
+		data, err := os.ReadFile(n.proc.Log)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return data
 	}
 	carveOnce(-1) // warm up
 	bareOnce(-1)
@@ -119,10 +130,33 @@ func BenchmarkPMEMCreateDelete(b *testing.B) {
 		ms.Round(time.Millisecond), float64(ms)/float64(mb), samples)
 	fmt.Printf("pmem bare steps, medians: ndctl create-namespace %v, wipe %v, ndctl destroy-namespace %v\n",
 		median(stepCreate).Round(time.Millisecond), median(stepWipe).Round(time.Millisecond), median(stepDestroy).Round(time.Millisecond))
+	steps := logSteps(logData())
+	fmt.Printf("pmem CSI arm, carve's side, medians: CreateVolume %v (ndctl create-namespace %v), DeleteVolume %v (ndctl destroy-namespace %v), as the node logged them\n",
+		median(steps["CreateVolume"]).Round(time.Millisecond), median(steps["create-namespace"]).Round(time.Millisecond),
+		median(steps["DeleteVolume"]).Round(time.Millisecond), median(steps["destroy-namespace"]).Round(time.Millisecond))
 	b.ReportMetric(float64(mc)/float64(mb), "ratio")
 	b.ReportMetric(float64(ms)/float64(mb), "csi-ratio")
 	b.ReportMetric(float64(mc)/1e6, "carve-ms")
 	b.ReportMetric(float64(mb)/1e6, "bare-ms")
+}
+
+var (
+	grpcLine = regexp.MustCompile(`"GRPC call" method="/csi\.v1\.\w+/(\w+)" duration="([^"]+)"`)
+	ndctlRun = regexp.MustCompile(`"exec" cmd=\["ndctl","([\w-]+)"[^\]]*\] duration="([^"]+)"`)
+)
+
+// logSteps reads the durations of carve-csi's gRPC calls (by method) and ndctl runs (by
+// subcommand) from its log.
+func logSteps(data []byte) map[string][]time.Duration {
+	out := map[string][]time.Duration{}
+	for _, re := range []*regexp.Regexp{grpcLine, ndctlRun} {
+		for _, m := range re.FindAllSubmatch(data, -1) {
+			if d, err := time.ParseDuration(string(m[2])); err == nil {
+				out[string(m[1])] = append(out[string(m[1])], d)
+			}
+		}
+	}
+	return out
 }
 
 // benchUUID is a fixed uuid per bare round: carve's command line carries one (-u).
