@@ -85,7 +85,9 @@ func BenchmarkPMEMCreateDelete(b *testing.B) {
 	kubelet := newKubeletDir(b)
 	// --vmodule=exec=5: the node logs each ndctl run with its duration; at --v=2 and up it logs
 	// each gRPC call's duration. Both give carve's side of the per-step times.
-	n := startNode(b, kubelet, "pm=pmem:"+reg, "--vmodule=exec=5")
+	n := &node{kubelet: kubelet, args: []string{"--mode=node", "--nodeid=pmem-node", "--kubelet-dir=" + kubelet, "--standalone",
+		"--v=3", "--vmodule=exec=5", "--pool=pm=pmem:" + reg}}
+	n.start(b)
 	csiOnce := func(i int) time.Duration {
 		start := time.Now()
 		resp, err := n.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: fmt.Sprintf("pvc-csi-bench-%d", i),
