@@ -71,9 +71,13 @@ test-cluster:
 	CGO_ENABLED=0 $(GO) test -c -o _output/cluster.test ./test/cluster/
 	hack/cluster.sh -- _output/cluster.test -test.v -test.count=1 -test.timeout=60m -test.parallel=2
 
+# LVM create+delete against the bare tools and carve-node's memory footprint (test/bench;
+# the footprint needs the control-plane binaries, CARVE_K8S_BIN or CARVE_K8S_CACHE), the
+# controller burst, then the node path in the VM rig (boots it: about 15 minutes under TCG).
 bench:
-	$(GO) test -run XXX -bench . -benchtime 1x ./pkg/backend/lvm/ ./test/bench/
+	$(GO) test -run XXX -bench . -benchtime 1x -timeout 20m ./pkg/backend/lvm/ ./test/bench/
 	$(MAKE) bench-controller
+	$(MAKE) bench-nodepath
 
 # The controller under a burst on a real API server (README, "Scale"): about 90 s.
 .PHONY: bench-controller
@@ -89,10 +93,11 @@ bench-scale:
 	$(GO) test -run XXX -bench Scale -benchtime 1x -timeout 60m ./test/scale/
 
 # The node path in the QEMU VM (README, "Scale"): an inline volume's publish + unpublish
-# against the same tools run bare, ext4 and xfs, as ratios. Boots the VM rig.
+# against the same tools run bare, ext4 and xfs, and PMEM CreateVolume + DeleteVolume against
+# bare ndctl (and the same wipe), as ratios. Boots the VM rig once (hack/bench-vm.sh).
 .PHONY: bench-nodepath
 bench-nodepath:
-	test/e2e/run-vm.sh -- -test.run XXX -test.bench InlineNodePath -test.benchtime 1x
+	hack/bench-vm.sh
 
 # Every fuzz target for FUZZTIME each (hack/fuzz.sh); fuzz-short is the quick pass make test runs.
 FUZZTIME ?= 30s

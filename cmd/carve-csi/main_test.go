@@ -34,6 +34,7 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"--mode=node", "extra"}, "unexpected arguments"},
 		{[]string{"--mode=controller", "--kube-api-qps=0"}, "--kube-api-qps (0) and --kube-api-burst (100) must be positive"},
 		{[]string{"--mode=controller", "--kube-api-burst=-1"}, "must be positive"},
+		{[]string{"--mode=controller", "--pprof"}, "--pprof needs --metrics-address"},
 	} {
 		t.Setenv("NODE_NAME", "")
 		_, err := parseFlags(tc.args)

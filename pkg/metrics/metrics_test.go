@@ -436,3 +436,50 @@ func TestListen(t *testing.T) {
 		t.Fatalf("second Listen on %s = %v, want address already in use", s.Addr(), err)
 	}
 }
+
+func TestServePprof(t *testing.T) {
+	for _, enable := range []bool{false, true} {
+		s, err := metrics.Listen("127.0.0.1:0", prometheus.NewRegistry())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if enable {
+			s.ServePprof()
+		}
+		go func() { _ = s.Serve() }()
+		resp, err := http.Get("http://" + s.Addr().String() + "/debug/pprof/heap")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		// A heap profile is gzipped protobuf (magic 1f 8b); without ServePprof the path is unknown.
+		if got := resp.StatusCode == http.StatusOK && len(body) > 2 && body[0] == 0x1f && body[1] == 0x8b; got != enable {
+			t.Errorf("ServePprof %v: GET /debug/pprof/heap = %s, %d bytes", enable, resp.Status, len(body))
+		}
+		_ = s.Close()
+	}
+}
+
+// /metrics is never gzipped, even when the scraper asks (as Prometheus does).
+func TestServerDoesNotCompress(t *testing.T) {
+	s, err := metrics.Listen("127.0.0.1:0", prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	go func() { _ = s.Serve() }()
+	req, err := http.NewRequest(http.MethodGet, "http://"+s.Addr().String()+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept-Encoding", "gzip")
+	resp, err := http.DefaultTransport.RoundTrip(req) // no transparent decompression
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if enc := resp.Header.Get("Content-Encoding"); resp.StatusCode != http.StatusOK || enc != "" {
+		t.Fatalf("GET /metrics with Accept-Encoding gzip: %s, Content-Encoding %q; want plain text", resp.Status, enc)
+	}
+}

@@ -100,12 +100,17 @@ func NewManager(cfg *rest.Config, o ManagerOptions) (ctrl.Manager, error) {
 	return mgr, nil
 }
 
-// cacheOptions limits the LocalVolume informer as o.Select says.
+// cacheOptions limits the LocalVolume informer as o.Select says, and keeps
+// objects without their managedFields: the agent never reads them (it writes
+// with Update and merge patches, no server-side apply, and an Update without
+// managedFields leaves the server's as they are), and they are most of a
+// LocalVolume's bytes once the controller and the node both wrote it.
 func cacheOptions(o ManagerOptions) (cache.Options, error) {
+	opts := cache.Options{DefaultTransform: cache.TransformStripManagedFields()}
 	var lv cache.ByObject
 	switch o.Select {
 	case SelectAll:
-		return cache.Options{}, nil
+		return opts, nil
 	case SelectByLabel:
 		lv.Label = labels.SelectorFromSet(labels.Set{NodeLabel: o.NodeName})
 	case SelectByField:
@@ -114,5 +119,6 @@ func cacheOptions(o ManagerOptions) (cache.Options, error) {
 		return cache.Options{}, fmt.Errorf("nodeagent: unknown LocalVolume selection %q (want %q, %q or %q)",
 			o.Select, SelectAll, SelectByLabel, SelectByField)
 	}
-	return cache.Options{ByObject: map[client.Object]cache.ByObject{&v1alpha1.LocalVolume{}: lv}}, nil
+	opts.ByObject = map[client.Object]cache.ByObject{&v1alpha1.LocalVolume{}: lv}
+	return opts, nil
 }

@@ -3,11 +3,13 @@ package nodeagent
 import (
 	"testing"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/carve-csi/carve/pkg/apis/carve/v1alpha1"
 	"github.com/carve-csi/carve/pkg/backend/backendtest"
 	"github.com/carve-csi/carve/pkg/keylock"
 	"github.com/carve-csi/carve/pkg/volume"
@@ -69,5 +71,27 @@ func TestNewManagerAndSetup(t *testing.T) {
 	}
 	if a.Client == nil {
 		t.Fatal("Client not taken from the manager")
+	}
+}
+
+// The node's cache keeps LocalVolumes without managedFields, whatever the selection.
+func TestCacheStripsManagedFields(t *testing.T) {
+	for _, sel := range []Selection{SelectAll, SelectByLabel, SelectByField} {
+		co, err := cacheOptions(ManagerOptions{NodeName: "n", Select: sel})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if co.DefaultTransform == nil {
+			t.Fatalf("%q: no transform: cached LocalVolumes keep their managedFields", sel)
+		}
+		lv := &v1alpha1.LocalVolume{ObjectMeta: metav1.ObjectMeta{Name: "lv", ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "carve-csi"}}}}
+		out, err := co.DefaultTransform(lv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := out.(*v1alpha1.LocalVolume)
+		if got.ManagedFields != nil || got.Name != "lv" {
+			t.Fatalf("%q: transformed object %+v", sel, got.ObjectMeta)
+		}
 	}
 }

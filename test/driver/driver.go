@@ -109,6 +109,9 @@ func Start(t testing.TB, env []string, args ...string) *Process {
 	}
 }
 
+// PID is the process id (for /proc measurements).
+func (p *Process) PID() int { return p.cmd.Process.Pid }
+
 // Stop sends sig (SIGKILL to simulate a crash) and waits for the exit.
 func (p *Process) Stop(sig syscall.Signal) {
 	if p.cmd.ProcessState != nil {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -46,8 +47,10 @@ func BenchmarkInlineNodePath(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	// --v=2 logs each gRPC call with its duration, --vmodule=exec=5 each lvm command (carve's side of the
+	// per-step times); mkfs, mount and blkid run through mount-utils and are not logged.
 	p := driver.Start(b, nil, "--mode=node", "--nodeid="+nodeID, "--drivername="+driverName,
-		"--pool=default=lvm:"+e2eVG, "--kubelet-dir="+kubelet)
+		"--pool=default=lvm:"+e2eVG, "--kubelet-dir="+kubelet, "--v=2", "--vmodule=exec=5")
 	conn, err := grpc.NewClient("unix://"+p.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		b.Fatal(err)
@@ -79,6 +82,8 @@ func BenchmarkInlineNodePath(b *testing.B) {
 			}
 			return time.Since(start)
 		}
+		steps := map[string][]time.Duration{} // the bare arm's per-step times
+		stepNames := []string{"lvcreate", "blkid", "mkfs", "mount", "umount", "lvremove"}
 		bareOnce := func(i int) time.Duration {
 			lv, tgt := fmt.Sprintf("bench-bare-%s-%d", c.fs, i), target("bare", i)
 			dev := "/dev/" + e2eVG + "/" + lv
@@ -90,7 +95,7 @@ func BenchmarkInlineNodePath(b *testing.B) {
 				b.Fatal(err)
 			}
 			start := time.Now()
-			for _, argv := range [][]string{
+			for k, argv := range [][]string{
 				{"lvm", "lvcreate", "-n", lv, "-L", strconv.FormatInt(c.size, 10) + "b", "-W", "y", "-y", "--addtag", "carve.bench=" + lv, e2eVG},
 				{"blkid", "-p", "-s", "TYPE", "-s", "PTTYPE", "-o", "export", dev}, // as mount-utils probes; exit 2: nothing found
 				mkfs,
@@ -98,14 +103,17 @@ func BenchmarkInlineNodePath(b *testing.B) {
 				{"umount", tgt},
 				{"lvm", "lvremove", "-f", e2eVG + "/" + lv},
 			} {
+				t0 := time.Now()
 				cmd := exec.Command(argv[0], argv[1:]...)
 				cmd.Env = append(os.Environ(), "LC_ALL=C")
 				if out, err := cmd.CombinedOutput(); err != nil && !(argv[0] == "blkid" && cmd.ProcessState.ExitCode() == 2) {
 					b.Fatalf("%s: %v: %s", strings.Join(argv, " "), err, out)
 				}
+				steps[stepNames[k]] = append(steps[stepNames[k]], time.Since(t0))
 			}
 			return time.Since(start)
 		}
+		logFrom := logSize(b, p.Log)
 		carveOnce(-1) // warm up: page cache, lvm metadata
 		bareOnce(-1)
 		var carve, bare []time.Duration
@@ -119,8 +127,57 @@ func BenchmarkInlineNodePath(b *testing.B) {
 		mc, mb := benchMedian(carve), benchMedian(bare)
 		fmt.Printf("inline %s %d MiB publish+unpublish: carve median %v, bare tools median %v, ratio %.2f (goal <= 1.05); %d rounds\n",
 			c.fs, c.size/mib, mc.Round(time.Millisecond), mb.Round(time.Millisecond), float64(mc)/float64(mb), rounds)
+		var per []string
+		for _, n := range stepNames {
+			per = append(per, fmt.Sprintf("%s %v", n, benchMedian(steps[n]).Round(time.Millisecond)))
+		}
+		fmt.Printf("inline %s bare steps, medians: %s\n", c.fs, strings.Join(per, ", "))
+		lvm := lvmTimes(b, p.Log, logFrom)
+		var carveLVM []string
+		for _, n := range []string{"lvcreate", "lvs", "lvremove"} {
+			if len(lvm[n]) > 0 {
+				carveLVM = append(carveLVM, fmt.Sprintf("%s %v (%d runs)", n, benchMedian(lvm[n]).Round(time.Millisecond), len(lvm[n])))
+			}
+		}
+		for _, n := range []string{"NodePublishVolume", "NodeUnpublishVolume"} {
+			if len(lvm[n]) > 0 {
+				carveLVM = append(carveLVM, fmt.Sprintf("%s %v", n, benchMedian(lvm[n]).Round(time.Millisecond)))
+			}
+		}
+		fmt.Printf("inline %s carve's side, medians, as carve logged them: %s\n", c.fs, strings.Join(carveLVM, ", "))
 		b.ReportMetric(float64(mc)/float64(mb), c.fs+"-ratio")
 	}
+}
+
+var (
+	execLine = regexp.MustCompile(`"exec" cmd=\["lvm","(\w+)"[^\]]*\] duration="([^"]+)"`)
+	grpcLine = regexp.MustCompile(`"GRPC call" method="/csi\.v1\.\w+/(\w+)" duration="([^"]+)"`)
+)
+
+func logSize(b *testing.B, path string) int64 {
+	st, err := os.Stat(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return st.Size()
+}
+
+// lvmTimes reads the durations of carve's lvm commands (by subcommand) and gRPC calls (by
+// method) from its log, from byte from on.
+func lvmTimes(b *testing.B, path string, from int64) map[string][]time.Duration {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := map[string][]time.Duration{}
+	for _, re := range []*regexp.Regexp{execLine, grpcLine} {
+		for _, m := range re.FindAllSubmatch(data[from:], -1) {
+			if d, err := time.ParseDuration(string(m[2])); err == nil {
+				out[string(m[1])] = append(out[string(m[1])], d)
+			}
+		}
+	}
+	return out
 }
 
 func benchMedian(d []time.Duration) time.Duration {

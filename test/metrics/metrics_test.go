@@ -117,6 +117,10 @@ func vgFigures(t *testing.T, info *lvmtest.VG) (size, free float64) {
 }
 
 func TestNodeMetricsOverHTTP(t *testing.T) {
+	if v, set := os.LookupEnv("GOGC"); set { // carve-node's own GOGC default is checked below
+		os.Unsetenv("GOGC")
+		t.Cleanup(func() { os.Setenv("GOGC", v) })
+	}
 	info := lvmtest.NewVGInfo(t, 1<<30, "")
 	kubelet := t.TempDir()
 	p := driver.Start(t, lvmtest.Env(info.ConfigDir), "--mode=node", "--nodeid=metrics-node", "--standalone",
@@ -165,6 +169,7 @@ func TestNodeMetricsOverHTTP(t *testing.T) {
 		`carve_pool_volumes{backend="lvm",ephemeral="false",pool="fast"}`:                     1,
 		`carve_pool_volumes{backend="lvm",ephemeral="true",pool="fast"}`:                      0,
 		`carve_pool_volume_bytes{backend="lvm",pool="fast"}`:                                  float64(64 * mib),
+		"go_gc_gogc_percent": 50, // carve-node's default without $GOGC (README "Scale")
 	}
 	for series, v := range want {
 		if g, ok := got[series]; !ok {
