@@ -34,7 +34,6 @@ import (
 	"github.com/carve-csi/carve/pkg/metrics"
 	"github.com/carve-csi/carve/pkg/mounter"
 	"github.com/carve-csi/carve/pkg/nodeagent"
-	"github.com/carve-csi/carve/pkg/procmem"
 	"github.com/carve-csi/carve/pkg/volume"
 )
 
@@ -235,29 +234,12 @@ func runNode(ctx context.Context, o *options) error {
 		return nil // stopped while starting: do not open the socket
 	}
 	go node.ReclaimOrphans(ctx, o.inlineCleanup)
-	go releaseStartupPages(ctx, mgr)
 	// Probe answers from pool checks that outlive a probe's deadline (volume.Health).
 	ids := &csi.Identity{Name: o.driverName, Version: version, Ready: volume.NewHealth(vols.Check, clock.RealClock{}).Ready, Controller: true}
 	srv := csi.NewServer(ids, ctrlSvc, node, grpcMetrics.UnaryInterceptor)
 	klog.InfoS("carve-csi starting", "mode", o.mode, "version", version, "endpoint", o.endpoint, "driver", o.driverName,
 		"node", o.nodeID, "pools", o.pools.String(), "defaultPool", o.defaultPool, "standalone", o.standalone)
 	return serve(ctx, o.endpoint, srv, mgr, ms)
-}
-
-// releaseStartupPages gives back the binary's pages that start-up touched
-// (package init of both roles' code, flag parsing, the first pool reads) once
-// the node serves: with the API, after the LocalVolume cache synced. Code
-// that runs again maps its pages back from the page cache (procmem).
-func releaseStartupPages(ctx context.Context, mgr ctrl.Manager) {
-	if mgr != nil && !mgr.GetCache().WaitForCacheSync(ctx) {
-		return
-	}
-	n, err := procmem.ReleaseExecutable()
-	if err != nil {
-		klog.ErrorS(err, "Releasing start-up pages of the binary") // only memory is at stake
-		return
-	}
-	klog.V(2).InfoS("Released the binary's start-up pages", "addressSpaceBytes", n)
 }
 
 func runController(ctx context.Context, o *options) error {
