@@ -786,7 +786,7 @@ func TestIdleResyncWritesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the change written by a resync", func() bool { return r.statusPub.Load() == 2 })
-	if got, want := r.nodeStorage().Status.Pools[1], wantPool(t, r.slow); got != want {
+	if got, want := r.nodeStorage().Status.Pools[1], wantPool(t, r.slow); !reflect.DeepEqual(got, want) {
 		t.Fatalf("slow pool after the change: %+v, want %+v", got, want)
 	}
 }
@@ -841,7 +841,7 @@ func TestConcurrentPublishesCoalesce(t *testing.T) {
 	if got := r.nsReads.Load() - reads; got != 1 {
 		t.Fatalf("%d publishes after the running one for %d callers that waited for it, want 1", got, n)
 	}
-	if got, want := r.nodeStorage().Status.Pools[0], wantPool(t, r.fast); got != want {
+	if got, want := r.nodeStorage().Status.Pools[0], wantPool(t, r.fast); !reflect.DeepEqual(got, want) {
 		t.Fatalf("fast pool published %+v, want %+v (with volume b)", got, want)
 	}
 }
