@@ -136,3 +136,28 @@ func TestPlacementAndCapacityReadTheCache(t *testing.T) {
 		t.Errorf("reads before the cache started: %v, want each of NodeStorage and Node got and listed once", got)
 	}
 }
+
+// A placement right after a result on a node reads that node's NodeStorage
+// from the API server while the cache lags: a node the last volume filled is
+// refused at once (ErrNoRoom), before any LocalVolume is written, instead of
+// the cache's stale room sending a second volume there for the node to fail.
+func TestPlacementAfterResultIgnoresStaleCache(t *testing.T) {
+	v, c, api, inf, ctx := watched(t, 5*time.Millisecond, nodeStorage("n1", 3*gib/2))
+	stale := newClient(t, nodeStorage("n1", 3*gib/2)) // a watch that delivers nothing
+	nv, err := NewVolumes(ctx, &fakeCache{r: stale}, v.Client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nv.Cache, nv.Events, nv.Recheck = inf, inf.ev, time.Second
+	go agent(ctx, api, "n1", 3*gib/2, 20*time.Millisecond)
+	if _, err := nv.Create(ctx, CreateRequest{Name: "first", Range: volume.Range{RequiredBytes: gib}}); err != nil {
+		t.Fatal(err)
+	}
+	creates := c.creates.Load()
+	if _, err := nv.Create(ctx, CreateRequest{Name: "second", Range: volume.Range{RequiredBytes: gib}}); !errors.Is(err, ErrNoRoom) {
+		t.Errorf("second create on the full node: %v, want ErrNoRoom", err)
+	}
+	if n := c.creates.Load() - creates; n != 0 {
+		t.Errorf("the refused create wrote %d LocalVolumes", n)
+	}
+}
