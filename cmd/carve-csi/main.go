@@ -272,7 +272,9 @@ func runController(ctx context.Context, o *options) error {
 	}
 	// CSI calls wait on the manager's LocalVolume informer and read straight
 	// from the API server where the cache could mislead them (a retried
-	// CreateVolume must see what the previous attempt wrote).
+	// CreateVolume must see what the previous attempt wrote). Placement and
+	// GetCapacity read NodeStorage and Node metadata from the manager's
+	// informers, NodeStorage through a FreshReader over this direct client.
 	direct, err := client.New(cfg, client.Options{Scheme: scheme})
 	if err != nil {
 		return err

@@ -46,12 +46,17 @@ func (e *NodeFailure) Error() string {
 
 // Volumes manages LocalVolumes.
 type Volumes struct {
-	// Client reads and writes LocalVolumes and reads Nodes, straight from the
-	// API server: a retried call must see what the previous one wrote.
+	// Client reads and writes LocalVolumes straight from the API server: a
+	// retried call must see what the previous one wrote.
 	Client client.Client
 	// NodeStorages reads NodeStorage (nil: Client). Give it a cache only
 	// through FreshReader: see Capacity.
 	NodeStorages client.Reader
+	// Nodes reads Node metadata (nil: Client): a cache will do, a Node comes
+	// and goes far more slowly than volumes. One the cache still shows after
+	// its deletion can be picked for a volume, which the Releaser then fails
+	// (FailedPrecondition) so that the provisioner retries elsewhere.
+	Nodes client.Reader
 	// Cache is an informer cache that holds LocalVolumes, and Events the
 	// handler registered on that informer (WatchLocalVolumes). With both,
 	// CreateVolume, DeleteVolume and ControllerExpandVolume wait on the
@@ -143,8 +148,8 @@ func (v *Volumes) Create(ctx context.Context, req CreateRequest) (*v1alpha1.Loca
 		if err != nil {
 			return nil, err // still being made: its reservation stays
 		}
-		v.placed.settle(id)
 		if ready.Status.Phase == v1alpha1.PhaseFailed {
+			v.placed.settle(id)
 			failure := &NodeFailure{Node: ready.Spec.NodeName, Code: ready.Status.Code, Message: ready.Status.Message}
 			// Remove the failed attempt so that a retry can place it elsewhere.
 			if err := v.Client.Delete(ctx, ready, client.Preconditions{UID: &ready.UID}); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
@@ -152,7 +157,10 @@ func (v *Volumes) Create(ctx context.Context, req CreateRequest) (*v1alpha1.Loca
 			}
 			return nil, failure
 		}
+		// Touch before the reservation ends: a placement in between would
+		// count neither it nor the node's publish still missing from a cache.
 		v.touch(ctx, ready.Spec.NodeName)
+		v.placed.settle(id)
 		return ready, nil
 	}
 }
@@ -415,12 +423,14 @@ func (v *Volumes) List(ctx context.Context) ([]v1alpha1.LocalVolume, error) {
 // whose Node object does not exist has no capacity, whatever its NodeStorage
 // says (one left behind by an agent that outlived its Node).
 //
-// NodeStorage is read straight from the API server, never from an informer
-// cache: the node agent republishes it before it makes an operation's result
-// visible (LocalVolume Ready, finalizer dropped), and external-provisioner
-// asks for capacity the moment CreateVolume or DeleteVolume returns; a watch
-// could deliver the new figure after that question. See FreshReader for
-// reading through a cache anyway.
+// The figures are exact when an operation's result is visible (issue 12): the
+// node agent republishes NodeStorage before it makes the result visible
+// (LocalVolume Ready, finalizer dropped), and external-provisioner asks for
+// capacity the moment CreateVolume or DeleteVolume returns; a watch could
+// deliver the new figure after that question. So NodeStorages is the API
+// server itself or a FreshReader, which reads a node from the API server
+// after an operation there until its cache has caught up. Nodes may be a
+// cache: see Volumes.Nodes.
 func (v *Volumes) Capacity(ctx context.Context, node, pool string) (backend.Capacity, error) {
 	if node != "" {
 		if ok, err := v.nodeExists(ctx, node); err != nil || !ok {
@@ -470,6 +480,13 @@ func (v *Volumes) nodeStorages() client.Reader {
 	return v.Client
 }
 
+func (v *Volumes) nodes() client.Reader {
+	if v.Nodes != nil {
+		return v.Nodes
+	}
+	return v.Client
+}
+
 func nodeMeta() *metav1.PartialObjectMetadata {
 	m := &metav1.PartialObjectMetadata{}
 	m.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Node"))
@@ -478,7 +495,7 @@ func nodeMeta() *metav1.PartialObjectMetadata {
 
 // nodeExists reads the Node's metadata only.
 func (v *Volumes) nodeExists(ctx context.Context, name string) (bool, error) {
-	err := v.Client.Get(ctx, types.NamespacedName{Name: name}, nodeMeta())
+	err := v.nodes().Get(ctx, types.NamespacedName{Name: name}, nodeMeta())
 	switch {
 	case apierrors.IsNotFound(err):
 		return false, nil
@@ -496,7 +513,7 @@ func (v *Volumes) liveNodeStorages(ctx context.Context) (map[string]*v1alpha1.No
 	}
 	nodes := &metav1.PartialObjectMetadataList{}
 	nodes.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("NodeList"))
-	if err := v.Client.List(ctx, nodes); err != nil {
+	if err := v.nodes().List(ctx, nodes); err != nil {
 		return nil, fmt.Errorf("list Nodes: %w", err)
 	}
 	live := map[string]bool{}

@@ -23,6 +23,9 @@ import (
 // versions for equality only (they are opaque) is enough: a cache that is
 // ahead costs one more direct read, whose version it then matches.
 //
+// A cache that cannot answer (not started yet: CSI calls come before the
+// manager's cache has synced) is passed by: reads go to the API server.
+//
 // Set it as Volumes.NodeStorages; Volumes calls Touch.
 type FreshReader struct {
 	Cache  client.Reader // an informer cache of NodeStorage
@@ -94,7 +97,8 @@ func (f *FreshReader) Get(ctx context.Context, key client.ObjectKey, obj client.
 	if apierrors.IsNotFound(err) {
 		version = ""
 	} else if err != nil {
-		return err
+		klog.V(4).InfoS("NodeStorage cache cannot answer; reading the API server", "node", key.Name, "err", err)
+		return f.readDirect(ctx, key.Name, ns)
 	}
 	if f.fresh(key.Name, version) {
 		return err
@@ -110,7 +114,8 @@ func (f *FreshReader) List(ctx context.Context, list client.ObjectList, opts ...
 		return fmt.Errorf("cluster.FreshReader lists NodeStorage only, not %T", list)
 	}
 	if err := f.Cache.List(ctx, l, opts...); err != nil {
-		return err
+		klog.V(4).InfoS("NodeStorage cache cannot answer; listing from the API server", "err", err)
+		return f.Direct.List(ctx, l, opts...)
 	}
 	items := l.Items[:0]
 	for _, ns := range l.Items {
@@ -124,5 +129,32 @@ func (f *FreshReader) List(ctx context.Context, list client.ObjectList, opts ...
 		items = append(items, ns)
 	}
 	l.Items = items
+	return nil
+}
+
+// CacheFirst is a client.Reader that answers from Cache and, where the cache
+// cannot answer (not started yet), from Direct. NotFound from the cache is
+// an answer.
+type CacheFirst struct {
+	Cache  client.Reader
+	Direct client.Reader
+}
+
+// Get implements client.Reader.
+func (c CacheFirst) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	err := c.Cache.Get(ctx, key, obj, opts...)
+	if err == nil || apierrors.IsNotFound(err) {
+		return err
+	}
+	klog.V(4).InfoS("Cache cannot answer; reading the API server", "name", key.Name, "err", err)
+	return c.Direct.Get(ctx, key, obj, opts...)
+}
+
+// List implements client.Reader.
+func (c CacheFirst) List(ctx context.Context, list client.ObjectList, opts ...client.ListOption) error {
+	if err := c.Cache.List(ctx, list, opts...); err != nil {
+		klog.V(4).InfoS("Cache cannot answer; listing from the API server", "err", err)
+		return c.Direct.List(ctx, list, opts...)
+	}
 	return nil
 }

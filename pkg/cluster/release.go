@@ -9,6 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
@@ -24,12 +25,14 @@ type Releaser struct {
 	Client client.Client
 }
 
-// SetupWithManager watches LocalVolumes and Nodes.
+// SetupWithManager watches LocalVolumes and Nodes. Nodes by metadata only:
+// existence is all it needs, and Volumes reads the same informer
+// (NewVolumes), which then holds no Node status.
 func (r *Releaser) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("carve-release").
 		For(&v1alpha1.LocalVolume{}).
-		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.volumesOfNode)).
+		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.volumesOfNode), builder.OnlyMetadata).
 		Complete(r)
 }
 
@@ -52,7 +55,7 @@ func (r *Releaser) Reconcile(ctx context.Context, req reconcile.Request) (reconc
 	if err := r.Client.Get(ctx, req.NamespacedName, lv); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
-	err := r.Client.Get(ctx, types.NamespacedName{Name: lv.Spec.NodeName}, &corev1.Node{})
+	err := r.Client.Get(ctx, types.NamespacedName{Name: lv.Spec.NodeName}, nodeMeta())
 	if err == nil || !apierrors.IsNotFound(err) {
 		return reconcile.Result{}, err // the node exists (or we cannot tell): its agent is in charge
 	}

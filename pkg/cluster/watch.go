@@ -94,11 +94,26 @@ func (e *Events) OnDelete(obj any) { e.notifyObj(obj) }
 
 // NewVolumes returns Volumes for the controller: LocalVolumes written and,
 // where a cache could mislead, read with direct (the API server); waits on
-// the LocalVolume informer of c (a manager's cache, started with it).
+// the LocalVolume informer of c (a manager's cache, started with it);
+// NodeStorage read from c's informer through a FreshReader, and Node metadata
+// from c's metadata-only Node informer (the Releaser's, one informer for both),
+// so that placement and GetCapacity cost no request (issue 13: one LIST of
+// every NodeStorage and one of every Node per CreateVolume, two GETs per
+// GetCapacity, were carve's share of a busy API server).
 func NewVolumes(ctx context.Context, c cache.Cache, direct client.Client) (*Volumes, error) {
 	ev, err := WatchLocalVolumes(ctx, c)
 	if err != nil {
 		return nil, err
 	}
-	return &Volumes{Client: direct, Cache: c, Events: ev}, nil
+	// Informers made now start with the manager, not lazily at the first
+	// CSI call (which would wait for a whole list then).
+	if _, err := c.GetInformer(ctx, &v1alpha1.NodeStorage{}); err != nil {
+		return nil, fmt.Errorf("NodeStorage informer: %w", err)
+	}
+	if _, err := c.GetInformer(ctx, nodeMeta()); err != nil {
+		return nil, fmt.Errorf("Node metadata informer: %w", err)
+	}
+	return &Volumes{Client: direct, Cache: c, Events: ev,
+		NodeStorages: &FreshReader{Cache: c, Direct: direct},
+		Nodes:        CacheFirst{Cache: c, Direct: direct}}, nil
 }

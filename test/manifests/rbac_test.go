@@ -43,10 +43,10 @@ var (
 			"pkg/cluster Volumes.Expand raises spec.sizeBytes; the Releaser drops a gone node's finalizer"},
 		{"carve.csi.dev", []string{"localvolumes/status"}, []string{"patch"},
 			"pkg/cluster Releaser marks Failed; Expand resets a failed expansion to Pending"},
-		{"carve.csi.dev", []string{"nodestorages"}, []string{"get", "list"},
-			"pkg/cluster Volumes.place and Capacity read published capacity per call (never watched)"},
+		{"carve.csi.dev", []string{"nodestorages"}, []string{"get", "list", "watch"},
+			"pkg/cluster Volumes.place and Capacity read published capacity from an informer (NewVolumes), and per node from the API server after an operation (FreshReader)"},
 		{"", []string{"nodes"}, []string{"get", "list", "watch"},
-			"pkg/cluster Releaser watches Nodes (release.go Watches) and reads the volume's node from that cache"},
+			"pkg/cluster Releaser watches Nodes' metadata (release.go Watches) and reads the volume's node from that cache; Volumes reads the same informer (NewVolumes)"},
 	}}
 	carveProvisioner = role{name: "carve-external-provisioner", sa: "carve-controller", rules: []rule{
 		{"", []string{"persistentvolumes"}, []string{"get", "list", "watch", "create", "delete", "patch"},
