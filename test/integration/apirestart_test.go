@@ -3,7 +3,9 @@ package integration
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -204,6 +206,24 @@ func restartAPIServer(t *testing.T, dir string, cfg *rest.Config) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	stopped := time.Since(t0)
+	// The leader thread shows as a zombie while the other threads still exit and
+	// hold the listening socket: starting now failed with "address already in
+	// use" on a loaded machine. Wait until the port can be bound.
+	u, err := url.Parse(cfg.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		l, err := net.Listen("tcp", u.Host)
+		if err == nil {
+			l.Close()
+			break
+		}
+		if time.Since(t0) > 30*time.Second {
+			t.Fatalf("kube-apiserver's address %s still taken 30 s after SIGKILL: %v", u.Host, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	out, err := os.OpenFile(logFile, os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		t.Fatal(err)
@@ -233,7 +253,10 @@ func restartAPIServer(t *testing.T, dir string, cfg *rest.Config) {
 			}
 		}
 		if time.Since(t0) > k8srig.WaitLong {
-			t.Fatalf("kube-apiserver not ready %v after its restart: %v", k8srig.WaitLong, err)
+			logText, _ := os.ReadFile(logFile)
+			lines := strings.Split(strings.TrimSpace(string(logText)), "\n")
+			t.Fatalf("kube-apiserver not ready %v after its restart: %v; the end of its log:\n%s", k8srig.WaitLong, err,
+				strings.Join(lines[max(0, len(lines)-15):], "\n"))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
