@@ -16,29 +16,27 @@ import (
 
 // Request checks shared by the node-local and the cluster Controller services.
 
-// parseCreate validates a CreateVolume request and returns its pool,
-// striping and range.
-func parseCreate(req *csi.CreateVolumeRequest) (string, volume.Striping, volume.Range, error) {
-	var s volume.Striping
+// parseCreate validates a CreateVolume request and returns its pool and range.
+func parseCreate(req *csi.CreateVolumeRequest) (string, volume.Range, error) {
 	if req.GetName() == "" {
-		return "", s, volume.Range{}, invalid("volume name is missing")
+		return "", volume.Range{}, invalid("volume name is missing")
 	}
 	if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {
-		return "", s, volume.Range{}, invalid("%v", err)
+		return "", volume.Range{}, invalid("%v", err)
 	}
 	if req.GetVolumeContentSource() != nil {
-		return "", s, volume.Range{}, invalid("volume content sources (snapshots, clones) are not supported")
+		return "", volume.Range{}, invalid("volume content sources (snapshots, clones) are not supported")
 	}
-	pool, s, err := checkParameters(req.GetParameters())
+	pool, err := checkParameters(req.GetParameters())
 	if err != nil {
-		return "", s, volume.Range{}, err
+		return "", volume.Range{}, err
 	}
 	r, err := parseRange(req.GetCapacityRange())
 	if err != nil {
-		return "", s, r, err
+		return "", r, err
 	}
 	r, err = fitFilesystem(r, req.GetVolumeCapabilities())
-	return pool, s, r, err
+	return pool, r, err
 }
 
 // filesystemMinimum is the largest minimum device size (bytes) among the
@@ -137,7 +135,7 @@ func validateCapabilities(req *csi.ValidateVolumeCapabilitiesRequest, exists fun
 	if err := exists(); err != nil {
 		return nil, err
 	}
-	if _, _, err := checkParameters(req.GetParameters()); err != nil {
+	if _, err := checkParameters(req.GetParameters()); err != nil {
 		return nil, err
 	}
 	if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {
