@@ -16,8 +16,14 @@ import (
 // emulated node, vgs took 4-11 s while pods started, each probe canceled its own read, and
 // kubelet killed carve-csi for "failing" probes, which frees nothing and interrupts the calls in
 // flight. So a check runs on its own deadline (CheckTimeout), concurrent callers share it, a
-// result younger than Fresh is reused, and a caller whose deadline passes while a check still
-// runs gets the last completed result if it is younger than Stale.
+// result younger than Fresh is reused, and a result younger than Stale is answered at once while
+// a new check runs in the background. Only a caller with no such result (at start-up, or after
+// the pools could not be read for Stale) waits for the check, until its own deadline.
+//
+// Waiting for the running check until the caller's deadline, as this did first, answered the
+// livenessprobe sidecar just after its 9 s deadline whenever vgs took longer on a busy node: the
+// sidecar reported a failure although the answer was "ready" (the real-node rig, where carve-node
+// was restarted mid-scenario three probes later).
 type Health struct {
 	Check        func(context.Context) error // reads every pool (Manager.Check)
 	Clock        clock.PassiveClock          // clock.RealClock{} in production
@@ -38,8 +44,9 @@ func NewHealth(check func(context.Context) error, c clock.PassiveClock) *Health 
 }
 
 // Ready returns the pools' state: nil when every pool can be read, else the check's error.
-// When ctx ends first it returns the last completed result if that is younger than Stale,
-// else an error wrapping ctx's error (the caller maps it to DeadlineExceeded or Canceled).
+// A completed result younger than Stale is returned at once (a check older than Fresh starts a
+// new one in the background); without one it waits for the check, and when ctx ends first it
+// returns an error wrapping ctx's error (the caller maps it to DeadlineExceeded or Canceled).
 func (h *Health) Ready(ctx context.Context) error {
 	h.mu.Lock()
 	if h.done && h.Clock.Since(h.lastAt) < h.Fresh {
@@ -52,6 +59,11 @@ func (h *Health) Ready(ctx context.Context) error {
 		ch = make(chan struct{})
 		h.running = ch
 		go h.run(ch)
+	}
+	if h.done && h.Clock.Since(h.lastAt) < h.Stale {
+		err := h.last
+		h.mu.Unlock()
+		return err
 	}
 	h.mu.Unlock()
 

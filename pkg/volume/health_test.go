@@ -54,14 +54,26 @@ func TestHealthSlowCheckOutlivesProbes(t *testing.T) {
 	if err := h.Ready(context.Background()); err != nil || calls.Load() != 1 {
 		t.Fatalf("fresh result: err %v, %d checks", err, calls.Load())
 	}
-	// Older than Fresh: a new check starts; a probe out of time gets the last (healthy) result.
+	// Older than Fresh: a new check starts in the background and the probe gets the last
+	// (healthy) result at once, even with no deadline of its own: waiting for the slow check
+	// until the caller's deadline answered the livenessprobe sidecar after it gave up.
 	clk.SetTime(clk.Now().Add(30 * time.Second))
 	release = make(chan struct{})
-	ctx, cancel = context.WithTimeout(context.Background(), 20*time.Millisecond)
-	err = h.Ready(ctx)
-	cancel()
-	if err != nil {
-		t.Fatalf("probe out of time with a healthy result 30 s old = %v, want nil", err)
+	answered := make(chan error, 1)
+	go func() { answered <- h.Ready(context.Background()) }()
+	select {
+	case err := <-answered:
+		if err != nil {
+			t.Fatalf("probe with a healthy result 30 s old = %v, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a probe with a healthy result 30 s old waited for the running check")
+	}
+	for deadline := time.Now().Add(5 * time.Second); calls.Load() != 2 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	if n := calls.Load(); n != 2 {
+		t.Errorf("%d checks ran, want 2 (a new one started for the result older than Fresh)", n)
 	}
 	// Older than Stale: a probe out of time is not ready.
 	clk.SetTime(clk.Now().Add(3 * time.Minute))
