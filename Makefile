@@ -18,7 +18,9 @@ vet:
 
 # Every layer: unit tests (fake runner), real lvm2 on loop devices, mounts on
 # loop devices, csi-sanity against the binary, then the VM rig.
-test: deps vet test-unit fuzz-short test-integration test-e2e test-faults test-cluster
+# hack/test.sh runs them in this order, stops at the first failure and prints each one's time.
+test:
+	@MAKE=$(MAKE) hack/test.sh deps vet test-unit fuzz-short test-integration test-e2e test-faults test-cluster
 
 # The Debian packages the demo and the tests use, installed only if missing.
 deps:
