@@ -218,8 +218,8 @@ func TestHelmDiffNamesTheField(t *testing.T) {
 		expect string
 	}{
 		{"value", func(g map[string]map[string]any) {
-			containers(g[ss])[1].(map[string]any)["args"].([]any)[9] = "--v=3"
-		}, ss + `: spec.template.spec.containers[1](csi-provisioner).args[9]: kustomize "--v=2", chart "--v=3"`},
+			containers(g[ss])[1].(map[string]any)["args"].([]any)[12] = "--v=3"
+		}, ss + `: spec.template.spec.containers[1](csi-provisioner).args[12]: kustomize "--v=2", chart "--v=3"`},
 		{"type", func(g map[string]map[string]any) {
 			g[ss]["spec"].(map[string]any)["replicas"] = "1"
 		}, ss + `: spec.replicas: kustomize 1, chart "1"`},

@@ -341,6 +341,10 @@ func checkInstall(t *testing.T, s objects, attach bool, pools []string) {
 	prov := container(t, ps, "csi-provisioner")
 	hasArgs(t, prov, "--csi-address=/csi/csi.sock", "--enable-capacity", "--capacity-ownerref-level=1",
 		"--strict-topology", "--immediate-topology=false", "--extra-create-metadata", "--leader-election")
+	// Every sidecar that elects a leader gets a lease that survives a slow API server
+	// (external-provisioner#556; the real-node rig's sidecars crash-looped with the defaults).
+	leaseArgs := []string{"--leader-election-lease-duration=137s", "--leader-election-renew-deadline=107s", "--leader-election-retry-period=26s"}
+	hasArgs(t, prov, leaseArgs...)
 	envFrom := map[string]string{}
 	for _, e := range prov.Env {
 		if e.ValueFrom != nil && e.ValueFrom.FieldRef != nil {
@@ -351,9 +355,9 @@ func checkInstall(t *testing.T, s objects, attach bool, pools []string) {
 		t.Errorf("csi-provisioner needs NAMESPACE and POD_NAME from the pod (capacity objects and their owner), got %v", envFrom)
 	}
 	// The resizer role grants no pods: only this flag keeps the resizer from watching them.
-	hasArgs(t, container(t, ps, "csi-resizer"), "--csi-address=/csi/csi.sock", "--handle-volume-inuse-error=false", "--leader-election")
+	hasArgs(t, container(t, ps, "csi-resizer"), append([]string{"--csi-address=/csi/csi.sock", "--handle-volume-inuse-error=false", "--leader-election"}, leaseArgs...)...)
 	if attach {
-		hasArgs(t, container(t, ps, "csi-attacher"), "--csi-address=/csi/csi.sock", "--leader-election")
+		hasArgs(t, container(t, ps, "csi-attacher"), append([]string{"--csi-address=/csi/csi.sock", "--leader-election"}, leaseArgs...)...)
 	}
 
 	// Node: privileged, host PID for nsenter, kubelet dir with Bidirectional propagation, /dev.
