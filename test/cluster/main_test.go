@@ -109,6 +109,7 @@ func TestRealNode(t *testing.T) {
 
 	// First alone, so that capacity coming back to the baseline means this
 	// scenario's volume, and nothing else's, was given back.
+	// ephemeral-ext4 runs as a non-root user with fsGroup.
 	for _, fs := range []string{"ext4", "xfs"} {
 		scenario(t, "ephemeral-"+fs, false, func(t *testing.T) { s.ephemeralFS(ctx, t, fs) })
 	}
@@ -118,7 +119,6 @@ func TestRealNode(t *testing.T) {
 		scenario(t, "inline-forbidden-attribute", true, func(t *testing.T) { s.inlineForbidden(ctx, t) })
 		scenario(t, "block", true, func(t *testing.T) { s.block(ctx, t) })
 		scenario(t, "online-expansion", true, func(t *testing.T) { s.expansion(ctx, t) })
-		scenario(t, "fsgroup-non-root", true, func(t *testing.T) { s.fsGroup(ctx, t) })
 		scenario(t, "readwriteoncepod", true, func(t *testing.T) { s.rwop(ctx, t) })
 	})
 	// These need the node's capacity, or carve's node pod, to themselves.
