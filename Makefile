@@ -47,6 +47,12 @@ test-lvm:
 test-e2e:
 	hack/e2e.sh
 
+# Issue 15 in the QEMU VM with six more virtio disks: pools from disks, striping,
+# a removed disk, stale data, wipe costs (test/disks).
+.PHONY: test-disks
+test-disks:
+	test/disks/run-vm.sh
+
 # Crash consistency in the QEMU VM: carve-csi SIGKILLed at every step boundary,
 # restarted, the call retried, leaks and losses audited, on an LVM volume group
 # and then a PMEM region in one boot (CARVE_FAULTS_TRIALS, CARVE_FAULTS_PMEM_TRIALS,

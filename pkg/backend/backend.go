@@ -32,7 +32,14 @@ var (
 	ErrDegraded = errors.New("pool degraded")
 	// ErrNotExpandable: the volume cannot grow (PMEM namespaces have a fixed size).
 	ErrNotExpandable = errors.New("volumes in this pool cannot be expanded")
+	// ErrCannotStripe: the pool cannot make the striping asked for, whatever
+	// its free space (not a striping pool, fewer devices than stripes, a
+	// stripe size it does not take).
+	ErrCannotStripe = errors.New("pool cannot stripe as asked")
 )
+
+// StripesAll asks for one stripe on every device of the pool.
+const StripesAll = -1
 
 // ReadFailed wraps err, a failed read of the pool's state (vgs, ndctl list), as ErrUnavailable,
 // unless ctx ended: a child killed because its caller gave up (a probe's deadline, a canceled
@@ -74,6 +81,12 @@ type CreateRequest struct {
 	SizeBytes  int64
 	Ephemeral  bool
 	TargetPath string
+	// Stripes > 1 stripes the volume over that many devices (resolved by
+	// the caller: never StripesAll; Striper backends only); its size is then
+	// rounded up to whole stripes (Striper's AlignBytes).
+	Stripes int
+	// StripeSizeBytes is the stripe size (a power of two); 0: the tool's default.
+	StripeSizeBytes int64
 }
 
 // Capacity of a pool.
@@ -108,6 +121,37 @@ type Backend interface {
 	Capacity(ctx context.Context) (Capacity, error)
 	// Activate makes the volume's device node available (no-op where not needed).
 	Activate(ctx context.Context, id string) (string, error)
+}
+
+// Device is one physical device a pool is built from.
+type Device struct {
+	Path      string // as the pool's tool names it (lvm: pv_name; "[unknown]" when missing)
+	UUID      string // lvm: pv_uuid, which names a missing device too
+	SizeBytes int64
+	FreeBytes int64
+	// Missing: the pool knows the device but it is not there (a VG's missing PV).
+	Missing bool
+}
+
+// DeviceLister is implemented by pools carve builds from the node's disks;
+// NodeStorage lists their devices.
+type DeviceLister interface {
+	// Devices returns the pool's devices in the pool's order.
+	Devices(ctx context.Context) ([]Device, error)
+}
+
+// Striper is implemented by backends that can stripe a volume over several
+// devices (lvm: lvcreate -i).
+type Striper interface {
+	// StripedCapacity is the pool's capacity for volumes of stripes stripes
+	// (StripesAll: one per present device) and that number resolved.
+	// MaxVolumeBytes is the largest such volume that can be made now: each
+	// stripe goes to another device, so it is stripes times the free space
+	// of the device with the stripes-th most (with StripesAll: of the
+	// emptiest device); AlignBytes is one extent on every stripe.
+	// Errors: ErrCannotStripe when the pool has fewer devices than stripes,
+	// ErrDegraded (with zero free) as Capacity.
+	StripedCapacity(ctx context.Context, stripes int) (c Capacity, n int, err error)
 }
 
 // InlineRemover is implemented by backends that can check and remove an

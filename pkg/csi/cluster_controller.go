@@ -13,6 +13,7 @@ import (
 	"github.com/carve-csi/carve/pkg/errcode"
 	"github.com/carve-csi/carve/pkg/keylock"
 	"github.com/carve-csi/carve/pkg/names"
+	"github.com/carve-csi/carve/pkg/volume"
 )
 
 // ClusterController is the Controller service of --mode=controller: it places
@@ -84,10 +85,18 @@ func clusterVolume(lv *v1alpha1.LocalVolume) *csi.Volume {
 	}
 }
 
+// errStripingLocalOnly: LocalVolume carries no striping yet, so the cluster
+// controller refuses striped classes rather than make linear volumes for them.
+var errStripingLocalOnly = status.Error(codes.InvalidArgument,
+	"parameters stripes and stripeSize are served by the node-local controller only (carve-csi --mode=node with external-provisioner --node-deployment); the cluster controller does not pass striping to nodes yet")
+
 func (c *ClusterController) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
-	pool, r, err := parseCreate(req)
+	pool, striping, r, err := parseCreate(req)
 	if err != nil {
 		return nil, err
+	}
+	if striping != (volume.Striping{}) {
+		return nil, errStripingLocalOnly
 	}
 	if r.LimitBytes > 0 && r.LimitBytes < r.RequiredBytes {
 		return nil, status.Errorf(codes.OutOfRange, "limit %d is below required %d", r.LimitBytes, r.RequiredBytes)
@@ -190,9 +199,12 @@ func (c *ClusterController) ControllerGetVolume(ctx context.Context, req *csi.Co
 }
 
 func (c *ClusterController) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
-	pool, err := checkParameters(req.GetParameters())
+	pool, striping, err := checkParameters(req.GetParameters())
 	if err != nil {
 		return nil, err
+	}
+	if striping != (volume.Striping{}) {
+		return &csi.GetCapacityResponse{}, nil // no room for volumes this controller cannot make yet
 	}
 	for _, vc := range req.GetVolumeCapabilities() {
 		if checkCapability(vc) != nil {

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/carve-csi/carve/pkg/apis/carve/v1alpha1"
+	"github.com/carve-csi/carve/pkg/backend"
 	"github.com/carve-csi/carve/pkg/backend/backendtest"
 	"github.com/carve-csi/carve/pkg/backend/lvm"
 	"github.com/carve-csi/carve/pkg/backend/pmem"
@@ -33,6 +34,15 @@ type typed struct {
 }
 
 func (b typed) Type() string { return b.typ }
+
+// Devices: every pool also lists disks (as a pool built from disks does),
+// one of them missing, so the schema of status.pools[].devices is exercised.
+func (b typed) Devices(context.Context) ([]backend.Device, error) {
+	return []backend.Device{
+		{Path: "/dev/vdb", UUID: "zCFXcm-qJaO-I3wU-JCmZ-IGCo-O6Kh-CRqPgl", SizeBytes: 1 << 30, FreeBytes: 1 << 29},
+		{Path: "[unknown]", UUID: "hOFzij-ogka-kw7B-oVRc-frdj-yCH1-wuRG1y", SizeBytes: 1 << 30, FreeBytes: 1 << 30, Missing: true},
+	}, nil
+}
 
 // poolTypes: every type a node can report in NodeStorage: the registry's
 // pool types, what their backends return from Type (an lvm-pmem pool is an
@@ -107,6 +117,9 @@ func TestCRDsAcceptWhatTheCodeWrites(t *testing.T) {
 	got := map[string]string{}
 	for _, p := range ns.Status.Pools {
 		got[p.Name] = p.Type
+		if len(p.Devices) != 2 || !p.Devices[1].Missing || p.Devices[0].FreeBytes != 1<<29 {
+			t.Errorf("NodeStorage on the server: pool %q devices %+v, want the two written", p.Name, p.Devices)
+		}
 	}
 	for _, typ := range typeNames {
 		if got[typ] != typ {

@@ -111,6 +111,26 @@ type PoolStatus struct {
 	Healthy        bool   `json:"healthy"`
 	// +optional
 	Message string `json:"message,omitempty"`
+	// Devices are the disks of a pool carve builds from the node's disks
+	// (--pool=<name>=lvm:<vg>:devices=<pattern>), in lvm's order, missing
+	// ones included; other pools list none.
+	// +optional
+	// +listType=atomic
+	Devices []PoolDevice `json:"devices,omitempty"`
+}
+
+// PoolDevice is one disk of a pool.
+type PoolDevice struct {
+	// Path of the device on the node ("[unknown]" when missing).
+	Path string `json:"path"`
+	// UUID of its LVM physical volume; it names a missing device too.
+	// +optional
+	UUID      string `json:"uuid,omitempty"`
+	SizeBytes int64  `json:"sizeBytes"`
+	FreeBytes int64  `json:"freeBytes"`
+	// Missing: the volume group knows the device but it is not there.
+	// +optional
+	Missing bool `json:"missing,omitempty"`
 }
 
 // NodeStorageStatus lists a node's pools.
