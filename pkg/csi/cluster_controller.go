@@ -13,7 +13,6 @@ import (
 	"github.com/carve-csi/carve/pkg/errcode"
 	"github.com/carve-csi/carve/pkg/keylock"
 	"github.com/carve-csi/carve/pkg/names"
-	"github.com/carve-csi/carve/pkg/volume"
 )
 
 // ClusterController is the Controller service of --mode=controller: it places
@@ -85,18 +84,10 @@ func clusterVolume(lv *v1alpha1.LocalVolume) *csi.Volume {
 	}
 }
 
-// errStripingLocalOnly: LocalVolume carries no striping yet, so the cluster
-// controller refuses striped classes rather than make linear volumes for them.
-var errStripingLocalOnly = status.Error(codes.InvalidArgument,
-	"parameters stripes and stripeSize are served by the node-local controller only (carve-csi --mode=node with external-provisioner --node-deployment); the cluster controller does not pass striping to nodes yet")
-
 func (c *ClusterController) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
 	pool, striping, r, err := parseCreate(req)
 	if err != nil {
 		return nil, err
-	}
-	if striping != (volume.Striping{}) {
-		return nil, errStripingLocalOnly
 	}
 	if r.LimitBytes > 0 && r.LimitBytes < r.RequiredBytes {
 		return nil, status.Errorf(codes.OutOfRange, "limit %d is below required %d", r.LimitBytes, r.RequiredBytes)
@@ -119,7 +110,8 @@ func (c *ClusterController) CreateVolume(ctx context.Context, req *csi.CreateVol
 	}
 	defer unlock()
 	lv, err := c.Vols.Create(ctx, cluster.CreateRequest{Name: req.GetName(), Pool: pool, Range: r,
-		Preferred: nodesOf(topo.GetPreferred()), Requisite: nodesOf(topo.GetRequisite()), VolumeMode: mode, FSType: fs})
+		Preferred: nodesOf(topo.GetPreferred()), Requisite: nodesOf(topo.GetRequisite()), VolumeMode: mode, FSType: fs,
+		Striping: striping})
 	if err != nil {
 		return nil, clusterStatus(ctx, err)
 	}
@@ -203,9 +195,6 @@ func (c *ClusterController) GetCapacity(ctx context.Context, req *csi.GetCapacit
 	if err != nil {
 		return nil, err
 	}
-	if striping != (volume.Striping{}) {
-		return &csi.GetCapacityResponse{}, nil // no room for volumes this controller cannot make yet
-	}
 	for _, vc := range req.GetVolumeCapabilities() {
 		if checkCapability(vc) != nil {
 			return &csi.GetCapacityResponse{}, nil
@@ -219,7 +208,9 @@ func (c *ClusterController) GetCapacity(ctx context.Context, req *csi.GetCapacit
 		}
 		node = n
 	}
-	capa, err := c.Vols.Capacity(ctx, node, pool)
+	// A striped class gets what a volume of its striping can really have,
+	// from the devices each node publishes.
+	capa, err := c.Vols.CapacityFor(ctx, node, pool, striping)
 	if err != nil {
 		return nil, clusterStatus(ctx, err)
 	}

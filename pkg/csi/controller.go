@@ -59,7 +59,6 @@ func (c *LocalController) topology() []*csi.Topology {
 const (
 	ParamStripes    = "stripes"
 	ParamStripeSize = "stripeSize"
-	stripesAll      = "all"
 )
 
 // checkParameters validates StorageClass parameters and returns the pool
@@ -74,13 +73,9 @@ func checkParameters(params map[string]string) (pool string, s volume.Striping, 
 				return "", s, invalid("parameter %s=%q: want true or false", ParamDAX, v)
 			}
 		case k == ParamStripes:
-			if v == stripesAll {
-				s.Stripes = backend.StripesAll
-				break
-			}
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 || n > maxStripes {
-				return "", s, invalid("parameter %s=%q: want a number of devices from 1 to %d, or %q", ParamStripes, v, maxStripes, stripesAll)
+			n, err := volume.ParseStripes(v)
+			if err != nil || v == "" {
+				return "", s, invalid("parameter %s=%q: want a number of devices from 1 to %d, or %q", ParamStripes, v, volume.MaxStripes, volume.StripesAllName)
 			}
 			s.Stripes = n
 		case k == ParamStripeSize:
@@ -98,13 +93,10 @@ func checkParameters(params map[string]string) (pool string, s volume.Striping, 
 		}
 	}
 	if s.StripeSizeBytes != 0 && s.Stripes != backend.StripesAll && s.Stripes < 2 {
-		return "", s, invalid("parameter %s needs %s of at least 2 (or %q)", ParamStripeSize, ParamStripes, stripesAll)
+		return "", s, invalid("parameter %s needs %s of at least 2 (or %q)", ParamStripeSize, ParamStripes, volume.StripesAllName)
 	}
 	return pool, s, nil
 }
-
-// maxStripes is lvm's limit on stripes per LV (lvcreate(8): 128).
-const maxStripes = 128
 
 // reachable reports whether the requirement allows this node.
 func (c *LocalController) reachable(req *csi.TopologyRequirement) bool {

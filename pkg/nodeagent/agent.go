@@ -275,7 +275,7 @@ func (a *Agent) measure(ctx context.Context) v1alpha1.NodeStorageStatus {
 			ps.Message = err.Error()
 			klog.ErrorS(err, "Cannot read pool capacity; publishing it as unhealthy", "node", a.NodeName, "pool", p.Name)
 		} else {
-			ps.TotalBytes, ps.FreeBytes, ps.MaxVolumeBytes = c.TotalBytes, c.FreeBytes, c.MaxVolumeBytes
+			ps.TotalBytes, ps.FreeBytes, ps.MaxVolumeBytes, ps.AlignBytes = c.TotalBytes, c.FreeBytes, c.MaxVolumeBytes, c.AlignBytes
 		}
 		ps.Devices = a.devices(ctx, p.Name, p.Backend)
 		if p.Name == st.DefaultPool {
@@ -286,8 +286,8 @@ func (a *Agent) measure(ctx context.Context) v1alpha1.NodeStorageStatus {
 	return st
 }
 
-// devices lists the disks of a pool built from them (backend.DeviceLister);
-// nil for other pools. A failed read leaves them out (logged): the capacity
+// devices lists the devices of a pool built from them (backend.DeviceLister:
+// every lvm pool); nil for other pools. A failed read leaves them out (logged): the capacity
 // figures still go out.
 func (a *Agent) devices(ctx context.Context, pool string, b backend.Backend) []v1alpha1.PoolDevice {
 	dl, ok := b.(backend.DeviceLister)

@@ -225,7 +225,7 @@ func wantPool(t *testing.T, m *backendtest.Memory) v1alpha1.PoolStatus {
 		t.Fatal(err)
 	}
 	return v1alpha1.PoolStatus{Name: m.PoolName, Type: m.Type(), TotalBytes: c.TotalBytes, FreeBytes: c.FreeBytes,
-		MaxVolumeBytes: c.MaxVolumeBytes, Healthy: true}
+		MaxVolumeBytes: c.MaxVolumeBytes, AlignBytes: c.AlignBytes, Healthy: true}
 }
 
 // checkPublished publishes now and compares NodeStorage with the pools.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 
 	"k8s.io/klog/v2"
 
@@ -127,8 +128,44 @@ type Striping struct {
 	StripeSizeBytes int64
 }
 
-// striped reports whether s asks for more than one stripe (or every device).
-func (s Striping) striped() bool { return s.Stripes > 1 || s.Stripes == backend.StripesAll }
+// MaxStripes is lvm's limit on stripes per LV (lvcreate(8): 128).
+const MaxStripes = 128
+
+// StripesAllName is how StorageClasses and LocalVolumes write
+// backend.StripesAll.
+const StripesAllName = "all"
+
+// ParseStripes reads a stripe count as the StorageClass parameter and
+// LocalVolume's spec.stripes write it: a number from 1 to MaxStripes, or
+// StripesAllName (backend.StripesAll); "" is 0, not striped. Errors wrap
+// backend.ErrCannotStripe.
+func ParseStripes(v string) (int, error) {
+	if v == "" {
+		return 0, nil
+	}
+	if v == StripesAllName {
+		return backend.StripesAll, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > MaxStripes {
+		return 0, fmt.Errorf("stripes %q: want a number of devices from 1 to %d, or %q: %w", v, MaxStripes, StripesAllName, backend.ErrCannotStripe)
+	}
+	return n, nil
+}
+
+// FormatStripes is ParseStripes' inverse: "" for 0 (not striped).
+func FormatStripes(n int) string {
+	switch {
+	case n == backend.StripesAll:
+		return StripesAllName
+	case n == 0:
+		return ""
+	}
+	return strconv.Itoa(n)
+}
+
+// Striped reports whether s asks for more than one stripe (or every device).
+func (s Striping) Striped() bool { return s.Stripes > 1 || s.Stripes == backend.StripesAll }
 
 // striper returns p's backend as a backend.Striper, or ErrCannotStripe.
 func striper(p Pool) (backend.Striper, error) {
@@ -143,7 +180,7 @@ func striper(p Pool) (backend.Striper, error) {
 // granularity: the stripe count resolved (StripedCapacity), one extent per
 // stripe. A count that resolves to one device is not striped.
 func resolveStriping(ctx context.Context, p Pool, s Striping) (stripes int, align int64, capa backend.Capacity, err error) {
-	if !s.striped() {
+	if !s.Striped() {
 		if s.StripeSizeBytes != 0 {
 			return 0, 0, capa, fmt.Errorf("a stripe size without stripes: %w", backend.ErrCannotStripe)
 		}
@@ -337,7 +374,7 @@ func (m *Manager) CapacityFor(ctx context.Context, pool string, s Striping) (bac
 	if err != nil {
 		return backend.Capacity{}, err
 	}
-	if !s.striped() {
+	if !s.Striped() {
 		return p.Backend.Capacity(ctx)
 	}
 	st, err := striper(p)

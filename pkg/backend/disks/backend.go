@@ -9,7 +9,8 @@ import (
 )
 
 // Backend is an lvm pool whose volume group carve builds from disks: the lvm
-// backend, plus the devices NodeStorage lists.
+// backend (which lists its devices, lvm.Backend.Devices, as every lvm pool
+// does) on a volume group Setup made.
 type Backend struct {
 	*lvm.Backend
 }
@@ -30,10 +31,4 @@ func New(ctx context.Context, runner exec.Runner, pool string, opts Options) (*B
 		return nil, err
 	}
 	return &Backend{Backend: b}, nil
-}
-
-// Devices implements backend.DeviceLister: the volume group's physical
-// volumes (lvm.Backend.PVs), missing ones included.
-func (b *Backend) Devices(ctx context.Context) ([]backend.Device, error) {
-	return b.PVs(ctx)
 }

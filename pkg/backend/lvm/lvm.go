@@ -248,19 +248,14 @@ func (b *Backend) stripeAlign(req backend.CreateRequest) (int64, error) {
 }
 
 // StripedCapacity implements backend.Striper from the volume group's
-// physical volumes (one pvs). lvm puts each stripe of an LV on another PV
-// and does not split a stripe row over more PVs than stripes (measured: with
-// 10, 15 and 15 free extents, lvcreate -i 2 takes 30 extents, not 32:
-// "Insufficient suitable allocatable extents ... 2 more required"), so the
-// largest striped LV is stripes x the free extents of the PV with the
-// stripes-th most.
+// physical volumes (one pvs), by backend.StripedMax.
 func (b *Backend) StripedCapacity(ctx context.Context, stripes int) (backend.Capacity, int, error) {
 	pvs, err := b.PVs(ctx)
 	if err != nil {
 		return backend.Capacity{}, 0, err
 	}
 	var c backend.Capacity
-	var free []int64 // free extents of the present PVs
+	var free []int64 // free bytes of the present PVs
 	missing := 0
 	for _, pv := range pvs {
 		c.TotalBytes += pv.SizeBytes
@@ -269,7 +264,7 @@ func (b *Backend) StripedCapacity(ctx context.Context, stripes int) (backend.Cap
 			continue
 		}
 		c.FreeBytes += pv.FreeBytes
-		free = append(free, pv.FreeBytes/b.extentBytes)
+		free = append(free, pv.FreeBytes)
 	}
 	n := stripes
 	if n == backend.StripesAll {
@@ -284,12 +279,18 @@ func (b *Backend) StripedCapacity(ctx context.Context, stripes int) (backend.Cap
 			fmt.Errorf("lvm: volume group %q is missing %d physical volume(s), so lvm refuses to create or extend LVs in it (reattach the disk, or vgreduce --removemissing): %w",
 				b.vg, missing, backend.ErrDegraded)
 	}
-	if n > len(free) {
-		return backend.Capacity{}, n, fmt.Errorf("lvm: volume group %q has %d physical volume(s), fewer than %d stripes: %w", b.vg, len(free), n, backend.ErrCannotStripe)
+	c.MaxVolumeBytes, n, err = backend.StripedMax(free, b.extentBytes, n)
+	if err != nil {
+		return backend.Capacity{}, n, fmt.Errorf("lvm: volume group %q: %w", b.vg, err)
 	}
-	sort.Slice(free, func(i, j int) bool { return free[i] > free[j] })
-	c.MaxVolumeBytes = free[n-1] * int64(n) * b.extentBytes
 	return c, n, nil
+}
+
+// Devices implements backend.DeviceLister: the volume group's physical
+// volumes (PVs), missing ones included. NodeStorage lists them, and the
+// cluster controller computes a striped class's maximum from them.
+func (b *Backend) Devices(ctx context.Context) ([]backend.Device, error) {
+	return b.PVs(ctx)
 }
 
 // zeroLV zeroes LV id and then drops its TagZeroing.
