@@ -31,6 +31,9 @@ var (
 	ErrNoRoom = errors.New("no node has room")
 	// ErrNoPool: the pool exists on none of the candidate nodes.
 	ErrNoPool = errors.New("pool exists on no candidate node")
+	// ErrOldSchema: the API server dropped a field carve wrote (a CRD older
+	// than the controller: Helm never upgrades CRDs).
+	ErrOldSchema = errors.New("the LocalVolume CRD predates this controller")
 )
 
 // NodeFailure is a node's report that it could not do what a LocalVolume asks.
@@ -201,6 +204,17 @@ func (v *Volumes) createNew(ctx context.Context, id string, req CreateRequest, s
 	} else if err != nil {
 		v.placed.drop(id)
 		return nil, fmt.Errorf("create LocalVolume %s: %w", id, err)
+	}
+	if lv.Spec.Stripes != volume.FormatStripes(req.Striping.Stripes) || lv.Spec.StripeSizeBytes != req.Striping.StripeSizeBytes {
+		// lv is as the API server stored it: a CRD without the striping
+		// fields pruned them, and the node would make a linear LV. Take it
+		// back (the node's finalizer removes whatever it made meanwhile).
+		v.placed.drop(id)
+		if err := v.Client.Delete(ctx, lv, client.Preconditions{UID: &lv.UID}); err != nil && !apierrors.IsNotFound(err) {
+			klog.ErrorS(err, "Cannot remove a LocalVolume that lost its striping", "name", id)
+		}
+		return nil, fmt.Errorf("%w: LocalVolume %s was stored without its striping (stripes %q, stripeSizeBytes %d written); apply the CRDs of this release (deploy/helm/carve/crds/)",
+			ErrOldSchema, id, volume.FormatStripes(req.Striping.Stripes), req.Striping.StripeSizeBytes)
 	}
 	klog.InfoS("LocalVolume created", "name", id, "volume", req.Name, "node", node, "pool", req.Pool, "bytes", size,
 		"stripes", lv.Spec.Stripes)

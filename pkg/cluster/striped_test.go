@@ -8,6 +8,14 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+
 	"github.com/carve-csi/carve/pkg/apis/carve/v1alpha1"
 	"github.com/carve-csi/carve/pkg/backend"
 	"github.com/carve-csi/carve/pkg/volume"
@@ -147,5 +155,45 @@ func TestStripedPlacementCountsPending(t *testing.T) {
 	v.placed.drop("lin")
 	if n, err := v.place(ctx, "str", CreateRequest{Name: "str", Requisite: n1, Striping: two}, 30*ext); err != nil || n != "n1" {
 		t.Fatalf("striped placement of the maximum with nothing pending: %q, %v", n, err)
+	}
+}
+
+// TestStripedOldCRD: an API server whose LocalVolume CRD predates striping
+// prunes spec.stripes, and the node would make a linear LV; the controller
+// sees the stored object lost its striping, deletes it and says why
+// (ErrOldSchema, FailedPrecondition) instead of handing out a linear volume.
+func TestStripedOldCRD(t *testing.T) {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	if err := v1alpha1.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	ns := stripedStorage("n1", 15, 15)
+	c := fake.NewClientBuilder().WithScheme(s).WithObjects(ns, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}).
+		WithStatusSubresource(&v1alpha1.LocalVolume{}, &v1alpha1.NodeStorage{}).
+		WithInterceptorFuncs(interceptor.Funcs{Create: func(ctx context.Context, c client.WithWatch, o client.Object, opts ...client.CreateOption) error {
+			if lv, ok := o.(*v1alpha1.LocalVolume); ok { // pruned as by a CRD without the fields
+				lv.Spec.Stripes, lv.Spec.StripeSizeBytes = "", 0
+			}
+			return c.Create(ctx, o, opts...)
+		}}).Build()
+	v := &Volumes{Client: c, Poll: 5 * time.Millisecond}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := v.Create(ctx, CreateRequest{Name: "pvc", Range: volume.Range{RequiredBytes: ext}, Striping: volume.Striping{Stripes: 2}})
+	if !errors.Is(err, ErrOldSchema) {
+		t.Fatalf("striped create through a CRD without striping: %v, want ErrOldSchema", err)
+	}
+	t.Log(err)
+	var list v1alpha1.LocalVolumeList
+	if err := c.List(ctx, &list); err != nil || len(list.Items) != 0 {
+		t.Fatalf("%d LocalVolumes left (%v), want the pruned one deleted", len(list.Items), err)
+	}
+	// Unstriped volumes lose nothing there and are made as before.
+	go fakeNodes(ctx, c, map[string]int64{"n1": 30 * ext}, &sync.Mutex{})
+	if lv, err := v.Create(ctx, CreateRequest{Name: "pvc-linear", Range: volume.Range{RequiredBytes: ext}}); err != nil || lv.Status.Phase != v1alpha1.PhaseReady {
+		t.Fatalf("linear create: %+v, %v", lv, err)
 	}
 }

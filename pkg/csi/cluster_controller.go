@@ -53,6 +53,8 @@ func clusterStatus(ctx context.Context, err error) error {
 		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, cluster.ErrNoPool):
 		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, cluster.ErrOldSchema):
+		return status.Error(codes.FailedPrecondition, err.Error())
 	case ctx.Err() != nil:
 		return status.Error(status.FromContextError(ctx.Err()).Code(), err.Error())
 	case cluster.APIUnavailable(err):
