@@ -328,10 +328,17 @@ func TestVMStaleDataPMEM(t *testing.T) {
 		t.Fatal(err)
 	}
 	sh(t, "sync")
+	firstStart, firstSize := nsResource(t, first)
 	if _, err := c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: firstID}); err != nil {
 		t.Fatal(err)
 	}
 	_, second, _ := dev("pvc-pm-second")
+	// Only a namespace made over the first one's space can show its bytes: check that it was,
+	// or this test would pass whatever the wipe does.
+	secondStart, secondSize := nsResource(t, second)
+	if secondStart >= firstStart+firstSize || firstStart >= secondStart+secondSize {
+		t.Fatalf("the second namespace [%#x, +%d) does not overlap the first [%#x, +%d): nothing to show", secondStart, secondSize, firstStart, firstSize)
+	}
 	data, err := os.ReadFile(second)
 	if err != nil {
 		t.Fatal(err)
@@ -341,4 +348,26 @@ func TestVMStaleDataPMEM(t *testing.T) {
 	if stale != 0 {
 		t.Errorf("pmem: the new volume shows %d bytes of the previous volume", stale)
 	}
+}
+
+// nsResource is the physical range of the namespace behind a pmem block
+// device (/sys/block/<dev>/device is the namespace: its resource and size).
+func nsResource(t *testing.T, dev string) (start, size int64) {
+	t.Helper()
+	ns, err := filepath.EvalSymlinks(filepath.Join("/sys/block", filepath.Base(dev), "device"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := func(f string) int64 {
+		b, err := os.ReadFile(filepath.Join(ns, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := strconv.ParseInt(strings.TrimPrefix(strings.TrimSpace(string(b)), "0x"), map[bool]int{true: 16, false: 10}[f == "resource"], 64)
+		if err != nil {
+			t.Fatalf("%s of %s: %v", f, ns, err)
+		}
+		return v
+	}
+	return read("resource"), read("size")
 }
