@@ -279,10 +279,19 @@ func TestVMStaleData(t *testing.T) {
 		t.Fatal(err)
 	}
 	sh(t, "sync")
+	// Where each LV's extents are: only a second LV on the first one's extents can show its
+	// bytes, so this test fails rather than pass with the new LV elsewhere.
+	extents := func(lv string) string {
+		return strings.TrimSpace(sh(t, "lvm", "lvs", "--noheadings", "-o", "seg_pe_ranges", lv))
+	}
+	firstExtents := extents(first)
 	if _, err := c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: firstID}); err != nil {
 		t.Fatal(err)
 	}
 	_, second := dev("pvc-second")
+	if got := extents(second); got != firstExtents {
+		t.Fatalf("the second LV is on %q, the first was on %q: nothing to show", got, firstExtents)
+	}
 	data, err := os.ReadFile(second)
 	if err != nil {
 		t.Fatal(err)
