@@ -45,9 +45,17 @@ test-integration:
 test-lvm:
 	$(GO) test -count=1 -v -run 'Real|Sanity' ./pkg/backend/lvm/ ./test/lvmtest/ ./test/sanity/
 
-# The whole node path in a QEMU VM: csi-sanity without skips and the node scenarios.
+# The whole node path in a QEMU VM: csi-sanity without skips and the node scenarios,
+# the PMEM suite and the disk checks of test/disks, in one boot.
 test-e2e:
 	hack/e2e.sh
+
+# Issue 15 in the QEMU VM with six more virtio disks: pools from disks, striping,
+# a removed disk, stale data, wipe costs (test/disks). make test runs these in
+# test-e2e's boot (hack/e2e-guest.sh); this target boots the VM for them alone.
+.PHONY: test-disks
+test-disks:
+	test/disks/run-vm.sh
 
 # Crash consistency in the QEMU VM: carve-csi SIGKILLed at every step boundary,
 # restarted, the call retried, leaks and losses audited, on an LVM volume group

@@ -2,8 +2,10 @@
 # make test-e2e: one boot of the VM rig (hack/vm) runs every suite that needs a
 # real kernel: csi-sanity (full, no device skips) against an LVM pool, the
 # node-path scenarios (test/e2e), 200 concurrent controller and inline
-# node calls (test/concurrency), and the PMEM suite (test/pmem) when it is
-# built. Prints a summary line per suite and exits non-zero on any failure.
+# node calls (test/concurrency), the PMEM suite (test/pmem) when it is
+# built, and issue 15's disk checks (test/disks: pools from disks, striping,
+# a removed disk, stale data, wipe costs) on six more virtio disks. Prints a
+# summary line per suite and exits non-zero on any failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -22,13 +24,15 @@ if ls test/pmem/*_test.go >/dev/null 2>&1; then
   go test -c -o "$SHARE/pmem.test" ./test/pmem || { echo "[e2e] FAIL: build pmem.test"; exit 1; }
   cp test/pmem/vm-pmem.sh "$SHARE/" 2>/dev/null || true
 fi
+# Issue 15's disk checks (test/disks) share this boot: six more virtio disks (vdb..vdg).
+go test -c -o "$SHARE/disks.test" ./test/disks || { echo "[e2e] FAIL: build disks.test"; exit 1; }
 cp hack/e2e-guest.sh "$SHARE/e2e-guest.sh"
 echo "[e2e] build took $(( $(date +%s) - start ))s"
 
-hack/vm/run.sh --share "$SHARE" --timeout "${CARVE_E2E_TIMEOUT:-3000}" --quiet -- /share/e2e-guest.sh
+hack/vm/run.sh --share "$SHARE" --timeout "${CARVE_E2E_TIMEOUT:-3000}" --disks 6 --disks-size 2G --quiet -- /share/e2e-guest.sh
 rc=$?
 echo "[e2e] ---- summary ----"
-grep -a -E '^(csi-sanity|e2e node path|concurrency|pmem suite|leak audit|suite)[: ]' "$SHARE/guest.log" 2>/dev/null | sed 's/^/[e2e] /'
+grep -a -E '^(csi-sanity|e2e node path|concurrency|pmem suite|disks|leak audit|suite)[: ]' "$SHARE/guest.log" 2>/dev/null | sed 's/^/[e2e] /'
 if ! grep -q -a '^suite all:' "$SHARE/guest.log" 2>/dev/null; then
   echo "[e2e] FAIL: the guest did not finish its suites (run.sh exit $rc); last lines of its log:"
   tail -n 40 "$SHARE/guest.log" 2>/dev/null | sed 's/^/    /'

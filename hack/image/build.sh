@@ -136,7 +136,7 @@ find_mirror() {
 # use (nsenter). check_libraries ROOT: each is in ROOT and finds every shared library it links,
 # so that a pruning step that removes too much fails here, not on a node.
 RUNTIME_PROGRAMS="lvm ndctl mkfs.ext4 mkfs.ext3 mkfs.xfs resize2fs xfs_growfs e2fsck fsck fsck.ext4 fsck.xfs
-	blkid wipefs mount umount nsenter sh cat"
+	blkid blkdiscard lsblk wipefs mount umount nsenter sh cat"
 check_libraries() {
 	local r="$1" p path missing
 	for p in $RUNTIME_PROGRAMS; do

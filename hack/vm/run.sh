@@ -7,6 +7,8 @@
 #   --timeout SECONDS   limit for boot + command + power-off (default 900)
 #   --disk-size SIZE    sparse raw disk, fresh each boot, /dev/vda (default 16G)
 #   --nvdimm-size SIZE  sparse NVDIMM backing file, fresh each boot (default 4G)
+#   --disks N           N more sparse raw virtio disks, fresh each boot: /dev/vdb, /dev/vdc, ...
+#                       (default 0; at most 20), each --disks-size (default 1G)
 #   --mem SIZE          guest RAM (default 2G)
 #   --smp N             guest CPUs (default 2)
 #   --log FILE          serial console log (default DIR/serial.log)
@@ -39,7 +41,7 @@ REPO="$(cd "$HERE/../.." && pwd)"
 
 E_TIMEOUT=124 E_NOEXIT=125 E_BUILD=122 E_HOST=123 E_USAGE=2 E_INT=130
 
-SHARE="" TIMEOUT=900 DISK_SIZE=16G NVDIMM_SIZE=4G MEM=2G SMP=2 LOG="" QUIET=""
+SHARE="" TIMEOUT=900 DISK_SIZE=16G NVDIMM_SIZE=4G MEM=2G SMP=2 LOG="" QUIET="" DISKS=0 DISKS_SIZE=1G
 GUESTFWD=() HOSTFWD=()
 CACHE="${CARVE_VM_CACHE:-$REPO/.cache/vm}"
 T0=$(date +%s.%N)
@@ -88,14 +90,14 @@ while [ $# -gt 0 ]; do
     --) shift; break ;;
     --quiet) QUIET=1; shift ;;
     -h|--help) usage; exit 0 ;;
-    --share=*|--timeout=*|--disk-size=*|--nvdimm-size=*|--mem=*|--smp=*|--log=*|--cache=*|--guestfwd=*|--hostfwd=*)
+    --share=*|--timeout=*|--disk-size=*|--nvdimm-size=*|--mem=*|--smp=*|--log=*|--cache=*|--guestfwd=*|--hostfwd=*|--disks=*|--disks-size=*)
       k="${1%%=*}"; v="${1#*=}"; shift; set -- "$k" "$v" "$@" ;;
-    --share|--timeout|--disk-size|--nvdimm-size|--mem|--smp|--log|--cache|--guestfwd|--hostfwd)
+    --share|--timeout|--disk-size|--nvdimm-size|--mem|--smp|--log|--cache|--guestfwd|--hostfwd|--disks|--disks-size)
       [ $# -ge 2 ] || usage_err "$1 needs a value"
       case "$1" in
         --share) SHARE="$2" ;; --timeout) TIMEOUT="$2" ;; --disk-size) DISK_SIZE="$2" ;;
         --nvdimm-size) NVDIMM_SIZE="$2" ;; --mem) MEM="$2" ;; --smp) SMP="$2" ;;
-        --log) LOG="$2" ;; --cache) CACHE="$2" ;;
+        --log) LOG="$2" ;; --cache) CACHE="$2" ;; --disks) DISKS="$2" ;; --disks-size) DISKS_SIZE="$2" ;;
         --guestfwd)
           [[ "$2" =~ ^([0-9.]+):([0-9]+)=([0-9]+)$ ]] || usage_err "--guestfwd wants IP:PORT=HOSTPORT, got '$2'"
           GUESTFWD+=("guestfwd=tcp:${BASH_REMATCH[1]}:${BASH_REMATCH[2]}-cmd:socat - TCP:127.0.0.1:${BASH_REMATCH[3]}") ;;
@@ -111,6 +113,9 @@ done
 [ ${#HOSTFWD[@]} = 0 ] || [ ${#GUESTFWD[@]} -gt 0 ] || usage_err "--hostfwd needs --guestfwd (the NIC)"
 case "$TIMEOUT" in ''|*[!0-9]*) usage_err "--timeout wants whole seconds, got '$TIMEOUT'" ;; esac
 case "$SMP" in ''|*[!0-9]*) usage_err "--smp wants a number, got '$SMP'" ;; esac
+case "$DISKS" in ''|*[!0-9]*) usage_err "--disks wants a number, got '$DISKS'" ;; esac
+[ "$DISKS" -le 20 ] || usage_err "--disks wants at most 20 (vdb..vdu), got $DISKS"
+DISKS_MIB=$(to_mib "$DISKS_SIZE") || usage_err "bad --disks-size '$DISKS_SIZE'"
 DISK_MIB=$(to_mib "$DISK_SIZE") || usage_err "bad --disk-size '$DISK_SIZE'"
 NVDIMM_MIB=$(to_mib "$NVDIMM_SIZE") || usage_err "bad --nvdimm-size '$NVDIMM_SIZE'"
 MEM_MIB=$(to_mib "$MEM") || usage_err "bad --mem '$MEM'"
@@ -168,6 +173,9 @@ trap cleanup EXIT
 trap 'trap - INT TERM; printf "run.sh: FAIL: interrupted\n" >&2; RC=$E_INT; exit $E_INT' INT TERM
 truncate -s "${DISK_MIB}M" "$RUNDIR/disk.img" && truncate -s "${NVDIMM_MIB}M" "$RUNDIR/nvdimm.img" ||
   fail $E_HOST "cannot create the disk images in $RUNDIR"
+for ((i = 1; i <= DISKS; i++)); do
+  truncate -s "${DISKS_MIB}M" "$RUNDIR/disk$i.img" || fail $E_HOST "cannot create the disk images in $RUNDIR"
+done
 
 # --- the command --------------------------------------------------------------------------
 rm -f "$SHARE/.vm-exit" "$SHARE/.vm-exit.tmp" "$SHARE/.vm-started" "$SHARE/guest.log" "$SHARE/dmesg.log"
@@ -187,6 +195,23 @@ QEMU=(qemu-system-x86_64 -accel tcg -cpu max -smp "$SMP"
   -kernel "$CACHE/vmlinuz" -initrd "$CACHE/root.cpio"
   -append "console=ttyS0 rdinit=/init panic=-1 quiet ${CARVE_VM_APPEND:-}"
   -nographic -no-reboot)
+# Extra disks after vda, in order: vdb, vdc, ... Each has a serial (carve-disk-N), which
+# udev would turn into /dev/disk/by-id/virtio-carve-disk-N (the guest runs no udev). The guest
+# names virtio disks in PCI slot order and -device takes slots before if=virtio drives, so with
+# extra disks the first one is a -device too, ahead of them, to stay /dev/vda.
+if [ "$DISKS" -gt 0 ]; then
+  for ((i = 0; i < ${#QEMU[@]}; i++)); do
+    if [ "${QEMU[$i]}" = "file=$RUNDIR/disk.img,format=raw,if=virtio,cache=unsafe" ]; then
+      QEMU[$i]="file=$RUNDIR/disk.img,format=raw,if=none,id=disk0,cache=unsafe"
+      QEMU=("${QEMU[@]:0:$((i + 1))}" -device virtio-blk-pci,drive=disk0 "${QEMU[@]:$((i + 1))}")
+      break
+    fi
+  done
+fi
+for ((i = 1; i <= DISKS; i++)); do
+  QEMU+=(-drive "file=$RUNDIR/disk$i.img,format=raw,if=none,id=disk$i,cache=unsafe"
+    -device "virtio-blk-pci,drive=disk$i,serial=carve-disk-$i")
+done
 if [ ${#GUESTFWD[@]} = 0 ]; then
   QEMU+=(-nic none)
 else
@@ -195,7 +220,7 @@ else
   QEMU+=(-netdev "$netdev" -device virtio-net-pci,netdev=n0)
 fi
 
-say "boot: mem ${MEM_MIB}M, disk ${DISK_MIB}M, nvdimm ${NVDIMM_MIB}M, share $SHARE, timeout ${TIMEOUT}s, log $LOG"
+say "boot: mem ${MEM_MIB}M, disk ${DISK_MIB}M, $DISKS more disks of ${DISKS_MIB}M, nvdimm ${NVDIMM_MIB}M, share $SHARE, timeout ${TIMEOUT}s, log $LOG"
 say "command: $*"
 T_BOOT=$(date +%s.%N)
 BOOTED=1

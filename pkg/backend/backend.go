@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sort"
 )
 
 // Sentinel errors; implementations wrap them with %w and callers test with errors.Is.
@@ -32,7 +33,14 @@ var (
 	ErrDegraded = errors.New("pool degraded")
 	// ErrNotExpandable: the volume cannot grow (PMEM namespaces have a fixed size).
 	ErrNotExpandable = errors.New("volumes in this pool cannot be expanded")
+	// ErrCannotStripe: the pool cannot make the striping asked for, whatever
+	// its free space (not a striping pool, fewer devices than stripes, a
+	// stripe size it does not take).
+	ErrCannotStripe = errors.New("pool cannot stripe as asked")
 )
+
+// StripesAll asks for one stripe on every device of the pool.
+const StripesAll = -1
 
 // ReadFailed wraps err, a failed read of the pool's state (vgs, ndctl list), as ErrUnavailable,
 // unless ctx ended: a child killed because its caller gave up (a probe's deadline, a canceled
@@ -74,6 +82,12 @@ type CreateRequest struct {
 	SizeBytes  int64
 	Ephemeral  bool
 	TargetPath string
+	// Stripes > 1 stripes the volume over that many devices (resolved by
+	// the caller: never StripesAll; Striper backends only); its size is then
+	// rounded up to whole stripes (Striper's AlignBytes).
+	Stripes int
+	// StripeSizeBytes is the stripe size (a power of two); 0: the tool's default.
+	StripeSizeBytes int64
 }
 
 // Capacity of a pool.
@@ -108,6 +122,71 @@ type Backend interface {
 	Capacity(ctx context.Context) (Capacity, error)
 	// Activate makes the volume's device node available (no-op where not needed).
 	Activate(ctx context.Context, id string) (string, error)
+}
+
+// Device is one physical device a pool is built from.
+type Device struct {
+	Path      string // as the pool's tool names it (lvm: pv_name; "[unknown]" when missing)
+	UUID      string // lvm: pv_uuid, which names a missing device too
+	SizeBytes int64
+	FreeBytes int64
+	// Missing: the pool knows the device but it is not there (a VG's missing PV).
+	Missing bool
+}
+
+// DeviceLister is implemented by pools built from devices (every lvm pool:
+// its physical volumes); NodeStorage lists them, and the cluster controller
+// computes striped maxima from their free bytes (StripedMax).
+type DeviceLister interface {
+	// Devices returns the pool's devices in the pool's order.
+	Devices(ctx context.Context) ([]Device, error)
+}
+
+// Striper is implemented by backends that can stripe a volume over several
+// devices (lvm: lvcreate -i).
+type Striper interface {
+	// StripedCapacity is the pool's capacity for volumes of stripes stripes
+	// (StripesAll: one per present device) and that number resolved.
+	// MaxVolumeBytes is the largest such volume that can be made now: each
+	// stripe goes to another device, so it is stripes times the free space
+	// of the device with the stripes-th most (with StripesAll: of the
+	// emptiest device); AlignBytes is one extent on every stripe.
+	// Errors: ErrCannotStripe when the pool has fewer devices than stripes,
+	// ErrDegraded (with zero free) as Capacity.
+	StripedCapacity(ctx context.Context, stripes int) (c Capacity, n int, err error)
+}
+
+// StripedMax is the rule for the largest volume of stripes stripes (StripesAll:
+// one per device) over devices with free[i] bytes free each, in allocation
+// units of extentBytes: lvm puts each stripe on another device and does not
+// split a stripe row over more devices than stripes (measured on lvm2 2.03:
+// with 10, 15 and 15 free extents, lvcreate -i 2 takes 30 extents, not 32),
+// so it is stripes x the whole free extents of the device with the
+// stripes-th most. It returns that maximum in bytes and the stripe count
+// resolved. The node's lvm backend (StripedCapacity) and the cluster
+// controller (from NodeStorage) both use it. Errors: ErrCannotStripe when
+// fewer devices than stripes are given, or stripes or extentBytes is not
+// positive.
+func StripedMax(free []int64, extentBytes int64, stripes int) (int64, int, error) {
+	n := stripes
+	if n == StripesAll {
+		n = len(free)
+	}
+	switch {
+	case n < 1 || extentBytes <= 0:
+		return 0, 0, fmt.Errorf("%d stripes of %d-byte extents: %w", stripes, extentBytes, ErrCannotStripe)
+	case n > len(free):
+		return 0, n, fmt.Errorf("%d device(s), fewer than %d stripes: %w", len(free), n, ErrCannotStripe)
+	}
+	ext := make([]int64, len(free))
+	for i, f := range free {
+		ext[i] = max(f, 0) / extentBytes
+	}
+	sort.Slice(ext, func(i, j int) bool { return ext[i] > ext[j] })
+	if ext[n-1] > math.MaxInt64/extentBytes/int64(n) {
+		return math.MaxInt64 / extentBytes / int64(n) * int64(n) * extentBytes, n, nil
+	}
+	return ext[n-1] * int64(n) * extentBytes, n, nil
 }
 
 // InlineRemover is implemented by backends that can check and remove an

@@ -31,6 +31,9 @@ var (
 	ErrNoRoom = errors.New("no node has room")
 	// ErrNoPool: the pool exists on none of the candidate nodes.
 	ErrNoPool = errors.New("pool exists on no candidate node")
+	// ErrOldSchema: the API server dropped a field carve wrote (a CRD older
+	// than the controller: Helm never upgrades CRDs).
+	ErrOldSchema = errors.New("the LocalVolume CRD predates this controller")
 )
 
 // NodeFailure is a node's report that it could not do what a LocalVolume asks.
@@ -92,6 +95,9 @@ type CreateRequest struct {
 	Requisite  []string // allowed nodes; empty = any
 	VolumeMode string
 	FSType     string
+	// Striping is the StorageClass's (stripes, stripeSize); the node
+	// resolves "all" and makes the LV as the node-local controller would.
+	Striping volume.Striping
 }
 
 // Create places the volume and waits until its node reports it Ready or Failed.
@@ -181,7 +187,8 @@ func (v *Volumes) createNew(ctx context.Context, id string, req CreateRequest, s
 	lv := &v1alpha1.LocalVolume{
 		ObjectMeta: metav1.ObjectMeta{Name: id, Labels: map[string]string{NodeLabel: node}},
 		Spec: v1alpha1.LocalVolumeSpec{VolumeName: req.Name, NodeName: node, Pool: req.Pool, SizeBytes: size,
-			LimitBytes: req.Range.LimitBytes, VolumeMode: req.VolumeMode, FSType: req.FSType},
+			LimitBytes: req.Range.LimitBytes, VolumeMode: req.VolumeMode, FSType: req.FSType,
+			Stripes: volume.FormatStripes(req.Striping.Stripes), StripeSizeBytes: req.Striping.StripeSizeBytes},
 	}
 	if err := v.Client.Create(ctx, lv); apierrors.IsAlreadyExists(err) {
 		v.placed.drop(id)
@@ -198,7 +205,19 @@ func (v *Volumes) createNew(ctx context.Context, id string, req CreateRequest, s
 		v.placed.drop(id)
 		return nil, fmt.Errorf("create LocalVolume %s: %w", id, err)
 	}
-	klog.InfoS("LocalVolume created", "name", id, "volume", req.Name, "node", node, "pool", req.Pool, "bytes", size)
+	if lv.Spec.Stripes != volume.FormatStripes(req.Striping.Stripes) || lv.Spec.StripeSizeBytes != req.Striping.StripeSizeBytes {
+		// lv is as the API server stored it: a CRD without the striping
+		// fields pruned them, and the node would make a linear LV. Take it
+		// back (the node's finalizer removes whatever it made meanwhile).
+		v.placed.drop(id)
+		if err := v.Client.Delete(ctx, lv, client.Preconditions{UID: &lv.UID}); err != nil && !apierrors.IsNotFound(err) {
+			klog.ErrorS(err, "Cannot remove a LocalVolume that lost its striping", "name", id)
+		}
+		return nil, fmt.Errorf("%w: LocalVolume %s was stored without its striping (stripes %q, stripeSizeBytes %d written); apply the CRDs of this release (deploy/helm/carve/crds/)",
+			ErrOldSchema, id, volume.FormatStripes(req.Striping.Stripes), req.Striping.StripeSizeBytes)
+	}
+	klog.InfoS("LocalVolume created", "name", id, "volume", req.Name, "node", node, "pool", req.Pool, "bytes", size,
+		"stripes", lv.Spec.Stripes)
 	return lv, nil
 }
 
@@ -210,6 +229,9 @@ func compatible(lv *v1alpha1.LocalVolume, req CreateRequest) error {
 		return fmt.Errorf("%w: volume %q is in pool %q, not %q", volume.ErrIncompatible, req.Name, lv.Spec.Pool, req.Pool)
 	case len(req.Requisite) > 0 && !contains(req.Requisite, lv.Spec.NodeName):
 		return fmt.Errorf("%w: volume %q is on node %s, outside the requested topology", volume.ErrIncompatible, req.Name, lv.Spec.NodeName)
+	case lv.Spec.Stripes != volume.FormatStripes(req.Striping.Stripes) || lv.Spec.StripeSizeBytes != req.Striping.StripeSizeBytes:
+		return fmt.Errorf("%w: volume %q has stripes %q and stripe size %d, not %q and %d", volume.ErrIncompatible, req.Name,
+			lv.Spec.Stripes, lv.Spec.StripeSizeBytes, volume.FormatStripes(req.Striping.Stripes), req.Striping.StripeSizeBytes)
 	}
 	size := lv.Spec.SizeBytes
 	if lv.Status.CurrentSizeBytes > 0 {
@@ -251,7 +273,7 @@ func (v *Volumes) place(ctx context.Context, id string, req CreateRequest, size 
 	}
 	v.placed.mu.Lock()
 	defer v.placed.mu.Unlock()
-	havePool := false
+	havePool, canStripe := false, false
 	var pending int64
 	for _, n := range candidates {
 		ns, ok := byNode[n]
@@ -264,10 +286,16 @@ func (v *Volumes) place(ctx context.Context, id string, req CreateRequest, size 
 		}
 		havePool = true
 		if !p.Healthy {
+			canStripe = true // unknown until repaired: not the class's fault
 			continue
 		}
 		held := v.placed.pending(pl, n, p.Name)
-		if need := size + held; p.MaxVolumeBytes >= need && p.FreeBytes >= need {
+		maxVol, ok := maxVolume(p, req.Striping, held)
+		if !ok {
+			continue
+		}
+		canStripe = true
+		if p.FreeBytes >= size+held && maxVol >= size {
 			v.placed.reserve(id, n, p.Name, size)
 			return n, nil
 		}
@@ -277,11 +305,52 @@ func (v *Volumes) place(ctx context.Context, id string, req CreateRequest, size 
 	if pool == "" {
 		pool = "(default)"
 	}
-	if !havePool {
+	switch {
+	case !havePool:
 		return "", fmt.Errorf("%w: pool %s on nodes %v", ErrNoPool, pool, candidates)
+	case !canStripe:
+		// As the node-local controller answers a pool that cannot stripe so.
+		return "", fmt.Errorf("pool %s on nodes %v cannot make %s stripes (too few devices, or not an lvm pool): %w",
+			pool, candidates, volume.FormatStripes(req.Striping.Stripes), backend.ErrCannotStripe)
+	case req.Striping.Striped():
+		return "", fmt.Errorf("%w: no node among %v can make a volume of %d bytes in %s stripes in pool %s (%d bytes there are being placed by other calls)",
+			ErrNoRoom, candidates, size, volume.FormatStripes(req.Striping.Stripes), pool, pending)
 	}
 	return "", fmt.Errorf("%w: no node among %v has %d bytes free in pool %s (%d bytes there are being placed by other calls)",
 		ErrNoRoom, candidates, size, pool, pending)
+}
+
+// maxVolume is the largest volume striped as s that pool p can still take
+// once held bytes (placed there, maybe not yet in p) are gone, and whether p
+// can make such volumes at all. Unstriped, it is p's maxVolumeBytes less
+// held. Striped, it comes from p's devices and extent size by
+// backend.StripedMax, the rule the node's lvm backend uses (a pool that
+// publishes no devices, pmem or a node older than striping in cluster mode,
+// cannot stripe; nor can one with fewer devices than stripes). The held
+// bytes may all have come from any one device, so each device counts them
+// as taken: exact with nothing held, never more than the node can make.
+func maxVolume(p v1alpha1.PoolStatus, s volume.Striping, held int64) (int64, bool) {
+	if !s.Striped() {
+		return p.MaxVolumeBytes - held, true
+	}
+	if len(p.Devices) == 0 || p.AlignBytes <= 0 {
+		return 0, false
+	}
+	free := make([]int64, 0, len(p.Devices))
+	for _, d := range p.Devices {
+		if !d.Missing {
+			free = append(free, d.FreeBytes-held)
+		}
+	}
+	m, n, err := backend.StripedMax(free, p.AlignBytes, s.Stripes)
+	switch {
+	case err != nil:
+		return 0, false
+	case n <= 1:
+		// One device: the node makes a linear volume (volume.Manager).
+		return p.MaxVolumeBytes - held, true
+	}
+	return m, true
 }
 
 // poolOf returns the named pool (or the node's default) from a NodeStorage.
@@ -432,6 +501,14 @@ func (v *Volumes) List(ctx context.Context) ([]v1alpha1.LocalVolume, error) {
 // after an operation there until its cache has caught up. Nodes may be a
 // cache: see Volumes.Nodes.
 func (v *Volumes) Capacity(ctx context.Context, node, pool string) (backend.Capacity, error) {
+	return v.CapacityFor(ctx, node, pool, volume.Striping{})
+}
+
+// CapacityFor is Capacity for volumes striped as s (a StorageClass's
+// stripes and stripeSize): MaxVolumeBytes is then the largest volume of that
+// striping (maxVolume), as the node-local controller answers it
+// (volume.Manager.CapacityFor); a pool that cannot stripe so offers none.
+func (v *Volumes) CapacityFor(ctx context.Context, node, pool string, s volume.Striping) (backend.Capacity, error) {
 	if node != "" {
 		if ok, err := v.nodeExists(ctx, node); err != nil || !ok {
 			return backend.Capacity{}, err
@@ -442,11 +519,7 @@ func (v *Volumes) Capacity(ctx context.Context, node, pool string) (backend.Capa
 		} else if err != nil {
 			return backend.Capacity{}, err
 		}
-		p := poolOf(ns, pool)
-		if !p.Healthy {
-			return backend.Capacity{}, nil
-		}
-		return backend.Capacity{TotalBytes: p.TotalBytes, FreeBytes: p.FreeBytes, MaxVolumeBytes: p.MaxVolumeBytes}, nil
+		return poolCapacity(poolOf(ns, pool), s), nil
 	}
 	byNode, err := v.liveNodeStorages(ctx)
 	if err != nil {
@@ -454,15 +527,25 @@ func (v *Volumes) Capacity(ctx context.Context, node, pool string) (backend.Capa
 	}
 	var sum backend.Capacity
 	for _, ns := range byNode {
-		p := poolOf(ns, pool)
-		if !p.Healthy {
-			continue
-		}
-		sum.TotalBytes += p.TotalBytes
-		sum.FreeBytes += p.FreeBytes
-		sum.MaxVolumeBytes = max(sum.MaxVolumeBytes, p.MaxVolumeBytes)
+		c := poolCapacity(poolOf(ns, pool), s)
+		sum.TotalBytes += c.TotalBytes
+		sum.FreeBytes += c.FreeBytes
+		sum.MaxVolumeBytes = max(sum.MaxVolumeBytes, c.MaxVolumeBytes)
 	}
 	return sum, nil
+}
+
+// poolCapacity is what pool p offers volumes striped as s: nothing when it
+// is missing, unhealthy or cannot stripe so.
+func poolCapacity(p v1alpha1.PoolStatus, s volume.Striping) backend.Capacity {
+	if !p.Healthy {
+		return backend.Capacity{}
+	}
+	maxVol, ok := maxVolume(p, s, 0)
+	if !ok {
+		return backend.Capacity{}
+	}
+	return backend.Capacity{TotalBytes: p.TotalBytes, FreeBytes: p.FreeBytes, MaxVolumeBytes: maxVol}
 }
 
 // touch tells a NodeStorages reader that can lag (FreshReader) that node

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -28,6 +30,11 @@ func checkSpec(t *testing.T, in string, p PoolSpec) {
 		if !lvmVGName.MatchString(p.Source) || p.Source == "." || p.Source == ".." {
 			t.Fatalf("ParsePool(%q): %q is not a volume group name lvm accepts", in, p.Source)
 		}
+		for _, d := range p.Devices {
+			if _, err := filepath.Match(d, ""); err != nil || !strings.HasPrefix(d, "/dev/") || strings.Contains(d, ",") {
+				t.Fatalf("ParsePool(%q): device pattern %q", in, d)
+			}
+		}
 	case pmem.Type:
 		if !region.MatchString(p.Source) {
 			t.Fatalf("ParsePool(%q): region %q", in, p.Source)
@@ -46,8 +53,11 @@ func checkSpec(t *testing.T, in string, p PoolSpec) {
 	if p.Type != pmem.LVMType && (p.SharePercent != 0 || p.VG != "") {
 		t.Fatalf("ParsePool(%q): share/VG set on a %s pool: %+v", in, p.Type, p)
 	}
+	if p.Type != lvm.Type && p.Devices != nil {
+		t.Fatalf("ParsePool(%q): devices set on a %s pool: %+v", in, p.Type, p)
+	}
 	again, err := ParsePool(p.String())
-	if err != nil || again != p {
+	if err != nil || !reflect.DeepEqual(again, p) {
 		t.Fatalf("ParsePool(%q) = %+v does not round-trip through %q: %+v, %v", in, p, p.String(), again, err)
 	}
 }
@@ -58,7 +68,7 @@ func checkSpec(t *testing.T, in string, p PoolSpec) {
 func FuzzParsePool(f *testing.F) {
 	for _, s := range []string{"fast=lvm:vg0", "dax=pmem:region0", "dax=pmem:all", "daxlvm=lvm-pmem:region1",
 		"daxlvm=lvm-pmem:region0:50%", "d=lvm-pmem:all:7", "d.x_y=lvm-pmem:region12:100%", "p=lvm-pmem:region0:050%",
-		"p=lvm:vg:x", "p=lvm:-vg", "p=lvm:a b", "p=lvm:.", "p=lvm-pmem:region0:101%", "Fast=lvm:vg", "==:"} {
+		"p=lvm:vg:x", "p=lvm:-vg", "d=lvm:carve:devices=/dev/disk/by-id/nvme-*", "d=lvm:v:devices=/dev/vd[b-z],/dev/sd?", "p=lvm:a b", "p=lvm:.", "p=lvm-pmem:region0:101%", "Fast=lvm:vg", "==:"} {
 		f.Add(s, "dax=pmem:region0", "fast=lvm:vg0")
 	}
 	f.Fuzz(func(t *testing.T, a, b, c string) {

@@ -53,6 +53,8 @@ func clusterStatus(ctx context.Context, err error) error {
 		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, cluster.ErrNoPool):
 		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, cluster.ErrOldSchema):
+		return status.Error(codes.FailedPrecondition, err.Error())
 	case ctx.Err() != nil:
 		return status.Error(status.FromContextError(ctx.Err()).Code(), err.Error())
 	case cluster.APIUnavailable(err):
@@ -85,7 +87,7 @@ func clusterVolume(lv *v1alpha1.LocalVolume) *csi.Volume {
 }
 
 func (c *ClusterController) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
-	pool, r, err := parseCreate(req)
+	pool, striping, r, err := parseCreate(req)
 	if err != nil {
 		return nil, err
 	}
@@ -110,7 +112,8 @@ func (c *ClusterController) CreateVolume(ctx context.Context, req *csi.CreateVol
 	}
 	defer unlock()
 	lv, err := c.Vols.Create(ctx, cluster.CreateRequest{Name: req.GetName(), Pool: pool, Range: r,
-		Preferred: nodesOf(topo.GetPreferred()), Requisite: nodesOf(topo.GetRequisite()), VolumeMode: mode, FSType: fs})
+		Preferred: nodesOf(topo.GetPreferred()), Requisite: nodesOf(topo.GetRequisite()), VolumeMode: mode, FSType: fs,
+		Striping: striping})
 	if err != nil {
 		return nil, clusterStatus(ctx, err)
 	}
@@ -190,7 +193,7 @@ func (c *ClusterController) ControllerGetVolume(ctx context.Context, req *csi.Co
 }
 
 func (c *ClusterController) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
-	pool, err := checkParameters(req.GetParameters())
+	pool, striping, err := checkParameters(req.GetParameters())
 	if err != nil {
 		return nil, err
 	}
@@ -207,7 +210,9 @@ func (c *ClusterController) GetCapacity(ctx context.Context, req *csi.GetCapacit
 		}
 		node = n
 	}
-	capa, err := c.Vols.Capacity(ctx, node, pool)
+	// A striped class gets what a volume of its striping can really have,
+	// from the devices each node publishes.
+	capa, err := c.Vols.CapacityFor(ctx, node, pool, striping)
 	if err != nil {
 		return nil, clusterStatus(ctx, err)
 	}

@@ -52,21 +52,50 @@ func (c *LocalController) topology() []*csi.Topology {
 	return []*csi.Topology{{Segments: map[string]string{TopologyKey: c.NodeID}}}
 }
 
-func checkParameters(params map[string]string) (pool string, err error) {
+// Striping parameters of a StorageClass (lvm pools; other pools refuse them
+// with InvalidArgument): ParamStripes is a count of at least 2 or "all" (one
+// stripe per device of the pool), ParamStripeSize a power of two from 4Ki to
+// the pool's extent size, as a Kubernetes quantity (e.g. 64Ki).
+const (
+	ParamStripes    = "stripes"
+	ParamStripeSize = "stripeSize"
+)
+
+// checkParameters validates StorageClass parameters and returns the pool
+// and the striping they ask for.
+func checkParameters(params map[string]string) (pool string, s volume.Striping, err error) {
 	for k, v := range params {
 		switch {
 		case k == ParamPool:
 			pool = v
 		case k == ParamDAX:
 			if _, err := strconv.ParseBool(v); err != nil {
-				return "", invalid("parameter %s=%q: want true or false", ParamDAX, v)
+				return "", s, invalid("parameter %s=%q: want true or false", ParamDAX, v)
 			}
+		case k == ParamStripes:
+			n, err := volume.ParseStripes(v)
+			if err != nil || v == "" {
+				return "", s, invalid("parameter %s=%q: want a number of devices from 1 to %d, or %q", ParamStripes, v, volume.MaxStripes, volume.StripesAllName)
+			}
+			s.Stripes = n
+		case k == ParamStripeSize:
+			size, err := parseSize(k, v)
+			if err != nil {
+				return "", s, invalid("parameter %s=%q: want a power of two such as 64Ki", ParamStripeSize, v)
+			}
+			if size&(size-1) != 0 {
+				return "", s, invalid("parameter %s=%q: %d bytes is not a power of two", ParamStripeSize, v, size)
+			}
+			s.StripeSizeBytes = size
 		case strings.HasPrefix(k, reservedPrefix):
 		default:
-			return "", invalid("unknown parameter %q (supported: %s, %s)", k, ParamPool, ParamDAX)
+			return "", s, invalid("unknown parameter %q (supported: %s, %s, %s, %s)", k, ParamPool, ParamDAX, ParamStripes, ParamStripeSize)
 		}
 	}
-	return pool, nil
+	if s.StripeSizeBytes != 0 && s.Stripes != backend.StripesAll && s.Stripes < 2 {
+		return "", s, invalid("parameter %s needs %s of at least 2 (or %q)", ParamStripeSize, ParamStripes, volume.StripesAllName)
+	}
+	return pool, s, nil
 }
 
 // reachable reports whether the requirement allows this node.
@@ -100,7 +129,7 @@ func (c *LocalController) csiVolume(v *backend.Volume) *csi.Volume {
 }
 
 func (c *LocalController) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
-	pool, r, err := parseCreate(req)
+	pool, striping, r, err := parseCreate(req)
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +141,7 @@ func (c *LocalController) CreateVolume(ctx context.Context, req *csi.CreateVolum
 		return nil, err
 	}
 	defer unlock()
-	v, err := c.Vols.Create(ctx, volume.CreateRequest{Name: req.GetName(), Pool: pool, Range: r})
+	v, err := c.Vols.Create(ctx, volume.CreateRequest{Name: req.GetName(), Pool: pool, Range: r, Striping: striping})
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -205,7 +234,7 @@ func (c *LocalController) ControllerGetVolume(ctx context.Context, req *csi.Cont
 }
 
 func (c *LocalController) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
-	pool, err := checkParameters(req.GetParameters())
+	pool, striping, err := checkParameters(req.GetParameters())
 	if err != nil {
 		return nil, err
 	}
@@ -217,7 +246,10 @@ func (c *LocalController) GetCapacity(ctx context.Context, req *csi.GetCapacityR
 	if seg := req.GetAccessibleTopology().GetSegments(); seg != nil && seg[TopologyKey] != c.NodeID {
 		return &csi.GetCapacityResponse{}, nil
 	}
-	capa, err := c.Vols.Capacity(ctx, pool)
+	// The request carries the StorageClass's parameters (CSI spec,
+	// GetCapacityRequest.parameters): a striped class gets what a volume of
+	// its striping can really have.
+	capa, err := c.Vols.CapacityFor(ctx, pool, striping)
 	if errors.Is(err, backend.ErrDegraded) {
 		// A degraded pool (a VG missing a PV) can create nothing: advertise 0, not
 		// an error, so external-provisioner replaces the old CSIStorageCapacity

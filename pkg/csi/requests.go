@@ -16,27 +16,29 @@ import (
 
 // Request checks shared by the node-local and the cluster Controller services.
 
-// parseCreate validates a CreateVolume request and returns its pool and range.
-func parseCreate(req *csi.CreateVolumeRequest) (string, volume.Range, error) {
+// parseCreate validates a CreateVolume request and returns its pool,
+// striping and range.
+func parseCreate(req *csi.CreateVolumeRequest) (string, volume.Striping, volume.Range, error) {
+	var s volume.Striping
 	if req.GetName() == "" {
-		return "", volume.Range{}, invalid("volume name is missing")
+		return "", s, volume.Range{}, invalid("volume name is missing")
 	}
 	if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {
-		return "", volume.Range{}, invalid("%v", err)
+		return "", s, volume.Range{}, invalid("%v", err)
 	}
 	if req.GetVolumeContentSource() != nil {
-		return "", volume.Range{}, invalid("volume content sources (snapshots, clones) are not supported")
+		return "", s, volume.Range{}, invalid("volume content sources (snapshots, clones) are not supported")
 	}
-	pool, err := checkParameters(req.GetParameters())
+	pool, s, err := checkParameters(req.GetParameters())
 	if err != nil {
-		return "", volume.Range{}, err
+		return "", s, volume.Range{}, err
 	}
 	r, err := parseRange(req.GetCapacityRange())
 	if err != nil {
-		return "", r, err
+		return "", s, r, err
 	}
 	r, err = fitFilesystem(r, req.GetVolumeCapabilities())
-	return pool, r, err
+	return pool, s, r, err
 }
 
 // filesystemMinimum is the largest minimum device size (bytes) among the
@@ -135,7 +137,7 @@ func validateCapabilities(req *csi.ValidateVolumeCapabilitiesRequest, exists fun
 	if err := exists(); err != nil {
 		return nil, err
 	}
-	if _, err := checkParameters(req.GetParameters()); err != nil {
+	if _, _, err := checkParameters(req.GetParameters()); err != nil {
 		return nil, err
 	}
 	if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {

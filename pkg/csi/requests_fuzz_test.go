@@ -2,6 +2,7 @@ package csi
 
 import (
 	"math"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -10,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/carve-csi/carve/pkg/backend"
 	"github.com/carve-csi/carve/pkg/mounter"
 )
 
@@ -97,6 +99,9 @@ func FuzzCreateVolumeRequest(f *testing.F) {
 		{"pvc-3", "csi.storage.k8s.io/pvc/name", "x", "fsType", "xfs", "", -1, 0},
 		{"", "pool", "", "", "", "btrfs", math.MaxInt64, math.MaxInt64},
 		{"pvc-4", "dax", "F", "pool", "", "ext4", 5, -5},
+		{"pvc-5", "stripes", "all", "stripeSize", "64Ki", "ext4", 1 << 30, 0},
+		{"pvc-6", "stripes", "3", "stripeSize", "96Ki", "", 0, 0},
+		{"pvc-7", "stripes", "1", "stripeSize", "1Mi", "", 0, 0},
 	} {
 		f.Add(s.name, s.k1, s.v1, s.k2, s.v2, s.fs, s.req, s.lim)
 	}
@@ -111,7 +116,7 @@ func FuzzCreateVolumeRequest(f *testing.F) {
 			}},
 			CapacityRange: &csi.CapacityRange{RequiredBytes: required, LimitBytes: limit},
 		}
-		pool, r, err := parseCreate(req)
+		pool, striping, r, err := parseCreate(req)
 		// The filesystem's minimum: a required size below it is raised to
 		// it, a limit below it is OutOfRange.
 		min := mounter.MinSizeBytes(fs)
@@ -146,10 +151,22 @@ func FuzzCreateVolumeRequest(f *testing.F) {
 					v != "TRUE" && v != "FALSE" && v != "True" && v != "False" && v != "T" && v != "F" {
 					t.Fatalf("parseCreate accepted dax=%q", v)
 				}
+			case k == ParamStripes:
+				if n, err := strconv.Atoi(v); v != "all" && (err != nil || n < 1 || n > 128 || striping.Stripes != n) ||
+					v == "all" && striping.Stripes != backend.StripesAll {
+					t.Fatalf("parseCreate accepted stripes=%q as %+v", v, striping)
+				}
+			case k == ParamStripeSize:
+				if s := striping.StripeSizeBytes; s <= 0 || s&(s-1) != 0 || striping.Stripes == 0 || striping.Stripes == 1 {
+					t.Fatalf("parseCreate accepted stripeSize=%q with %+v", v, striping)
+				}
 			case strings.HasPrefix(k, reservedPrefix):
 			default:
 				t.Fatalf("parseCreate accepted parameter %q", k)
 			}
+		}
+		if _, ok := params[ParamStripes]; !ok && striping.Stripes != 0 {
+			t.Fatalf("parseCreate(%q): striping %+v without a stripes parameter", params, striping)
 		}
 		if _, ok := params[ParamPool]; !ok && pool != "" {
 			t.Fatalf("parseCreate(%q): pool %q without a pool parameter", params, pool)

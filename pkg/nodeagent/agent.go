@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	"github.com/carve-csi/carve/pkg/apis/carve/v1alpha1"
+	"github.com/carve-csi/carve/pkg/backend"
 	"github.com/carve-csi/carve/pkg/keylock"
 	"github.com/carve-csi/carve/pkg/volume"
 )
@@ -274,14 +275,35 @@ func (a *Agent) measure(ctx context.Context) v1alpha1.NodeStorageStatus {
 			ps.Message = err.Error()
 			klog.ErrorS(err, "Cannot read pool capacity; publishing it as unhealthy", "node", a.NodeName, "pool", p.Name)
 		} else {
-			ps.TotalBytes, ps.FreeBytes, ps.MaxVolumeBytes = c.TotalBytes, c.FreeBytes, c.MaxVolumeBytes
+			ps.TotalBytes, ps.FreeBytes, ps.MaxVolumeBytes, ps.AlignBytes = c.TotalBytes, c.FreeBytes, c.MaxVolumeBytes, c.AlignBytes
 		}
+		ps.Devices = a.devices(ctx, p.Name, p.Backend)
 		if p.Name == st.DefaultPool {
 			st.FreeBytes, st.TotalBytes = ps.FreeBytes, ps.TotalBytes
 		}
 		st.Pools = append(st.Pools, ps)
 	}
 	return st
+}
+
+// devices lists the devices of a pool built from them (backend.DeviceLister:
+// every lvm pool); nil for other pools. A failed read leaves them out (logged): the capacity
+// figures still go out.
+func (a *Agent) devices(ctx context.Context, pool string, b backend.Backend) []v1alpha1.PoolDevice {
+	dl, ok := b.(backend.DeviceLister)
+	if !ok {
+		return nil
+	}
+	devs, err := dl.Devices(ctx)
+	if err != nil {
+		klog.ErrorS(err, "Cannot list the pool's devices; publishing it without them", "node", a.NodeName, "pool", pool)
+		return nil
+	}
+	out := make([]v1alpha1.PoolDevice, 0, len(devs))
+	for _, d := range devs {
+		out = append(out, v1alpha1.PoolDevice{Path: d.Path, UUID: d.UUID, SizeBytes: d.SizeBytes, FreeBytes: d.FreeBytes, Missing: d.Missing})
+	}
+	return out
 }
 
 // nodeOwner returns the owner reference to this node's Node object, or nil

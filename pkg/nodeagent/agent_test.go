@@ -225,7 +225,7 @@ func wantPool(t *testing.T, m *backendtest.Memory) v1alpha1.PoolStatus {
 		t.Fatal(err)
 	}
 	return v1alpha1.PoolStatus{Name: m.PoolName, Type: m.Type(), TotalBytes: c.TotalBytes, FreeBytes: c.FreeBytes,
-		MaxVolumeBytes: c.MaxVolumeBytes, Healthy: true}
+		MaxVolumeBytes: c.MaxVolumeBytes, AlignBytes: c.AlignBytes, Healthy: true}
 }
 
 // checkPublished publishes now and compares NodeStorage with the pools.
@@ -236,7 +236,7 @@ func (r *rig) checkPublished() *v1alpha1.NodeStorage {
 	}
 	ns := r.nodeStorage()
 	want := []v1alpha1.PoolStatus{wantPool(r.t, r.fast), wantPool(r.t, r.slow)}
-	if len(ns.Status.Pools) != 2 || ns.Status.Pools[0] != want[0] || ns.Status.Pools[1] != want[1] {
+	if len(ns.Status.Pools) != 2 || !reflect.DeepEqual(ns.Status.Pools, want) {
 		r.t.Fatalf("NodeStorage pools\n got %+v\nwant %+v", ns.Status.Pools, want)
 	}
 	if ns.Status.DefaultPool != "fast" || ns.Status.FreeBytes != want[0].FreeBytes || ns.Status.TotalBytes != want[0].TotalBytes {
@@ -681,7 +681,7 @@ func TestPublishOwnerAndUnhealthyPool(t *testing.T) {
 	if slow.Name != "slow" || slow.Healthy || slow.Message == "" || slow.FreeBytes != 0 || slow.TotalBytes != 0 || slow.MaxVolumeBytes != 0 {
 		t.Fatalf("unhealthy pool published as %+v", slow)
 	}
-	if ns.Status.Pools[0] != wantPool(t, r.fast) {
+	if !reflect.DeepEqual(ns.Status.Pools[0], wantPool(t, r.fast)) {
 		t.Fatalf("healthy pool %+v", ns.Status.Pools[0])
 	}
 	t.Logf("unhealthy pool message: %s", slow.Message)
@@ -997,5 +997,60 @@ func TestUnreadableNodeCreatesNoNodeStorage(t *testing.T) {
 	r.agent.Client = forbidden
 	if err := r.agent.Publish(ctx); err != nil {
 		t.Fatalf("updating an existing NodeStorage without reading the Node: %v", err)
+	}
+}
+
+// disked is an in-memory pool built from disks (backend.DeviceLister).
+type disked struct {
+	*backendtest.Memory
+	devs []backend.Device
+	err  error
+}
+
+func (d disked) Devices(context.Context) ([]backend.Device, error) { return d.devs, d.err }
+
+// A pool built from disks lists them in NodeStorage, the missing one too; a
+// failed device read publishes the capacity without them.
+func TestPublishDevices(t *testing.T) {
+	pool := disked{Memory: backendtest.NewMemory("disks", 2*gib, 4*mib), devs: []backend.Device{
+		{Path: "/dev/vdb", UUID: "u1", SizeBytes: gib, FreeBytes: gib / 2},
+		{Path: "[unknown]", UUID: "u2", SizeBytes: gib, FreeBytes: gib, Missing: true},
+	}}
+	vols, err := volume.NewManager([]volume.Pool{{Name: "disks", Backend: pool}, {Name: "plain", Backend: backendtest.NewMemory("plain", gib, 4*mib)}}, "disks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	scheme, err := Scheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := fake.NewClientBuilder().WithScheme(scheme).WithStatusSubresource(&v1alpha1.NodeStorage{}).WithObjects(node("uid-1")).Build()
+	a := &Agent{NodeName: nodeName, Vols: vols, Locks: &keylock.Locks{}, Client: c}
+	ctx := context.Background()
+	if err := a.Publish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ns := &v1alpha1.NodeStorage{}
+	if err := c.Get(ctx, types.NamespacedName{Name: nodeName}, ns); err != nil {
+		t.Fatal(err)
+	}
+	want := []v1alpha1.PoolDevice{
+		{Path: "/dev/vdb", UUID: "u1", SizeBytes: gib, FreeBytes: gib / 2},
+		{Path: "[unknown]", UUID: "u2", SizeBytes: gib, FreeBytes: gib, Missing: true},
+	}
+	if len(ns.Status.Pools) != 2 || !reflect.DeepEqual(ns.Status.Pools[0].Devices, want) || ns.Status.Pools[1].Devices != nil {
+		t.Fatalf("pools %+v, want the disk pool's devices %+v and none on the plain pool", ns.Status.Pools, want)
+	}
+	pool.err = errors.New("pvs failed")
+	vols, _ = volume.NewManager([]volume.Pool{{Name: "disks", Backend: pool}}, "disks")
+	a.Vols = vols
+	if err := a.Publish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Get(ctx, types.NamespacedName{Name: nodeName}, ns); err != nil {
+		t.Fatal(err)
+	}
+	if p := ns.Status.Pools[0]; p.Devices != nil || !p.Healthy || p.FreeBytes != 2*gib {
+		t.Fatalf("after a failed device read: %+v, want the capacity without devices", p)
 	}
 }

@@ -132,6 +132,9 @@ func (a *Agent) reconcileCreate(ctx context.Context, lv *v1alpha1.LocalVolume) (
 	if !a.knownPool(spec.Pool) {
 		return a.fail(ctx, lv, nil, fmt.Errorf("node %s has no pool %q: %w", a.NodeName, spec.Pool, volume.ErrUnknownPool))
 	}
+	if _, err := stripingOf(spec); err != nil {
+		return a.fail(ctx, lv, nil, err)
+	}
 	if !controllerutil.ContainsFinalizer(lv, v1alpha1.Finalizer) {
 		// Durably guard the device before it exists. The update fails if the
 		// object changed or is being deleted, and the reconcile starts over.
@@ -163,6 +166,17 @@ func (a *Agent) reconcileCreate(ctx context.Context, lv *v1alpha1.LocalVolume) (
 	}, nil)
 }
 
+// stripingOf reads the striping a LocalVolume asks for (the StorageClass's,
+// as the cluster controller wrote it). Errors wrap backend.ErrCannotStripe
+// (InvalidArgument).
+func stripingOf(spec v1alpha1.LocalVolumeSpec) (volume.Striping, error) {
+	n, err := volume.ParseStripes(spec.Stripes)
+	if err != nil {
+		return volume.Striping{}, fmt.Errorf("spec.stripes: %w", err)
+	}
+	return volume.Striping{Stripes: n, StripeSizeBytes: spec.StripeSizeBytes}, nil
+}
+
 // ensureDevice makes the device exist with at least spec.sizeBytes. It
 // returns the device as it is after the attempt (nil when there is none of
 // ours), what it did ("created", "expanded" or "" for nothing) and the error.
@@ -188,7 +202,13 @@ func (a *Agent) ensureDevice(ctx context.Context, lv *v1alpha1.LocalVolume) (*ba
 		} else if owner == nil {
 			return nil, "", status.Errorf(codes.FailedPrecondition, "node %s does not exist; no device is created for it", a.NodeName)
 		}
-		dev, err = a.Vols.Create(ctx, volume.CreateRequest{Name: spec.VolumeName, Pool: spec.Pool, Range: r})
+		striping, err := stripingOf(spec)
+		if err != nil {
+			return nil, "", err
+		}
+		// The same create as the node-local controller's, striping included,
+		// so that both modes make the same LV and fail with the same codes.
+		dev, err = a.Vols.Create(ctx, volume.CreateRequest{Name: spec.VolumeName, Pool: spec.Pool, Range: r, Striping: striping})
 		if err != nil {
 			return nil, "", fmt.Errorf("create %d bytes in pool %s on node %s: %w", spec.SizeBytes, pool, a.NodeName, err)
 		}

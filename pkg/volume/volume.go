@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 
 	"k8s.io/klog/v2"
 
@@ -116,6 +117,87 @@ type CreateRequest struct {
 	Range      Range
 	Ephemeral  bool
 	TargetPath string
+	Striping   Striping
+}
+
+// Striping asks for a volume striped over several devices of its pool.
+type Striping struct {
+	// Stripes: 0 or 1 not striped; backend.StripesAll one stripe per device.
+	Stripes int
+	// StripeSizeBytes: 0 is the backend's default.
+	StripeSizeBytes int64
+}
+
+// MaxStripes is lvm's limit on stripes per LV (lvcreate(8): 128).
+const MaxStripes = 128
+
+// StripesAllName is how StorageClasses and LocalVolumes write
+// backend.StripesAll.
+const StripesAllName = "all"
+
+// ParseStripes reads a stripe count as the StorageClass parameter and
+// LocalVolume's spec.stripes write it: a number from 1 to MaxStripes, or
+// StripesAllName (backend.StripesAll); "" is 0, not striped. Errors wrap
+// backend.ErrCannotStripe.
+func ParseStripes(v string) (int, error) {
+	if v == "" {
+		return 0, nil
+	}
+	if v == StripesAllName {
+		return backend.StripesAll, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > MaxStripes {
+		return 0, fmt.Errorf("stripes %q: want a number of devices from 1 to %d, or %q: %w", v, MaxStripes, StripesAllName, backend.ErrCannotStripe)
+	}
+	return n, nil
+}
+
+// FormatStripes is ParseStripes' inverse: "" for 0 (not striped).
+func FormatStripes(n int) string {
+	switch {
+	case n == backend.StripesAll:
+		return StripesAllName
+	case n == 0:
+		return ""
+	}
+	return strconv.Itoa(n)
+}
+
+// Striped reports whether s asks for more than one stripe (or every device).
+func (s Striping) Striped() bool { return s.Stripes > 1 || s.Stripes == backend.StripesAll }
+
+// striper returns p's backend as a backend.Striper, or ErrCannotStripe.
+func striper(p Pool) (backend.Striper, error) {
+	st, ok := p.Backend.(backend.Striper)
+	if !ok {
+		return nil, fmt.Errorf("pool %q (%s) cannot stripe volumes: %w", p.Name, p.Backend.Type(), backend.ErrCannotStripe)
+	}
+	return st, nil
+}
+
+// resolveStriping turns s into the backend's request fields and the size
+// granularity: the stripe count resolved (StripedCapacity), one extent per
+// stripe. A count that resolves to one device is not striped.
+func resolveStriping(ctx context.Context, p Pool, s Striping) (stripes int, align int64, capa backend.Capacity, err error) {
+	if !s.Striped() {
+		if s.StripeSizeBytes != 0 {
+			return 0, 0, capa, fmt.Errorf("a stripe size without stripes: %w", backend.ErrCannotStripe)
+		}
+		return 0, p.Backend.AlignBytes(), capa, nil
+	}
+	st, err := striper(p)
+	if err != nil {
+		return 0, 0, capa, err
+	}
+	capa, n, err := st.StripedCapacity(ctx, s.Stripes)
+	if err != nil {
+		return 0, 0, capa, err
+	}
+	if n <= 1 {
+		return 0, p.Backend.AlignBytes(), capa, nil
+	}
+	return n, capa.AlignBytes, capa, nil
 }
 
 // Create makes the volume or returns the existing compatible one with that name.
@@ -125,7 +207,11 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (*backend.Volum
 		return nil, err
 	}
 	id := names.VolumeID(req.Name)
-	size, err := SizeFor(req.Range, p.Backend.AlignBytes())
+	stripes, align, capa, err := resolveStriping(ctx, p, req.Striping)
+	if err != nil {
+		return nil, err
+	}
+	size, err := SizeFor(req.Range, align)
 	if err != nil {
 		return nil, err
 	}
@@ -139,10 +225,17 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (*backend.Volum
 	}
 	vol, err := p.Backend.Create(ctx, backend.CreateRequest{
 		ID: id, Name: req.Name, SizeBytes: size, Ephemeral: req.Ephemeral, TargetPath: req.TargetPath,
+		Stripes: stripes, StripeSizeBytes: req.Striping.StripeSizeBytes,
 	})
 	if err == nil {
-		klog.InfoS("Volume created", "name", req.Name, "id", id, "pool", p.Name, "bytes", size, "ephemeral", req.Ephemeral)
+		klog.InfoS("Volume created", "name", req.Name, "id", id, "pool", p.Name, "bytes", size, "ephemeral", req.Ephemeral, "stripes", stripes)
 		return vol, nil
+	}
+	if stripes > 1 && errors.Is(err, backend.ErrNoSpace) {
+		// Said in the request's terms: the pool may have the bytes, but not
+		// on enough devices (capa was read before the create).
+		return nil, fmt.Errorf("pool %q: %d bytes in %d stripes need %d bytes free on each of %d devices; the largest striped volume now is %d bytes: %w",
+			p.Name, size, stripes, size/int64(stripes), stripes, capa.MaxVolumeBytes, err)
 	}
 	if !errors.Is(err, backend.ErrExists) {
 		return nil, err
@@ -266,6 +359,14 @@ func (m *Manager) Expand(ctx context.Context, id string, r Range) (*backend.Volu
 
 // Capacity of a pool; an unknown pool has none.
 func (m *Manager) Capacity(ctx context.Context, pool string) (backend.Capacity, error) {
+	return m.CapacityFor(ctx, pool, Striping{})
+}
+
+// CapacityFor is Capacity for volumes striped as s: MaxVolumeBytes is then
+// the largest volume of that striping (backend.Striper). A pool that cannot
+// stripe as asked offers none (nil error): GetCapacity answers 0 for volumes
+// a pool cannot make.
+func (m *Manager) CapacityFor(ctx context.Context, pool string, s Striping) (backend.Capacity, error) {
 	p, err := m.pool(pool)
 	if errors.Is(err, ErrUnknownPool) {
 		return backend.Capacity{}, nil
@@ -273,7 +374,21 @@ func (m *Manager) Capacity(ctx context.Context, pool string) (backend.Capacity, 
 	if err != nil {
 		return backend.Capacity{}, err
 	}
-	return p.Backend.Capacity(ctx)
+	if !s.Striped() {
+		return p.Backend.Capacity(ctx)
+	}
+	st, err := striper(p)
+	if err != nil {
+		return backend.Capacity{}, nil
+	}
+	c, n, err := st.StripedCapacity(ctx, s.Stripes)
+	if errors.Is(err, backend.ErrCannotStripe) {
+		return backend.Capacity{}, nil
+	}
+	if err == nil && n <= 1 {
+		return p.Backend.Capacity(ctx)
+	}
+	return c, err
 }
 
 // List returns every carve volume on the node, sorted by id.

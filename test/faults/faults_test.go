@@ -77,7 +77,8 @@ const (
 // runs itself (lvm through pkg/exec; mount-utils' mount, umount, blkid, fsck,
 // mkfs.*, resize2fs, xfs_growfs), and a few it might.
 var shimTools = []string{"lvm", "ndctl", "mount", "umount", "blkid", "fsck", "mkfs.ext4", "mkfs.xfs",
-	"resize2fs", "xfs_growfs", "e2fsck", "fsck.ext4", "dumpe2fs", "tune2fs", "wipefs", "xfs_io"}
+	"resize2fs", "xfs_growfs", "e2fsck", "fsck.ext4", "dumpe2fs", "tune2fs", "wipefs", "xfs_io",
+	"blkdiscard", "lsblk"} // blkdiscard: lvm pools zero new LVs; lsblk: pools from disks
 
 // The operations a fault can interrupt.
 const (

@@ -65,7 +65,7 @@ func (p pool) tools() []string {
 	if p.pmem() {
 		return []string{"ndctl", "mkfs.ext4", "mount", "umount", "blkid"}
 	}
-	return []string{"lvm", "mkfs.ext4", "mount", "umount", "blkid", "resize2fs"}
+	return []string{"lvm", "mkfs.ext4", "mount", "umount", "blkid", "resize2fs", "blkdiscard"}
 }
 
 // checkEnv says why the trials cannot run on it here, or "".

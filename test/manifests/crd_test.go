@@ -9,11 +9,14 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/carve-csi/carve/pkg/apis/carve/v1alpha1"
+	"github.com/carve-csi/carve/pkg/backend"
 	"github.com/carve-csi/carve/pkg/backend/backendtest"
 	"github.com/carve-csi/carve/pkg/backend/lvm"
 	"github.com/carve-csi/carve/pkg/backend/pmem"
@@ -33,6 +36,15 @@ type typed struct {
 }
 
 func (b typed) Type() string { return b.typ }
+
+// Devices: every pool also lists disks (as a pool built from disks does),
+// one of them missing, so the schema of status.pools[].devices is exercised.
+func (b typed) Devices(context.Context) ([]backend.Device, error) {
+	return []backend.Device{
+		{Path: "/dev/vdb", UUID: "zCFXcm-qJaO-I3wU-JCmZ-IGCo-O6Kh-CRqPgl", SizeBytes: 1 << 30, FreeBytes: 1 << 29},
+		{Path: "[unknown]", UUID: "hOFzij-ogka-kw7B-oVRc-frdj-yCH1-wuRG1y", SizeBytes: 1 << 30, FreeBytes: 1 << 30, Missing: true},
+	}, nil
+}
 
 // poolTypes: every type a node can report in NodeStorage: the registry's
 // pool types, what their backends return from Type (an lvm-pmem pool is an
@@ -107,6 +119,9 @@ func TestCRDsAcceptWhatTheCodeWrites(t *testing.T) {
 	got := map[string]string{}
 	for _, p := range ns.Status.Pools {
 		got[p.Name] = p.Type
+		if len(p.Devices) != 2 || !p.Devices[1].Missing || p.Devices[0].FreeBytes != 1<<29 {
+			t.Errorf("NodeStorage on the server: pool %q devices %+v, want the two written", p.Name, p.Devices)
+		}
 	}
 	for _, typ := range typeNames {
 		if got[typ] != typ {
@@ -159,5 +174,43 @@ func TestCRDsAcceptWhatTheCodeWrites(t *testing.T) {
 	}
 	if err := cv.Delete(ctx, id); err != nil {
 		t.Errorf("delete: %v", err)
+	}
+	stripedLocalVolumes(ctx, t, cl, cv, typeNames[0], node)
+}
+
+// stripedLocalVolumes: the schema takes the striping the controller writes
+// (stripes "all" with a stripe size; the in-memory pool cannot stripe, so
+// the node answers InvalidArgument as in node mode) and refuses what the
+// code never writes: a count outside 1-128, a stripe size without stripes
+// or below 4 KiB, a striping changed after creation.
+func stripedLocalVolumes(ctx context.Context, t *testing.T, cl client.Client, cv *carvecluster.Volumes, pool, node string) {
+	_, err := cv.Create(ctx, carvecluster.CreateRequest{Name: "pvc-striped", Pool: pool, Range: volume.Range{RequiredBytes: 1 << 30},
+		Requisite: []string{node}, Striping: volume.Striping{Stripes: backend.StripesAll, StripeSizeBytes: 64 << 10}})
+	var nf *carvecluster.NodeFailure
+	if !errors.As(err, &nf) || nf.Code != "InvalidArgument" {
+		t.Errorf("striped volume in a pool that cannot stripe: %v, want the node's InvalidArgument", err)
+	}
+	lv := func(name, stripes string, stripeSize int64) *v1alpha1.LocalVolume {
+		return &v1alpha1.LocalVolume{ObjectMeta: metav1.ObjectMeta{Name: names.VolumeID(name)},
+			Spec: v1alpha1.LocalVolumeSpec{VolumeName: name, NodeName: "no-such-node", SizeBytes: 1 << 30, Stripes: stripes, StripeSizeBytes: stripeSize}}
+	}
+	for _, bad := range []*v1alpha1.LocalVolume{
+		lv("pvc-s0", "0", 0), lv("pvc-s129", "129", 0), lv("pvc-stwo", "two", 0), lv("pvc-splus", "+2", 0),
+		lv("pvc-ssize", "", 64<<10), lv("pvc-ssmall", "2", 512),
+	} {
+		if err := cl.Create(ctx, bad); !apierrors.IsInvalid(err) {
+			t.Errorf("LocalVolume with stripes %q, stripeSizeBytes %d: %v, want Invalid", bad.Spec.Stripes, bad.Spec.StripeSizeBytes, err)
+		}
+	}
+	good := lv("pvc-s128", "128", 4<<10)
+	if err := cl.Create(ctx, good); err != nil {
+		t.Fatalf("LocalVolume with stripes 128 of 4 KiB: %v", err)
+	}
+	good.Spec.Stripes = "2"
+	if err := cl.Update(ctx, good); !apierrors.IsInvalid(err) {
+		t.Errorf("changing stripes: %v, want Invalid", err)
+	}
+	if err := cl.Delete(ctx, good); err != nil {
+		t.Error(err)
 	}
 }

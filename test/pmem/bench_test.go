@@ -20,9 +20,23 @@ import (
 	"github.com/carve-csi/carve/pkg/names"
 )
 
-const benchSamples = 30
+// benchSamples and benchSize are the benchmark's rounds and volume size (make bench-nodepath);
+// CARVE_PMEM_BENCH_SAMPLES and CARVE_PMEM_BENCH_SIZE (bytes) override them. The e2e run sets
+// them small: every new namespace is zeroed whole (issue 15), 8 s/GiB under emulation, and 30
+// rounds of three 1 GiB arms alone took over 12 minutes there.
+var (
+	benchSamples       = envInt("CARVE_PMEM_BENCH_SAMPLES", 30)
+	benchSize    int64 = envInt("CARVE_PMEM_BENCH_SIZE", 1<<30)
+)
 
-// BenchmarkPMEMCreateDelete compares carve's Create+Delete of a 1 GiB volume
+func envInt(name string, def int64) int64 {
+	if v, err := strconv.ParseInt(os.Getenv(name), 10, 64); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// BenchmarkPMEMCreateDelete compares carve's Create+Delete of a 1 GiB volume (benchSize)
 // (the pmem backend, and CreateVolume+DeleteVolume over the CSI socket) with
 // the bare steps: `ndctl create-namespace` with carve's arguments (a uuid
 // included), the wipe Create does to the new device (pmem.Wipe: it is a
@@ -40,7 +54,7 @@ func BenchmarkPMEMCreateDelete(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	const size = 1 << 30
+	size := benchSize
 	raw := pmem.RawBytes(size, ndctlList(b, reg).Align)
 	carveOnce := func(i int) time.Duration {
 		name := fmt.Sprintf("pvc-bench-%d", i)
@@ -111,7 +125,7 @@ func BenchmarkPMEMCreateDelete(b *testing.B) {
 	bareOnce(-1)
 	csiOnce(-1)
 
-	samples := max(b.N, benchSamples)
+	samples := max(b.N, int(benchSamples))
 	var carve, bare, viaCSI []time.Duration
 	b.ResetTimer()
 	for i := range samples {
@@ -126,8 +140,8 @@ func BenchmarkPMEMCreateDelete(b *testing.B) {
 	}
 	b.StopTimer()
 	mc, mb, ms := median(carve), median(bare), median(viaCSI)
-	fmt.Printf("pmem create+delete (1 GiB): carve backend median %v, bare ndctl+wipe median %v, ratio %.2f (goal <= 1.05); "+
-		"CSI CreateVolume+DeleteVolume median %v, ratio %.2f; %d samples each\n",
+	fmt.Printf("pmem create+delete (%d MiB): carve backend median %v, bare ndctl+wipe median %v, ratio %.2f (goal <= 1.05); "+
+		"CSI CreateVolume+DeleteVolume median %v, ratio %.2f; %d samples each\n", size>>20,
 		mc.Round(time.Millisecond), mb.Round(time.Millisecond), float64(mc)/float64(mb),
 		ms.Round(time.Millisecond), float64(ms)/float64(mb), samples)
 	fmt.Printf("pmem bare steps, medians: ndctl create-namespace %v, wipe %v, ndctl destroy-namespace %v\n",

@@ -28,6 +28,10 @@ var errorRules = []errorRule{
 	{regexp.MustCompile(`^Volume group "[^"]+" has insufficient free space \(\d+ extents\): \d+ required\.$`), backend.ErrNoSpace, ""},
 	// expand-nospace.txt
 	{regexp.MustCompile(`^Insufficient free space: \d+ extents needed, but only \d+ available$`), backend.ErrNoSpace, ""},
+	// lvcreate -i N that fits the VG's free space but not N PVs' (striped.txt)
+	{regexp.MustCompile(`^Insufficient suitable allocatable extents for logical volume \S+: \d+ more required$`), backend.ErrNoSpace, ""},
+	// lvcreate -i N on fewer than N PVs (striped.txt)
+	{regexp.MustCompile(`^Number of stripes \(\d+\) must not exceed number of physical volumes \(\d+\)$`), backend.ErrCannotStripe, ""},
 	// create-exists.txt
 	{regexp.MustCompile(`^Logical Volume "[^"]+" already exists in volume group "[^"]+"$`), backend.ErrExists, ""},
 	// get-missing.txt, expand-missing-lvextend.txt

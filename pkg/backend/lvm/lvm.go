@@ -20,6 +20,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path"
 	"regexp"
@@ -45,6 +46,9 @@ const (
 	TagName      = "carve.name"
 	TagEphemeral = "carve.ephemeral"
 	TagTarget    = "carve.target"
+	// TagZeroing marks an LV whose zeroing has not finished (see
+	// EnableZeroing): Create removes it only after the LV reads as zeros.
+	TagZeroing = "carve.zeroing=pending"
 
 	// MaxTagLen is LVM's documented limit on one tag (lvm(8), "Tags").
 	MaxTagLen = 1024
@@ -81,7 +85,20 @@ type Backend struct {
 
 	// devExists reports whether a device node exists; tests replace it.
 	devExists func(string) bool
+	// zero: Create zeroes each new LV before returning it (EnableZeroing).
+	zero bool
 }
+
+// EnableZeroing makes Create zero every new LV before returning it, so that
+// no volume shows what an earlier LV on the same extents held (lvcreate -W y
+// wipes only the signatures it knows). Create then runs `blkdiscard -z
+// /dev/<vg>/<lv>` (BLKZEROOUT: the device zeroes or unmaps the range where it
+// can, the kernel writes zeroes where it cannot) between an lvcreate that
+// tags the LV TagZeroing and an lvchange that removes the tag; a create
+// killed in between leaves the tag, and the retry (lvcreate: exists) zeroes
+// again before the volume is handed out. It needs the LV active with its
+// device node (lvm's default; not with activation = 0).
+func (b *Backend) EnableZeroing() { b.zero = true }
 
 var _ backend.Backend = (*Backend)(nil)
 
@@ -143,16 +160,37 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 	if req.SizeBytes <= 0 {
 		return nil, fmt.Errorf("lvm: create %s: size must be positive, got %d", req.ID, req.SizeBytes)
 	}
-	size := backend.AlignUp(req.SizeBytes, b.extentBytes)
+	align, err := b.stripeAlign(req)
+	if err != nil {
+		return nil, err
+	}
+	size := backend.AlignUp(req.SizeBytes, align)
 	tags := Tags(b.owner, req.Name, req.Ephemeral, req.TargetPath)
+	if b.zero {
+		tags = append(tags, TagZeroing)
+	}
 	args := []string{"lvcreate", "-n", req.ID, "-L", strconv.FormatInt(size, 10) + "b", "-W", "y", "-y"}
+	if req.Stripes > 1 {
+		args = append(args, "-i", strconv.Itoa(req.Stripes))
+		if req.StripeSizeBytes > 0 {
+			args = append(args, "-I", strconv.FormatInt(req.StripeSizeBytes/1024, 10)+"k")
+		}
+	}
 	for _, t := range tags {
 		args = append(args, "--addtag", t)
 	}
 	args = append(args, b.vg)
 	if _, err := b.runner.Run(ctx, "lvm", args...); err != nil {
 		err = b.mapError("create", req.ID, err)
-		if errors.Is(err, backend.ErrExists) || errors.Is(err, backend.ErrNoSpace) || errors.Is(err, backend.ErrDegraded) {
+		if errors.Is(err, backend.ErrExists) && b.zero {
+			// A retry: finish an earlier create's zeroing before the
+			// caller looks at the LV and hands it out.
+			if zerr := b.finishZeroing(ctx, req.ID, req.Name); zerr != nil {
+				return nil, errors.Join(err, zerr)
+			}
+		}
+		if errors.Is(err, backend.ErrExists) || errors.Is(err, backend.ErrNoSpace) || errors.Is(err, backend.ErrDegraded) ||
+			errors.Is(err, backend.ErrCannotStripe) {
 			// lvm refused before allocating anything: nothing of ours to undo,
 			// and an existing LV is never ours to remove here.
 			return nil, err
@@ -165,6 +203,13 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 		}
 		return nil, err
 	}
+	if b.zero {
+		if err := b.zeroLV(ctx, req.ID); err != nil {
+			// Not handed out; a retry finds the tag and zeroes again, a
+			// delete removes it.
+			return nil, err
+		}
+	}
 	return &backend.Volume{
 		ID:         req.ID,
 		Name:       req.Name,
@@ -174,6 +219,111 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 		Ephemeral:  req.Ephemeral,
 		TargetPath: req.TargetPath,
 	}, nil
+}
+
+// MinStripeBytes is the smallest stripe size lvm takes (lvcreate(8): 4 KiB
+// up to the extent size, a power of two).
+const MinStripeBytes = 4 << 10
+
+// stripeAlign checks req's striping and returns its size granularity: one
+// extent per stripe (lvcreate rounds up to that, "Rounding size ... up to
+// stripe boundary size"), so the size carve reports is the LV's.
+func (b *Backend) stripeAlign(req backend.CreateRequest) (int64, error) {
+	switch {
+	case req.Stripes == backend.StripesAll || req.Stripes < 0:
+		return 0, fmt.Errorf("lvm: create %s: stripes %d: the caller resolves the count (StripedCapacity): %w", req.ID, req.Stripes, backend.ErrCannotStripe)
+	case req.Stripes <= 1 && req.StripeSizeBytes != 0:
+		return 0, fmt.Errorf("lvm: create %s: a stripe size without stripes: %w", req.ID, backend.ErrCannotStripe)
+	case req.Stripes <= 1:
+		return b.extentBytes, nil
+	}
+	if s := req.StripeSizeBytes; s != 0 && (s < MinStripeBytes || s > b.extentBytes || s&(s-1) != 0) {
+		return 0, fmt.Errorf("lvm: create %s: stripe size %d bytes: want a power of two from %d to the extent size %d: %w",
+			req.ID, s, MinStripeBytes, b.extentBytes, backend.ErrCannotStripe)
+	}
+	if int64(req.Stripes) > math.MaxInt64/b.extentBytes {
+		return 0, fmt.Errorf("lvm: create %s: %d stripes: %w", req.ID, req.Stripes, backend.ErrCannotStripe)
+	}
+	return b.extentBytes * int64(req.Stripes), nil
+}
+
+// StripedCapacity implements backend.Striper from the volume group's
+// physical volumes (one pvs), by backend.StripedMax.
+func (b *Backend) StripedCapacity(ctx context.Context, stripes int) (backend.Capacity, int, error) {
+	pvs, err := b.PVs(ctx)
+	if err != nil {
+		return backend.Capacity{}, 0, err
+	}
+	var c backend.Capacity
+	var free []int64 // free bytes of the present PVs
+	missing := 0
+	for _, pv := range pvs {
+		c.TotalBytes += pv.SizeBytes
+		if pv.Missing {
+			missing++
+			continue
+		}
+		c.FreeBytes += pv.FreeBytes
+		free = append(free, pv.FreeBytes)
+	}
+	n := stripes
+	if n == backend.StripesAll {
+		n = len(free)
+	}
+	if n < 1 {
+		return backend.Capacity{}, 0, fmt.Errorf("lvm: volume group %q: %d stripes: %w", b.vg, stripes, backend.ErrCannotStripe)
+	}
+	c.AlignBytes = b.extentBytes * int64(n)
+	if missing > 0 {
+		return backend.Capacity{TotalBytes: c.TotalBytes, AlignBytes: c.AlignBytes}, n,
+			fmt.Errorf("lvm: volume group %q is missing %d physical volume(s), so lvm refuses to create or extend LVs in it (reattach the disk, or vgreduce --removemissing): %w",
+				b.vg, missing, backend.ErrDegraded)
+	}
+	c.MaxVolumeBytes, n, err = backend.StripedMax(free, b.extentBytes, n)
+	if err != nil {
+		return backend.Capacity{}, n, fmt.Errorf("lvm: volume group %q: %w", b.vg, err)
+	}
+	return c, n, nil
+}
+
+// Devices implements backend.DeviceLister: the volume group's physical
+// volumes (PVs), missing ones included. NodeStorage lists them, and the
+// cluster controller computes a striped class's maximum from them.
+func (b *Backend) Devices(ctx context.Context) ([]backend.Device, error) {
+	return b.PVs(ctx)
+}
+
+// zeroLV zeroes LV id and then drops its TagZeroing.
+func (b *Backend) zeroLV(ctx context.Context, id string) error {
+	dev := b.devicePath(id)
+	if _, err := b.runner.Run(ctx, "blkdiscard", "-z", dev); err != nil {
+		return fmt.Errorf("lvm: create %s/%s: zeroing %s: %w", b.vg, id, dev, err)
+	}
+	if _, err := b.runner.Run(ctx, "lvm", "lvchange", "--deltag", TagZeroing, b.vg+"/"+id); err != nil {
+		return b.mapError("create", id, err)
+	}
+	return nil
+}
+
+// finishZeroing zeroes LV id if it is carve's volume of CSI name and still
+// carries TagZeroing (an earlier create died before it was zeroed).
+func (b *Backend) finishZeroing(ctx context.Context, id, name string) error {
+	args := append([]string{"lvs", "-o", lvColumns}, reportArgs...)
+	out, err := b.runner.Run(ctx, "lvm", append(args, "-S", "lv_name="+id+" && lv_tags={"+b.owner+","+TagZeroing+"}", b.vg)...)
+	if err != nil {
+		return b.mapError("create", id, err)
+	}
+	rows, err := parseLVs(out)
+	if err != nil {
+		return fmt.Errorf("lvm: create %s/%s: %w", b.vg, id, err)
+	}
+	for _, r := range rows {
+		if info, _ := ParseTags(r.Tags); r.Name == id && r.VG == b.vg && info.Name == name {
+			klog.InfoS("Zeroing a volume an earlier create left unzeroed", "vg", b.vg, "lv", id)
+			return b.zeroLV(ctx, id)
+		}
+	}
+	return nil
 }
 
 func (b *Backend) removeHalfMade(ctx context.Context, id string, tags []string) error {
@@ -665,4 +815,60 @@ func (n num) int() (int64, error) {
 		return 0, fmt.Errorf("lvm report number %q: negative", string(n))
 	}
 	return v, nil
+}
+
+// pvColumns are what PVs reads of each physical volume.
+const pvColumns = "pv_name,pv_uuid,pv_size,pv_free,pv_missing"
+
+// PVs returns the volume group's physical volumes with one
+// `lvm pvs -S vg_name=<vg>`, in lvm's order. A missing PV is listed with
+// Missing set and the path lvm gives it ("[unknown]").
+func (b *Backend) PVs(ctx context.Context) ([]backend.Device, error) {
+	args := append([]string{"pvs", "-o", pvColumns}, reportArgs...)
+	out, err := b.runner.Run(ctx, "lvm", append(args, "-S", "vg_name="+b.vg)...)
+	if err != nil {
+		return nil, fmt.Errorf("lvm: physical volumes of %q: %w", b.vg, backend.ReadFailed(ctx, err))
+	}
+	var rep struct {
+		Report []struct {
+			PV []struct {
+				Name    string `json:"pv_name"`
+				UUID    string `json:"pv_uuid"`
+				Size    num    `json:"pv_size"`
+				Free    num    `json:"pv_free"`
+				Missing string `json:"pv_missing"`
+			} `json:"pv"`
+		} `json:"report"`
+	}
+	if err := DecodeReport(out, &rep); err != nil {
+		return nil, fmt.Errorf("lvm: physical volumes of %q: parsing pvs report: %w", b.vg, err)
+	}
+	var devs []backend.Device
+	for _, r := range rep.Report {
+		for _, pv := range r.PV {
+			size, err1 := pv.Size.int()
+			free, err2 := pv.Free.int()
+			if err := errors.Join(err1, err2); err != nil {
+				return nil, fmt.Errorf("lvm: physical volume %s of %q: %w", pv.Name, b.vg, err)
+			}
+			devs = append(devs, backend.Device{Path: pv.Name, UUID: pv.UUID, SizeBytes: size, FreeBytes: free, Missing: pv.Missing != ""})
+		}
+	}
+	return devs, nil
+}
+
+// ActivationEnabled reports whether lvm's configuration lets LVs be
+// activated (`lvm lvmconfig --typeconfig full global/activation`). Where it
+// does not (carve's metadata-only test rigs), no LV ever has a device, so
+// none can be zeroed, nor read.
+func ActivationEnabled(ctx context.Context, runner exec.Runner) (bool, error) {
+	out, err := runner.Run(ctx, "lvm", "lvmconfig", "--typeconfig", "full", "global/activation")
+	if err != nil {
+		return false, fmt.Errorf("lvm: reading global/activation: %w", err)
+	}
+	v, ok := strings.CutPrefix(strings.TrimSpace(string(out)), "activation=")
+	if !ok {
+		return false, fmt.Errorf("lvm: lvmconfig global/activation printed %q", out)
+	}
+	return v != "0", nil
 }

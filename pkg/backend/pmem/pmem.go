@@ -52,8 +52,8 @@
 // removes whatever ndctl left of the namespace before returning.
 //
 // A new namespace can show the data of an earlier one that used the same
-// space: Create zeroes the first and last MiB of the device (wipeDevice), so
-// no old filesystem or other signature survives into a new volume. The
+// space: Create zeroes the whole device (wipeDevice, issue 15), so neither an
+// old signature nor an earlier tenant's bytes survive into a new volume. The
 // index record stays marked pending until the wipe is done, so a Create
 // retried after a crash in between (or inside ndctl, leaving a raw-mode
 // namespace) remakes the namespace instead of answering that it exists.

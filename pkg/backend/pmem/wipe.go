@@ -10,8 +10,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// wipeBytes is how much of each end of a new volume is zeroed.
-const wipeBytes = 1 << 20
+// zeroChunk is what wipeDevice writes at a time.
+const zeroChunk = 4 << 20
 
 // devWait bounds the wait for a new namespace's device node.
 var devWait = 10 * time.Second
@@ -21,12 +21,14 @@ var devWait = 10 * time.Second
 // arm (issue 13).
 func Wipe(dev string, size int64) error { return wipeDevice(dev, size) }
 
-// wipeDevice zeroes the first and last MiB of a new namespace's block device.
-// A namespace made where an earlier one was shows that one's data: without
-// this, a new volume would come up holding the previous volume's filesystem
-// (which carve would then mount instead of formatting). The ends hold every
-// signature blkid looks for (ext4, xfs, LVM, GPT, MD, ZFS labels), as
-// lvcreate -W y wipes them for LVM volumes. It opens the device O_EXCL, so a
+// wipeDevice zeroes all size bytes of a new namespace's block device. A
+// namespace made where an earlier one was shows that one's data: without
+// this, a new volume would come up holding the previous volume's bytes (a
+// raw block volume would read them; a filesystem would be mounted instead of
+// made). It writes the zeroes itself: pmem has no zeroing of its own, and
+// BLKZEROOUT, which then writes zero pages in the kernel, measured slower
+// (VM rig, fsdax namespace: 14.35 s/GiB against 8.18 s/GiB for 4 MiB
+// writes; test/disks TestVMWipeCost). It opens the device O_EXCL, so a
 // device in use is never touched.
 func wipeDevice(dev string, size int64) error {
 	var f *os.File
@@ -43,11 +45,10 @@ func wipeDevice(dev string, size int64) error {
 		return fmt.Errorf("pmem: wiping new volume %s: %w", dev, err)
 	}
 	defer f.Close()
-	zeros := make([]byte, min(int64(wipeBytes), size))
-	// The head and the tail (they overlap on small devices).
-	for _, off := range []int64{0, size - int64(len(zeros))} {
-		if _, err := f.WriteAt(zeros, off); err != nil {
-			return fmt.Errorf("pmem: wiping new volume %s at %d: %w", dev, off, err)
+	zeros := make([]byte, zeroChunk)
+	for off := int64(0); off < size; off += zeroChunk {
+		if _, err := f.WriteAt(zeros[:min(zeroChunk, size-off)], off); err != nil {
+			return fmt.Errorf("pmem: zeroing new volume %s at %d: %w", dev, off, err)
 		}
 	}
 	if err := f.Sync(); err != nil {

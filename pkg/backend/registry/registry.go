@@ -14,7 +14,10 @@ import (
 	"strconv"
 	"strings"
 
+	"k8s.io/klog/v2"
+
 	"github.com/carve-csi/carve/pkg/backend"
+	"github.com/carve-csi/carve/pkg/backend/disks"
 	"github.com/carve-csi/carve/pkg/backend/lvm"
 	"github.com/carve-csi/carve/pkg/backend/pmem"
 	"github.com/carve-csi/carve/pkg/exec"
@@ -37,6 +40,9 @@ type Spec struct {
 	// VG (lvm-pmem): the volume group carve makes, LVMPMEMPrefix + Name; it
 	// also names the namespace that carries it.
 	VG string
+	// Devices (lvm): patterns of the disks carve builds the volume group
+	// from (package disks); empty for a volume group the admin made.
+	Devices []string
 }
 
 // String renders the spec as the --pool flag reads it.
@@ -44,6 +50,9 @@ func (s Spec) String() string {
 	out := s.Name + "=" + s.Type + ":" + s.Source
 	if s.Type == pmem.LVMType && s.SharePercent != 100 {
 		out += ":" + strconv.Itoa(s.SharePercent) + "%"
+	}
+	if len(s.Devices) > 0 {
+		out += ":" + devicesKey + strings.Join(s.Devices, ",")
 	}
 	return out
 }
@@ -83,9 +92,13 @@ var (
 // Kinds lists every pool type carve knows, in the order the usage names them.
 func Kinds() []Kind {
 	return []Kind{
-		{Type: lvm.Type, Source: "<volume group>", Example: "fast=" + lvm.Type + ":vg0", parse: parseLVM,
+		{Type: lvm.Type, Source: "<volume group>[:" + devicesKey + "<pattern>[,<pattern>...]]", Example: "fast=" + lvm.Type + ":vg0",
+			parse: parseLVM, conflict: lvmConflict,
 			build: func(ctx context.Context, env Env, s Spec) (backend.Backend, error) {
-				return lvm.New(ctx, env.Runner, s.Name, s.Source, env.Owner)
+				if len(s.Devices) > 0 {
+					return zeroing(disks.New(ctx, env.Runner, s.Name, disks.Options{VG: s.Source, Owner: env.Owner, Patterns: s.Devices}))(ctx, env)
+				}
+				return zeroing(lvm.New(ctx, env.Runner, s.Name, s.Source, env.Owner))(ctx, env)
 			}},
 		{Type: pmem.Type, Source: "<region|all>", Example: "dax=" + pmem.Type + ":region0", parse: parseRegion, conflict: pmemConflict,
 			build: func(ctx context.Context, env Env, s Spec) (backend.Backend, error) {
@@ -94,7 +107,7 @@ func Kinds() []Kind {
 			}},
 		{Type: pmem.LVMType, Source: "<region|all>[:<percent>%]", Example: "daxlvm=" + pmem.LVMType + ":region0:50%", parse: parseLVMPMEM,
 			build: func(ctx context.Context, env Env, s Spec) (backend.Backend, error) {
-				return pmem.NewLVM(ctx, env.Runner, s.Name, s.Source, s.SharePercent, s.VG, env.Owner)
+				return zeroing(pmem.NewLVM(ctx, env.Runner, s.Name, s.Source, s.SharePercent, s.VG, env.Owner))(ctx, env)
 			}},
 	}
 }
@@ -172,11 +185,68 @@ func New(ctx context.Context, env Env, spec Spec) (backend.Backend, error) {
 	return k.build(ctx, env, spec)
 }
 
-func parseLVM(_ *Spec, source string) error {
-	if !names.ValidVGName(source) { // fails here with the flag's usage, not later in the backend
-		return fmt.Errorf("volume group %q: want a name lvm accepts ([A-Za-z0-9+_.-], not starting with '-', at most 127)", source)
+// devicesKey starts the device patterns of an lvm pool built from disks.
+const devicesKey = "devices="
+
+// parseLVM reads "<vg>" or "<vg>:devices=<pattern>[,<pattern>...]". A
+// pattern is an absolute path below /dev in filepath.Match syntax; it may
+// hold ':' (by-path names do), not ','.
+func parseLVM(spec *Spec, source string) error {
+	vg, rest, hasDevices := strings.Cut(source, ":")
+	if !names.ValidVGName(vg) { // fails here with the flag's usage, not later in the backend
+		return fmt.Errorf("volume group %q: want a name lvm accepts ([A-Za-z0-9+_.-], not starting with '-', at most 127)", vg)
+	}
+	spec.Source = vg
+	if !hasDevices {
+		return nil
+	}
+	list, ok := strings.CutPrefix(rest, devicesKey)
+	if !ok || list == "" {
+		return fmt.Errorf("%q after the volume group: want %s<pattern>[,<pattern>...], e.g. %s/dev/disk/by-id/nvme-*", rest, devicesKey, devicesKey)
+	}
+	for _, p := range strings.Split(list, ",") {
+		if _, err := filepath.Match(p, ""); err != nil || !strings.HasPrefix(p, "/dev/") || filepath.Clean(p) != p {
+			return fmt.Errorf("device pattern %q: want an absolute path below /dev/ in shell pattern syntax (*, ?, [...])", p)
+		}
+		spec.Devices = append(spec.Devices, p)
 	}
 	return nil
+}
+
+// lvmConflict: a volume group carve builds from disks belongs to one pool;
+// two pools on one volume group the admin made are allowed as before.
+func lvmConflict(a, b Spec) error {
+	if a.Source == b.Source && (len(a.Devices) > 0 || len(b.Devices) > 0) {
+		return fmt.Errorf("volume group %s is built from devices, so only one pool can use it", a.Source)
+	}
+	return nil
+}
+
+// zeroing turns on lvm's zeroing of new volumes (lvm.Backend.EnableZeroing:
+// no volume shows an earlier volume's bytes) on a freshly built lvm pool,
+// unless lvm's configuration disables activation: then no LV ever has a
+// device to zero or to read (carve's metadata-only test rigs), and the log
+// says so.
+func zeroing[B backend.Backend](b B, err error) func(context.Context, Env) (backend.Backend, error) {
+	return func(ctx context.Context, env Env) (backend.Backend, error) {
+		if err != nil {
+			return nil, err
+		}
+		z, ok := any(b).(interface{ EnableZeroing() })
+		if !ok {
+			return nil, fmt.Errorf("pool type %s cannot zero new volumes", b.Type())
+		}
+		on, aerr := lvm.ActivationEnabled(ctx, env.Runner)
+		switch {
+		case aerr != nil:
+			return nil, aerr
+		case on:
+			z.EnableZeroing()
+		default:
+			klog.InfoS("lvm activation is off (global/activation=0): new volumes are not zeroed; no LV can be read either")
+		}
+		return b, nil
+	}
 }
 
 func parseRegion(_ *Spec, source string) error {

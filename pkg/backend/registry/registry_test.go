@@ -134,6 +134,7 @@ func TestNewBuildsEachKind(t *testing.T) {
 		{"v=lvm:vg0", "lvm", false},
 		{"d=pmem:region0", "ndctl", true},
 		{"l=lvm-pmem:region0:50%", "ndctl", false},
+		{"g=lvm:vg0:devices=/dev/vd[b-z]", "lsblk", false}, // package disks looks at the disks first
 	} {
 		name, rest, _ := strings.Cut(tc.pool, "=")
 		typ, source, _ := strings.Cut(rest, ":")
@@ -172,6 +173,9 @@ func TestConflict(t *testing.T) {
 		{Spec{Type: pmem.Type, Source: "all"}, Spec{Type: pmem.Type, Source: "region3"}, false},
 		{Spec{Type: pmem.Type, Source: "region0"}, Spec{Type: pmem.LVMType, Source: "region0"}, true},
 		{Spec{Type: lvm.Type, Source: "vg"}, Spec{Type: lvm.Type, Source: "vg"}, true},
+		{Spec{Type: lvm.Type, Source: "vg", Devices: []string{"/dev/vdb"}}, Spec{Type: lvm.Type, Source: "vg"}, false},
+		{Spec{Type: lvm.Type, Source: "vg"}, Spec{Type: lvm.Type, Source: "vg", Devices: []string{"/dev/vdb"}}, false},
+		{Spec{Type: lvm.Type, Source: "vg", Devices: []string{"/dev/vdb"}}, Spec{Type: lvm.Type, Source: "vg2"}, true},
 	} {
 		if err := Conflict(tc.a, tc.b); (err == nil) != tc.ok {
 			t.Errorf("Conflict(%+v, %+v) = %v", tc.a, tc.b, err)

@@ -21,6 +21,7 @@ const (
 )
 
 // LocalVolumeSpec is what the controller asks of the node.
+// +kubebuilder:validation:XValidation:rule="!has(self.stripeSizeBytes) || has(self.stripes)",message="stripeSizeBytes needs stripes"
 type LocalVolumeSpec struct {
 	// VolumeName is the CSI volume name this volume was created for.
 	// +kubebuilder:validation:MinLength=1
@@ -43,6 +44,21 @@ type LocalVolumeSpec struct {
 	// FSType is a hint for Filesystem volumes.
 	// +optional
 	FSType string `json:"fsType,omitempty"`
+	// Stripes asks for a volume striped over that many devices of the pool,
+	// as the StorageClass parameter stripes does: a count from 1 to 128
+	// (lvm's limit), or "all" for one stripe per device of the pool, which
+	// the node resolves. Empty: not striped. It never changes.
+	// +optional
+	// +kubebuilder:validation:Pattern=`^(all|[1-9]|[1-9][0-9]|1[01][0-9]|12[0-8])$`
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="stripes cannot change"
+	Stripes string `json:"stripes,omitempty"`
+	// StripeSizeBytes is the stripe size in bytes (StorageClass parameter
+	// stripeSize, a power of two the pool takes); 0: the pool's default
+	// (lvm: 64 KiB). It never changes.
+	// +optional
+	// +kubebuilder:validation:Minimum=4096
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="stripeSizeBytes cannot change"
+	StripeSizeBytes int64 `json:"stripeSizeBytes,omitempty"`
 }
 
 // LocalVolumeStatus is what the node reports.
@@ -74,6 +90,7 @@ type LocalVolumeStatus struct {
 // +kubebuilder:printcolumn:name="Pool",type=string,JSONPath=`.spec.pool`
 // +kubebuilder:printcolumn:name="Size",type=integer,JSONPath=`.status.currentSizeBytes`
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Stripes",type=string,JSONPath=`.spec.stripes`,priority=1
 // +kubebuilder:printcolumn:name="Volume",type=string,JSONPath=`.spec.volumeName`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type LocalVolume struct {
@@ -111,6 +128,31 @@ type PoolStatus struct {
 	Healthy        bool   `json:"healthy"`
 	// +optional
 	Message string `json:"message,omitempty"`
+	// AlignBytes is the pool's size granularity in bytes (lvm: the extent
+	// size). With the devices' free bytes it gives the largest volume of a
+	// striped class (backend.StripedMax).
+	// +optional
+	AlignBytes int64 `json:"alignBytes,omitempty"`
+	// Devices are the devices of an lvm pool (its physical volumes; for a
+	// pool carve builds from the node's disks, those disks), in lvm's order,
+	// missing ones included; other pools list none.
+	// +optional
+	// +listType=atomic
+	Devices []PoolDevice `json:"devices,omitempty"`
+}
+
+// PoolDevice is one disk of a pool.
+type PoolDevice struct {
+	// Path of the device on the node ("[unknown]" when missing).
+	Path string `json:"path"`
+	// UUID of its LVM physical volume; it names a missing device too.
+	// +optional
+	UUID      string `json:"uuid,omitempty"`
+	SizeBytes int64  `json:"sizeBytes"`
+	FreeBytes int64  `json:"freeBytes"`
+	// Missing: the volume group knows the device but it is not there.
+	// +optional
+	Missing bool `json:"missing,omitempty"`
 }
 
 // NodeStorageStatus lists a node's pools.
