@@ -33,19 +33,8 @@ import (
 // ResourceExhausted), too many stripes and a pool that cannot stripe are
 // InvalidArgument.
 func TestStripedClass(t *testing.T) {
-	m := lvmtest.NewMultiVG(t, 3, 64<<20, "")
 	ctx := context.Background()
-	if _, err := m.Runner.Run(ctx, "lvm", "lvcreate", "-n", "linear", "-l", "5", "-W", "y", "-y", m.Name, m.LoopDevs[0]); err != nil {
-		t.Fatal(err)
-	}
-	b, err := lvm.New(ctx, m.Runner, "disks", m.Name, "carve.csi.dev")
-	if err != nil {
-		t.Fatal(err)
-	}
-	vols, err := volume.NewManager([]volume.Pool{{Name: "disks", Backend: b}, {Name: "mem", Backend: backendtest.NewMemory("mem", 1<<30, 4<<20)}}, "disks")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, vols := stripedPools(ctx, t)
 	c := &LocalController{Vols: vols, NodeID: "n", Locks: &keylock.Locks{}}
 	block := []*csi.VolumeCapability{{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
 		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}}
@@ -104,20 +93,9 @@ func TestStripedClass(t *testing.T) {
 // LV striped as asked, one extent more is ResourceExhausted, and a striping
 // the pool cannot make is InvalidArgument, as in node mode.
 func TestClusterStripedClass(t *testing.T) {
-	m := lvmtest.NewMultiVG(t, 3, 64<<20, "")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if _, err := m.Runner.Run(ctx, "lvm", "lvcreate", "-n", "linear", "-l", "5", "-W", "y", "-y", m.Name, m.LoopDevs[0]); err != nil {
-		t.Fatal(err)
-	}
-	b, err := lvm.New(ctx, m.Runner, "disks", m.Name, "carve.csi.dev")
-	if err != nil {
-		t.Fatal(err)
-	}
-	vols, err := volume.NewManager([]volume.Pool{{Name: "disks", Backend: b}, {Name: "mem", Backend: backendtest.NewMemory("mem", 1<<30, 4<<20)}}, "disks")
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, vols := stripedPools(ctx, t)
 	local := &LocalController{Vols: vols, NodeID: "n", Locks: &keylock.Locks{}}
 	scheme, err := nodeagent.Scheme()
 	if err != nil {
@@ -209,4 +187,24 @@ func TestClusterStripedClass(t *testing.T) {
 	if status.Code(err) != codes.InvalidArgument {
 		t.Errorf("stripe size above the extent size: %v, want InvalidArgument", err)
 	}
+}
+
+// stripedPools is the setup both striped-class tests share: an lvm pool
+// "disks" on real lvm2 (metadata only) over three 64 MiB PVs, the first
+// holding a 5-extent LV, and a memory pool "mem" that cannot stripe.
+func stripedPools(ctx context.Context, t *testing.T) (*lvmtest.Multi, *volume.Manager) {
+	t.Helper()
+	m := lvmtest.NewMultiVG(t, 3, 64<<20, "")
+	if _, err := m.Runner.Run(ctx, "lvm", "lvcreate", "-n", "linear", "-l", "5", "-W", "y", "-y", m.Name, m.LoopDevs[0]); err != nil {
+		t.Fatal(err)
+	}
+	b, err := lvm.New(ctx, m.Runner, "disks", m.Name, "carve.csi.dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vols, err := volume.NewManager([]volume.Pool{{Name: "disks", Backend: b}, {Name: "mem", Backend: backendtest.NewMemory("mem", 1<<30, 4<<20)}}, "disks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, vols
 }
