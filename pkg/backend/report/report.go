@@ -56,16 +56,80 @@ func Decode(out []byte, v any) (noise []string, ok bool, err error) {
 	return noise, true, nil
 }
 
-// jsonLine reports whether a trimmed line can be a line of pretty-printed
-// JSON: structure, a member ("key": ...), or a bare array element.
+// jsonLine reports whether a trimmed line can be a line of a JSON document
+// split between tokens: it starts with a token (structure, `:`, a string, a
+// number or a literal) and a number or literal is followed by nothing or by
+// what may follow a value (`,`, `]`, `}`). JSON allows a line break before
+// any token (RFC 8259 section 2), so this is wider than the pretty-printers'
+// one-member-per-line form: FuzzDecode found a document split before a `:`
+// that the narrower rule dropped as a notice.
 func jsonLine(t []byte) bool {
-	switch c := t[0]; {
-	case strings.IndexByte(`{}[]",`, c) >= 0:
+	if strings.IndexByte(`{}[]",:`, t[0]) >= 0 {
 		return true
-	case c == '-' || c >= '0' && c <= '9':
-		// A number element; notices never start with a digit.
-		return json.Valid(bytes.TrimSuffix(t, []byte(",")))
 	}
-	s := string(bytes.TrimSuffix(t, []byte(",")))
-	return s == "true" || s == "false" || s == "null"
+	var rest []byte
+	switch {
+	case t[0] == '-' || t[0] >= '0' && t[0] <= '9':
+		n := numberLen(t)
+		if n == 0 {
+			return false
+		}
+		rest = t[n:]
+	default:
+		for _, lit := range []string{"true", "false", "null"} {
+			if bytes.HasPrefix(t, []byte(lit)) {
+				rest = t[len(lit):]
+				break
+			}
+		}
+		if rest == nil {
+			return false
+		}
+	}
+	// A notice may start with a number or a word ("1 device found",
+	// "null pointer"): only what may follow a value makes it JSON.
+	rest = bytes.TrimLeft(rest, " \t\r")
+	return len(rest) == 0 || strings.IndexByte(",]}", rest[0]) >= 0
+}
+
+// numberLen is the length of the JSON number (RFC 8259 section 6) that t
+// starts with, 0 when there is none.
+func numberLen(t []byte) int {
+	i := 0
+	if i < len(t) && t[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(t) && t[i] == '0':
+		i++
+	case i < len(t) && t[i] >= '1' && t[i] <= '9':
+		for i < len(t) && t[i] >= '0' && t[i] <= '9' {
+			i++
+		}
+	default:
+		return 0
+	}
+	digits := func() bool {
+		j := i
+		for i < len(t) && t[i] >= '0' && t[i] <= '9' {
+			i++
+		}
+		return i > j
+	}
+	if i < len(t) && t[i] == '.' {
+		i++
+		if !digits() {
+			return 0
+		}
+	}
+	if i < len(t) && (t[i] == 'e' || t[i] == 'E') {
+		i++
+		if i < len(t) && (t[i] == '+' || t[i] == '-') {
+			i++
+		}
+		if !digits() {
+			return 0
+		}
+	}
+	return i
 }

@@ -47,6 +47,38 @@ func TestDecodeAroundNotices(t *testing.T) {
 	}
 }
 
+// TestDecodeSplitAnywhere: JSON may break a line before any token, not only
+// where lvm2's and ndctl's pretty-printers do; each such line is kept, while
+// notices that merely start like a value are dropped. The first document is
+// the input FuzzDecode found (a line starting with ':').
+func TestDecodeSplitAnywhere(t *testing.T) {
+	for _, doc := range []string{
+		"{\"\":[{\"\"\n:0}]}",
+		"{\"a\":[\n1, 2\n]}",
+		"{\"a\":[\ntrue, false, null\n]}",
+		"{\"a\":[{\"b\":\n0}]\n}",
+		"{\"a\":[\n-1.5e3]}",
+		"{\"a\":\n0\n, \"b\":1}",
+	} {
+		var want any
+		if err := json.Unmarshal([]byte(doc), &want); err != nil {
+			t.Fatalf("test document %q: %v", doc, err)
+		}
+		lines := strings.Split(doc, "\n")
+		noisy := strings.Join(append([]string{lines[0], "  Consider pruning vg"}, lines[1:]...), "\n")
+		var got any
+		noise, ok, err := Decode([]byte(noisy), &got)
+		if err != nil || !ok || !reflect.DeepEqual(got, want) || len(noise) != 1 {
+			t.Errorf("Decode(%q) = %v, %v, %v, noise %q; want %v", noisy, got, ok, err, noise, want)
+		}
+	}
+	for _, notice := range []string{"1 device found", "null pointer", "- note", "truest", "0x10 bytes", "1.x", "-"} {
+		if jsonLine([]byte(notice)) {
+			t.Errorf("jsonLine(%q) = true, want a notice", notice)
+		}
+	}
+}
+
 // FuzzDecode: any output decodes or fails without panicking; a valid JSON
 // document with notice lines inserted anywhere between its lines decodes to
 // the same value, and the notices come back as noise.
