@@ -3,7 +3,8 @@
 # real kernel: csi-sanity (full, no device skips) against an LVM pool, the
 # node-path scenarios (test/e2e), 200 concurrent controller and inline
 # node calls (test/concurrency), the PMEM suite (test/pmem) when it is
-# built, and issue 15's disk checks (test/disks: pools from disks, striping,
+# built, thin pools (the lvm backend's thin tests and csi-sanity on an
+# lvm-thin pool), and issue 15's disk checks (test/disks: pools from disks, striping,
 # a removed disk, stale data, wipe costs) on six more virtio disks. Prints a
 # summary line per suite and exits non-zero on any failure.
 set -uo pipefail
@@ -24,6 +25,8 @@ if ls test/pmem/*_test.go >/dev/null 2>&1; then
   go test -c -o "$SHARE/pmem.test" ./test/pmem || { echo "[e2e] FAIL: build pmem.test"; exit 1; }
   cp test/pmem/vm-pmem.sh "$SHARE/" 2>/dev/null || true
 fi
+# Issue 14's thin pools: the lvm backend's tests on real thin pools (loop devices in the guest).
+go test -c -o "$SHARE/lvm.test" ./pkg/backend/lvm || { echo "[e2e] FAIL: build lvm.test"; exit 1; }
 # Issue 15's disk checks (test/disks) share this boot: six more virtio disks (vdb..vdg).
 go test -c -o "$SHARE/disks.test" ./test/disks || { echo "[e2e] FAIL: build disks.test"; exit 1; }
 cp hack/e2e-guest.sh "$SHARE/e2e-guest.sh"
@@ -32,7 +35,7 @@ echo "[e2e] build took $(( $(date +%s) - start ))s"
 hack/vm/run.sh --share "$SHARE" --timeout "${CARVE_E2E_TIMEOUT:-3000}" --disks 6 --disks-size 2G --quiet -- /share/e2e-guest.sh
 rc=$?
 echo "[e2e] ---- summary ----"
-grep -a -E '^(csi-sanity|e2e node path|concurrency|pmem suite|disks|leak audit|suite)[: ]' "$SHARE/guest.log" 2>/dev/null | sed 's/^/[e2e] /'
+grep -a -E '^(csi-sanity|e2e node path|concurrency|pmem suite|disks|thin|leak audit|suite)[: ]' "$SHARE/guest.log" 2>/dev/null | sed 's/^/[e2e] /'
 if ! grep -q -a '^suite all:' "$SHARE/guest.log" 2>/dev/null; then
   echo "[e2e] FAIL: the guest did not finish its suites (run.sh exit $rc); last lines of its log:"
   tail -n 40 "$SHARE/guest.log" 2>/dev/null | sed 's/^/    /'

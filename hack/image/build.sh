@@ -132,10 +132,10 @@ find_mirror() {
 	done
 }
 
-# The programs carve-csi runs (pkg/exec callers, k8s.io/mount-utils) and the ones its manifests
-# use (nsenter). check_libraries ROOT: each is in ROOT and finds every shared library it links,
+# The programs carve-csi runs (pkg/exec callers, k8s.io/mount-utils), the ones lvm runs for it
+# (thin_check, when it activates a thin pool) and the ones its manifests use (nsenter). check_libraries ROOT: each is in ROOT and finds every shared library it links,
 # so that a pruning step that removes too much fails here, not on a node.
-RUNTIME_PROGRAMS="lvm ndctl mkfs.ext4 mkfs.ext3 mkfs.xfs resize2fs xfs_growfs e2fsck fsck fsck.ext4 fsck.xfs
+RUNTIME_PROGRAMS="lvm thin_check ndctl mkfs.ext4 mkfs.ext3 mkfs.xfs resize2fs xfs_growfs e2fsck fsck fsck.ext4 fsck.xfs
 	blkid blkdiscard lsblk wipefs mount umount nsenter sh cat"
 check_libraries() {
 	local r="$1" p path missing

@@ -96,6 +96,32 @@ type Capacity struct {
 	FreeBytes      int64
 	MaxVolumeBytes int64 // largest single volume that can still be created
 	AlignBytes     int64 // volume sizes are multiples of this
+	// Thin is a thin pool's real use (zero for other pools, see IsThin):
+	// its capacity counts virtual bytes, this says what is really written.
+	// A value, so that Capacity stays comparable with ==.
+	Thin ThinUsage `json:",omitzero"`
+}
+
+// IsThin reports whether c is a thin pool's (its Thin figures are set).
+func (c Capacity) IsThin() bool { return c.Thin.Overprovision > 0 }
+
+// ThinUsage is a thin pool's real use, as lvm reports it (lvs data_percent,
+// metadata_percent), and the rules its virtual capacity follows (issue 14).
+type ThinUsage struct {
+	DataBytes       int64   // the thin pool's data size
+	DataPercent     float64 // provisioned share of the data
+	MetadataPercent float64 // used share of the metadata
+	// Active: lvm reports the use only while the pool is active; an
+	// inactive pool's use is unknown, and it gets no new space.
+	Active bool
+	// VirtualBytes are the virtual sizes of every thin LV in the pool
+	// (carve's or not, snapshots included).
+	VirtualBytes int64
+	// Overprovision: the virtual sizes may add up to this times DataBytes.
+	Overprovision float64
+	// ThresholdPercent: at or above this data or metadata use the pool
+	// gets no new volumes and no expansions.
+	ThresholdPercent int
 }
 
 // Backend is one pool's storage.

@@ -35,6 +35,16 @@ func checkSpec(t *testing.T, in string, p PoolSpec) {
 				t.Fatalf("ParsePool(%q): device pattern %q", in, d)
 			}
 		}
+	case lvm.ThinType:
+		o := p.Thin
+		if !lvmVGName.MatchString(p.Source) || p.Source == "." || p.Source == ".." ||
+			!lvmVGName.MatchString(o.ThinPool) || o.ThinPool == "." || o.ThinPool == ".." {
+			t.Fatalf("ParsePool(%q): thin pool %q/%q is not a name lvm accepts", in, p.Source, o.ThinPool)
+		}
+		if o.Overprovision != 0 && !(o.Overprovision >= 1 && o.Overprovision <= 1000) ||
+			o.ThresholdPercent < 0 || o.ThresholdPercent > 100 || o.CreatePercent < 0 || o.CreatePercent > 100 {
+			t.Fatalf("ParsePool(%q): thin options %+v", in, o)
+		}
 	case pmem.Type:
 		if !region.MatchString(p.Source) {
 			t.Fatalf("ParsePool(%q): region %q", in, p.Source)
@@ -56,6 +66,9 @@ func checkSpec(t *testing.T, in string, p PoolSpec) {
 	if p.Type != lvm.Type && p.Devices != nil {
 		t.Fatalf("ParsePool(%q): devices set on a %s pool: %+v", in, p.Type, p)
 	}
+	if p.Type != lvm.ThinType && p.Thin != (lvm.ThinOptions{}) {
+		t.Fatalf("ParsePool(%q): thin options set on a %s pool: %+v", in, p.Type, p)
+	}
 	again, err := ParsePool(p.String())
 	if err != nil || !reflect.DeepEqual(again, p) {
 		t.Fatalf("ParsePool(%q) = %+v does not round-trip through %q: %+v, %v", in, p, p.String(), again, err)
@@ -68,7 +81,8 @@ func checkSpec(t *testing.T, in string, p PoolSpec) {
 func FuzzParsePool(f *testing.F) {
 	for _, s := range []string{"fast=lvm:vg0", "dax=pmem:region0", "dax=pmem:all", "daxlvm=lvm-pmem:region1",
 		"daxlvm=lvm-pmem:region0:50%", "d=lvm-pmem:all:7", "d.x_y=lvm-pmem:region12:100%", "p=lvm-pmem:region0:050%",
-		"p=lvm:vg:x", "p=lvm:-vg", "d=lvm:carve:devices=/dev/disk/by-id/nvme-*", "d=lvm:v:devices=/dev/vd[b-z],/dev/sd?", "p=lvm:a b", "p=lvm:.", "p=lvm-pmem:region0:101%", "Fast=lvm:vg", "==:"} {
+		"p=lvm:vg:x", "p=lvm:-vg", "d=lvm:carve:devices=/dev/disk/by-id/nvme-*", "d=lvm:v:devices=/dev/vd[b-z],/dev/sd?", "p=lvm:a b", "p=lvm:.", "p=lvm-pmem:region0:101%", "Fast=lvm:vg", "==:",
+		"s=lvm-thin:vg0/tp:overprovision=2.5:threshold=80%:size=50%", "s=lvm-thin:vg0/tp", "s=lvm-thin:vg0/tp:overprovision=1e2"} {
 		f.Add(s, "dax=pmem:region0", "fast=lvm:vg0")
 	}
 	f.Fuzz(func(t *testing.T, a, b, c string) {
@@ -91,6 +105,10 @@ func FuzzParsePool(f *testing.F) {
 				}
 				if p.Type == pmem.Type && q.Type == pmem.Type && (p.Source == q.Source || p.Source == "all" || q.Source == "all") {
 					t.Fatalf("pmem pools %q and %q share a region", p, q)
+				}
+				if (p.Type == lvm.ThinType || q.Type == lvm.ThinType) && p.Type != pmem.Type && q.Type != pmem.Type &&
+					p.Type != pmem.LVMType && q.Type != pmem.LVMType && p.Source == q.Source {
+					t.Fatalf("pools %q and %q share the VG of a thin pool", p, q)
 				}
 			}
 		}

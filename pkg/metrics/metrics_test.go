@@ -483,3 +483,46 @@ func TestServerDoesNotCompress(t *testing.T) {
 		t.Fatalf("GET /metrics with Accept-Encoding gzip: %s, Content-Encoding %q; want plain text", resp.Status, enc)
 	}
 }
+
+// thinPool reports a thin pool's capacity (lvm.Thin's shape).
+type thinPool struct {
+	*backendtest.Memory
+	usage backend.ThinUsage
+}
+
+func (p thinPool) Capacity(ctx context.Context) (backend.Capacity, error) {
+	c, err := p.Memory.Capacity(ctx)
+	c.Thin = p.usage
+	return c, err
+}
+
+// A thin pool also reports its real data and metadata use, its threshold
+// and its virtual bytes; an inactive one (use unknown) leaves the use out
+// rather than reporting 0. Other pools report none of these.
+func TestPoolsCollectorThin(t *testing.T) {
+	thin := thinPool{Memory: backendtest.NewMemory("thin", 10*gib, 4*mib),
+		usage: backend.ThinUsage{DataBytes: 5 * gib, DataPercent: 41.5, MetadataPercent: 12.25, Active: true, VirtualBytes: 3 * gib, Overprovision: 2, ThresholdPercent: 90}}
+	idle := thinPool{Memory: backendtest.NewMemory("idle", 10*gib, 4*mib),
+		usage: backend.ThinUsage{DataBytes: 5 * gib, VirtualBytes: gib, Overprovision: 1, ThresholdPercent: 80}}
+	c := metrics.NewPools([]volume.Pool{{Name: "thin", Backend: thin}, {Name: "idle", Backend: idle},
+		{Name: "thick", Backend: backendtest.NewMemory("thick", gib, 4*mib)}}, time.Minute)
+	want := `# HELP carve_pool_thin_data_percent lvm-thin pools: the thin pool's provisioned share of its data (lvs data_percent); new volumes are refused at carve_pool_thin_threshold_percent.
+# TYPE carve_pool_thin_data_percent gauge
+carve_pool_thin_data_percent{backend="memory",pool="thin"} 41.5
+# HELP carve_pool_thin_metadata_percent lvm-thin pools: the used share of the thin pool's metadata (lvs metadata_percent).
+# TYPE carve_pool_thin_metadata_percent gauge
+carve_pool_thin_metadata_percent{backend="memory",pool="thin"} 12.25
+# HELP carve_pool_thin_threshold_percent lvm-thin pools: the data or metadata use at which new volumes and expansions are refused.
+# TYPE carve_pool_thin_threshold_percent gauge
+carve_pool_thin_threshold_percent{backend="memory",pool="idle"} 80
+carve_pool_thin_threshold_percent{backend="memory",pool="thin"} 90
+# HELP carve_pool_thin_virtual_bytes lvm-thin pools: the virtual sizes of every thin volume in the thin pool; carve_pool_size_bytes is the limit (data size times the overprovisioning ratio).
+# TYPE carve_pool_thin_virtual_bytes gauge
+carve_pool_thin_virtual_bytes{backend="memory",pool="idle"} 1.073741824e+09
+carve_pool_thin_virtual_bytes{backend="memory",pool="thin"} 3.221225472e+09
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "carve_pool_thin_data_percent", "carve_pool_thin_metadata_percent",
+		"carve_pool_thin_threshold_percent", "carve_pool_thin_virtual_bytes"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -40,6 +40,14 @@ var (
 		append(append([]string{}, poolLabels...), "ephemeral"), nil)
 	poolVolumeBytesDesc = prometheus.NewDesc("carve_pool_volume_bytes",
 		"Sum of the sizes of the carve-owned volumes in the pool.", poolLabels, nil)
+	thinDataPercentDesc = prometheus.NewDesc("carve_pool_thin_data_percent",
+		"lvm-thin pools: the thin pool's provisioned share of its data (lvs data_percent); new volumes are refused at carve_pool_thin_threshold_percent.", poolLabels, nil)
+	thinMetadataPercentDesc = prometheus.NewDesc("carve_pool_thin_metadata_percent",
+		"lvm-thin pools: the used share of the thin pool's metadata (lvs metadata_percent).", poolLabels, nil)
+	thinThresholdDesc = prometheus.NewDesc("carve_pool_thin_threshold_percent",
+		"lvm-thin pools: the data or metadata use at which new volumes and expansions are refused.", poolLabels, nil)
+	thinVirtualDesc = prometheus.NewDesc("carve_pool_thin_virtual_bytes",
+		"lvm-thin pools: the virtual sizes of every thin volume in the thin pool; carve_pool_size_bytes is the limit (data size times the overprovisioning ratio).", poolLabels, nil)
 )
 
 // Pools reads the node's pools at scrape time, with the same Capacity and
@@ -66,7 +74,7 @@ func NewPools(pools []volume.Pool, timeout time.Duration) *Pools {
 // Describe implements prometheus.Collector.
 func (c *Pools) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{poolUpDesc, poolDegradedDesc, poolScrapeErrorsDesc, poolSizeDesc, poolFreeDesc,
-		poolMaxVolumeDesc, poolVolumesDesc, poolVolumeBytesDesc} {
+		poolMaxVolumeDesc, poolVolumesDesc, poolVolumeBytesDesc, thinDataPercentDesc, thinMetadataPercentDesc, thinThresholdDesc, thinVirtualDesc} {
 		ch <- d
 	}
 }
@@ -142,6 +150,14 @@ func (c *Pools) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(poolSizeDesc, prometheus.GaugeValue, float64(r.cap.TotalBytes), labels...)
 		ch <- prometheus.MustNewConstMetric(poolFreeDesc, prometheus.GaugeValue, float64(r.cap.FreeBytes), labels...)
 		ch <- prometheus.MustNewConstMetric(poolMaxVolumeDesc, prometheus.GaugeValue, float64(r.cap.MaxVolumeBytes), labels...)
+		if u := r.cap.Thin; r.cap.IsThin() {
+			if u.Active { // an inactive pool's use is unknown: absent, not 0
+				ch <- prometheus.MustNewConstMetric(thinDataPercentDesc, prometheus.GaugeValue, u.DataPercent, labels...)
+				ch <- prometheus.MustNewConstMetric(thinMetadataPercentDesc, prometheus.GaugeValue, u.MetadataPercent, labels...)
+			}
+			ch <- prometheus.MustNewConstMetric(thinThresholdDesc, prometheus.GaugeValue, float64(u.ThresholdPercent), labels...)
+			ch <- prometheus.MustNewConstMetric(thinVirtualDesc, prometheus.GaugeValue, float64(u.VirtualBytes), labels...)
+		}
 		var persistent, ephemeral, bytes float64
 		for _, v := range r.vols {
 			if v.Ephemeral {

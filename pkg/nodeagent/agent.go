@@ -10,6 +10,7 @@ package nodeagent
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -276,12 +277,31 @@ func (a *Agent) measure(ctx context.Context) v1alpha1.NodeStorageStatus {
 			klog.ErrorS(err, "Cannot read pool capacity; publishing it as unhealthy", "node", a.NodeName, "pool", p.Name)
 		} else {
 			ps.TotalBytes, ps.FreeBytes, ps.MaxVolumeBytes, ps.AlignBytes = c.TotalBytes, c.FreeBytes, c.MaxVolumeBytes, c.AlignBytes
+			ps.Thin = thinStatus(c)
 		}
 		ps.Devices = a.devices(ctx, p.Name, p.Backend)
 		if p.Name == st.DefaultPool {
 			st.FreeBytes, st.TotalBytes = ps.FreeBytes, ps.TotalBytes
 		}
 		st.Pools = append(st.Pools, ps)
+	}
+	return st
+}
+
+// thinStatus is NodeStorage's form of a thin pool's use; nil for other pools.
+func thinStatus(c backend.Capacity) *v1alpha1.ThinPoolStatus {
+	if !c.IsThin() {
+		return nil
+	}
+	u := c.Thin
+	st := &v1alpha1.ThinPoolStatus{
+		DataBytes: u.DataBytes, VirtualBytes: u.VirtualBytes,
+		Overprovision:    strconv.FormatFloat(u.Overprovision, 'g', -1, 64),
+		ThresholdPercent: int32(u.ThresholdPercent),
+	}
+	if u.Active {
+		st.DataPercent = strconv.FormatFloat(u.DataPercent, 'f', 2, 64)
+		st.MetadataPercent = strconv.FormatFloat(u.MetadataPercent, 'f', 2, 64)
 	}
 	return st
 }

@@ -1054,3 +1054,54 @@ func TestPublishDevices(t *testing.T) {
 		t.Fatalf("after a failed device read: %+v, want the capacity without devices", p)
 	}
 }
+
+// thinned reports a thin pool's capacity (lvm.Thin's shape).
+type thinned struct {
+	*backendtest.Memory
+	usage backend.ThinUsage
+}
+
+func (p thinned) Capacity(ctx context.Context) (backend.Capacity, error) {
+	c, err := p.Memory.Capacity(ctx)
+	c.Thin = p.usage
+	return c, err
+}
+
+// TestPublishThinUsage: a thin pool's real use goes to NodeStorage beside
+// its virtual figures; an inactive pool's use is left empty, not "0.00";
+// other pools have no thin status.
+func TestPublishThinUsage(t *testing.T) {
+	thin := thinned{Memory: backendtest.NewMemory("thin", 4*gib, 4*mib),
+		usage: backend.ThinUsage{DataBytes: 2 * gib, DataPercent: 41.5, MetadataPercent: 12.3, Active: true, VirtualBytes: gib, Overprovision: 2.5, ThresholdPercent: 90}}
+	idle := thinned{Memory: backendtest.NewMemory("idle", 4*gib, 4*mib),
+		usage: backend.ThinUsage{DataBytes: 2 * gib, Overprovision: 1, ThresholdPercent: 80}}
+	vols, err := volume.NewManager([]volume.Pool{{Name: "thin", Backend: thin}, {Name: "idle", Backend: idle},
+		{Name: "plain", Backend: backendtest.NewMemory("plain", gib, 4*mib)}}, "thin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	scheme, err := Scheme()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := fake.NewClientBuilder().WithScheme(scheme).WithStatusSubresource(&v1alpha1.NodeStorage{}).WithObjects(node("uid-1")).Build()
+	a := &Agent{NodeName: nodeName, Vols: vols, Locks: &keylock.Locks{}, Client: c}
+	ctx := context.Background()
+	if err := a.Publish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ns := &v1alpha1.NodeStorage{}
+	if err := c.Get(ctx, types.NamespacedName{Name: nodeName}, ns); err != nil {
+		t.Fatal(err)
+	}
+	want := []*v1alpha1.ThinPoolStatus{
+		{DataBytes: 2 * gib, DataPercent: "41.50", MetadataPercent: "12.30", VirtualBytes: gib, Overprovision: "2.5", ThresholdPercent: 90},
+		{DataBytes: 2 * gib, Overprovision: "1", ThresholdPercent: 80},
+		nil,
+	}
+	for i, p := range ns.Status.Pools {
+		if !reflect.DeepEqual(p.Thin, want[i]) {
+			t.Errorf("pool %s: thin %+v, want %+v", p.Name, p.Thin, want[i])
+		}
+	}
+}

@@ -37,6 +37,17 @@ type typed struct {
 
 func (b typed) Type() string { return b.typ }
 
+// Capacity: an lvm-thin pool also reports its real use (NodeStorage's
+// status.pools[].thin), active, so every field of it is written.
+func (b typed) Capacity(ctx context.Context) (backend.Capacity, error) {
+	c, err := b.Memory.Capacity(ctx)
+	if b.typ == lvm.ThinType {
+		c.Thin = backend.ThinUsage{DataBytes: 5 << 30, DataPercent: 41.5, MetadataPercent: 12.25, Active: true,
+			VirtualBytes: 3 << 30, Overprovision: 2.5, ThresholdPercent: 90}
+	}
+	return c, err
+}
+
 // Devices: every pool also lists disks (as a pool built from disks does),
 // one of them missing, so the schema of status.pools[].devices is exercised.
 func (b typed) Devices(context.Context) ([]backend.Device, error) {
@@ -121,6 +132,10 @@ func TestCRDsAcceptWhatTheCodeWrites(t *testing.T) {
 		got[p.Name] = p.Type
 		if len(p.Devices) != 2 || !p.Devices[1].Missing || p.Devices[0].FreeBytes != 1<<29 {
 			t.Errorf("NodeStorage on the server: pool %q devices %+v, want the two written", p.Name, p.Devices)
+		}
+		wantThin := p.Type == lvm.ThinType
+		if th := p.Thin; wantThin != (th != nil) || wantThin && (th.DataPercent != "41.50" || th.Overprovision != "2.5" || th.VirtualBytes != 3<<30) {
+			t.Errorf("NodeStorage on the server: pool %q thin status %+v (want one: %v)", p.Name, th, wantThin)
 		}
 	}
 	for _, typ := range typeNames {

@@ -3,7 +3,9 @@
 //
 // On a host without device-mapper (metadata-only LVM on a loop device) the
 // specs that must stage or publish a real device are skipped, each with its
-// reason. With CARVE_SANITY_VG=<existing VG> (the VM rig), nothing is skipped.
+// reason. With CARVE_SANITY_VG=<existing VG> (the VM rig), nothing is skipped;
+// CARVE_SANITY_POOL=<--pool value> then replaces the default pool
+// (default=lvm:<VG>), e.g. an lvm-thin pool in that VG.
 package sanity
 
 import (
@@ -55,7 +57,12 @@ func TestSanity(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	p := driver.Start(t, env, "--mode=node", "--nodeid=sanity-node", "--pool=default=lvm:"+vg,
+	pool := "default=lvm:" + vg
+	if p := os.Getenv("CARVE_SANITY_POOL"); p != "" && full {
+		pool = p
+	}
+	t.Logf("pool: %s", pool)
+	p := driver.Start(t, env, "--mode=node", "--nodeid=sanity-node", "--pool="+pool,
 		"--kubelet-dir="+kubelet, "--v=4")
 
 	cfg := sanity.NewTestConfig()

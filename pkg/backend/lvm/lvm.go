@@ -87,6 +87,9 @@ type Backend struct {
 	devExists func(string) bool
 	// zero: Create zeroes each new LV before returning it (EnableZeroing).
 	zero bool
+	// thinPool, when set (Thin), limits Get and List to the thin LVs of
+	// that thin pool.
+	thinPool string
 }
 
 // EnableZeroing makes Create zero every new LV before returning it, so that
@@ -335,7 +338,7 @@ func (b *Backend) removeHalfMade(ctx context.Context, id string, tags []string) 
 	if len(tags) > 1 && strings.HasPrefix(tags[1], TagName) {
 		sel += "," + tags[1]
 	}
-	sel += "}"
+	sel += "}" + b.inThinPool()
 	out, err := b.runner.Run(ctx, "lvm", "lvremove", "-f", "-S", sel, b.vg)
 	if err != nil {
 		return fmt.Errorf("lvm: create %s failed; removing what it may have left: %w", id, err)
@@ -355,7 +358,7 @@ func (b *Backend) Delete(ctx context.Context, id string) error {
 	if err := checkID(id); err != nil {
 		return err
 	}
-	sel := "lv_name=" + id + " && lv_tags={" + b.owner + "}"
+	sel := "lv_name=" + id + " && lv_tags={" + b.owner + "}" + b.inThinPool()
 	out, err := b.runner.Run(ctx, "lvm", "lvremove", "-f", "-S", sel, b.vg)
 	if err != nil {
 		return b.mapError("delete", id, err)
@@ -384,7 +387,7 @@ func (b *Backend) DeleteInline(ctx context.Context, id, name, target string) (bo
 	if err := checkID(id); err != nil {
 		return false, err
 	}
-	sel := "lv_name=" + id + " && lv_tags={" + strings.Join(Tags(b.owner, name, true, target), ",") + "}"
+	sel := "lv_name=" + id + " && lv_tags={" + strings.Join(Tags(b.owner, name, true, target), ",") + "}" + b.inThinPool()
 	out, err := b.runner.Run(ctx, "lvm", "lvremove", "-f", "-S", sel, b.vg)
 	if err != nil {
 		return false, b.mapError("delete", id, err)
@@ -430,7 +433,7 @@ func (b *Backend) Get(ctx context.Context, id string) (*backend.Volume, error) {
 	if err := checkID(id); err != nil {
 		return nil, err
 	}
-	args := append([]string{"lvs", "-o", lvColumns}, reportArgs...)
+	args := append([]string{"lvs", "-o", b.lvColumns()}, reportArgs...)
 	out, err := b.runner.Run(ctx, "lvm", append(args, b.vg+"/"+id)...)
 	if err != nil {
 		return nil, b.mapError("get", id, err)
@@ -442,6 +445,9 @@ func (b *Backend) Get(ctx context.Context, id string) (*backend.Volume, error) {
 	for _, r := range rows {
 		if r.Name != id || r.VG != b.vg { // as List: only this VG's LV (found by FuzzLVMReport)
 			continue
+		}
+		if b.thinPool != "" && r.PoolLV != b.thinPool {
+			return nil, fmt.Errorf("lvm: logical volume %s/%s is not a thin volume of thin pool %s: %w", b.vg, id, b.thinPool, backend.ErrNotFound)
 		}
 		if !hasTag(r.Tags, b.owner) {
 			return nil, fmt.Errorf("lvm: logical volume %s/%s (tags %q) lacks tag %s: %w", b.vg, id, r.Tags, b.owner, backend.ErrNotOwned)
@@ -458,8 +464,9 @@ func (b *Backend) Get(ctx context.Context, id string) (*backend.Volume, error) {
 // List implements backend.Backend with one lvs over the VG, selecting our
 // owner tag (and filtering again here).
 func (b *Backend) List(ctx context.Context) ([]backend.Volume, error) {
-	args := append([]string{"lvs", "-o", lvColumns}, reportArgs...)
-	args = append(args, "-S", "lv_tags={"+b.owner+"}", b.vg)
+	args := append([]string{"lvs", "-o", b.lvColumns()}, reportArgs...)
+	sel := "lv_tags={" + b.owner + "}" + b.inThinPool()
+	args = append(args, "-S", sel, b.vg)
 	out, err := b.runner.Run(ctx, "lvm", args...)
 	if err != nil {
 		return nil, b.mapError("list", "", err)
@@ -470,7 +477,7 @@ func (b *Backend) List(ctx context.Context) ([]backend.Volume, error) {
 	}
 	vols := []backend.Volume{}
 	for _, r := range rows {
-		if !hasTag(r.Tags, b.owner) || r.VG != b.vg {
+		if !hasTag(r.Tags, b.owner) || r.VG != b.vg || r.PoolLV != b.thinPool {
 			continue
 		}
 		vol, err := b.volume(r)
@@ -549,6 +556,24 @@ func (b *Backend) Activate(ctx context.Context, id string) (string, error) {
 			b.vg, id, dev, backend.ErrUnavailable)
 	}
 	return dev, nil
+}
+
+// inThinPool is the selection term that keeps a thin pool's backend to its
+// thin LVs (" && pool_lv=<pool>"), "" for a thick pool.
+func (b *Backend) inThinPool() string {
+	if b.thinPool == "" {
+		return ""
+	}
+	return " && pool_lv=" + b.thinPool
+}
+
+// lvColumns are the columns of Get's and List's lvs: lvColumns, and pool_lv
+// for a thin pool's backend.
+func (b *Backend) lvColumns() string {
+	if b.thinPool != "" {
+		return lvColumns + ",pool_lv"
+	}
+	return lvColumns
 }
 
 func (b *Backend) devicePath(id string) string { return "/dev/" + b.vg + "/" + id }
@@ -761,6 +786,8 @@ type lvRow struct {
 	// holding part of the LV is missing (health-missing-pv.txt), and raid
 	// states ("refresh needed", "mismatches exist").
 	Health string `json:"lv_health_status"`
+	// PoolLV is the thin pool of a thin LV (only in thin pools' reports).
+	PoolLV string `json:"pool_lv"`
 }
 
 type vgRow struct {

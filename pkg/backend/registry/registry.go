@@ -43,6 +43,9 @@ type Spec struct {
 	// Devices (lvm): patterns of the disks carve builds the volume group
 	// from (package disks); empty for a volume group the admin made.
 	Devices []string
+	// Thin (lvm-thin): the thin pool in volume group Source and how it is
+	// shared out (lvm.ThinOptions; zero values take lvm's defaults).
+	Thin lvm.ThinOptions
 }
 
 // String renders the spec as the --pool flag reads it.
@@ -53,6 +56,18 @@ func (s Spec) String() string {
 	}
 	if len(s.Devices) > 0 {
 		out += ":" + devicesKey + strings.Join(s.Devices, ",")
+	}
+	if s.Type == lvm.ThinType {
+		out += "/" + s.Thin.ThinPool
+		if s.Thin.Overprovision != 0 {
+			out += ":" + overprovisionKey + strconv.FormatFloat(s.Thin.Overprovision, 'g', -1, 64)
+		}
+		if s.Thin.ThresholdPercent != 0 {
+			out += ":" + thresholdKey + strconv.Itoa(s.Thin.ThresholdPercent) + "%"
+		}
+		if s.Thin.CreatePercent != 0 {
+			out += ":" + sizeKey + strconv.Itoa(s.Thin.CreatePercent) + "%"
+		}
 	}
 	return out
 }
@@ -99,6 +114,12 @@ func Kinds() []Kind {
 					return zeroing(disks.New(ctx, env.Runner, s.Name, disks.Options{VG: s.Source, Owner: env.Owner, Patterns: s.Devices}))(ctx, env)
 				}
 				return zeroing(lvm.New(ctx, env.Runner, s.Name, s.Source, env.Owner))(ctx, env)
+			}},
+		{Type: lvm.ThinType, Source: "<volume group>/<thin pool>[:" + overprovisionKey + "<ratio>][:" + thresholdKey + "<percent>%][:" + sizeKey + "<percent of the VG>%]",
+			Example: "scratch=" + lvm.ThinType + ":vg0/thin:" + overprovisionKey + "4:" + sizeKey + "50%",
+			parse:   parseThin,
+			build: func(ctx context.Context, env Env, s Spec) (backend.Backend, error) {
+				return lvm.NewThin(ctx, env.Runner, s.Name, s.Source, env.Owner, s.Thin)
 			}},
 		{Type: pmem.Type, Source: "<region|all>", Example: "dax=" + pmem.Type + ":region0", parse: parseRegion, conflict: pmemConflict,
 			build: func(ctx context.Context, env Env, s Spec) (backend.Backend, error) {
@@ -166,6 +187,12 @@ func Parse(name, typ, source string) (Spec, error) {
 // Conflict reports why pools a and b cannot both be configured on one node
 // (nil when they can). Names are the caller's business.
 func Conflict(a, b Spec) error {
+	if (a.Type == lvm.ThinType || b.Type == lvm.ThinType) && lvmVG(a) != "" && lvmVG(a) == lvmVG(b) {
+		// Thick and thin pools on one VG would each find the other's
+		// volumes by id (lvm's names are per VG), and two thin pools' budgets would
+		// not see each other's LVs in the VG's free space.
+		return fmt.Errorf("volume group %s holds an lvm-thin pool, so no other pool can use it", lvmVG(a))
+	}
 	if a.Type != b.Type {
 		return nil
 	}
@@ -187,6 +214,73 @@ func New(ctx context.Context, env Env, spec Spec) (backend.Backend, error) {
 
 // devicesKey starts the device patterns of an lvm pool built from disks.
 const devicesKey = "devices="
+
+// Options of an lvm-thin pool (lvm.ThinOptions).
+const (
+	overprovisionKey = "overprovision="
+	thresholdKey     = "threshold="
+	sizeKey          = "size="
+)
+
+// lvmVG is the volume group of an lvm or lvm-thin pool, "" for other types.
+func lvmVG(s Spec) string {
+	if s.Type == lvm.Type || s.Type == lvm.ThinType {
+		return s.Source
+	}
+	return ""
+}
+
+// parseThin reads "<vg>/<thin pool>[:overprovision=<ratio>][:threshold=<p>%][:size=<p>%]".
+func parseThin(spec *Spec, source string) error {
+	loc, rest, hasRest := strings.Cut(source, ":")
+	vg, tp, ok := strings.Cut(loc, "/")
+	if !ok || !names.ValidVGName(vg) || !names.ValidVGName(tp) {
+		return fmt.Errorf("thin pool %q: want <volume group>/<thin pool>, names lvm accepts ([A-Za-z0-9+_.-], not starting with '-')", loc)
+	}
+	spec.Source, spec.Thin.ThinPool = vg, tp
+	if !hasRest {
+		return nil
+	}
+	pct := func(key, v string, lo int) (int, error) {
+		m := share.FindStringSubmatch(v)
+		n := -1
+		if m != nil && strings.HasSuffix(v, "%") {
+			n, _ = strconv.Atoi(m[1])
+		}
+		if n < lo || n > 100 {
+			return 0, fmt.Errorf("%s%s: want %d%%-100%%", key, v, lo)
+		}
+		return n, nil
+	}
+	seen := map[string]bool{}
+	for _, opt := range strings.Split(rest, ":") {
+		k, v, _ := strings.Cut(opt, "=")
+		key := k + "="
+		if seen[key] {
+			return fmt.Errorf("option %s given twice", k)
+		}
+		seen[key] = true
+		var err error
+		switch key {
+		case overprovisionKey:
+			r, perr := strconv.ParseFloat(v, 64)
+			if perr != nil || !(r >= 1) || r > 1000 {
+				return fmt.Errorf("%s%s: want a ratio from 1 to 1000 (1: no overprovisioning)", key, v)
+			}
+			spec.Thin.Overprovision = r
+		case thresholdKey:
+			spec.Thin.ThresholdPercent, err = pct(key, v, 1)
+		case sizeKey:
+			spec.Thin.CreatePercent, err = pct(key, v, 1)
+		default:
+			return fmt.Errorf("option %q: want %s<ratio>, %s<percent>%% or %s<percent>%%", opt, overprovisionKey, thresholdKey, sizeKey)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // parseLVM reads "<vg>" or "<vg>:devices=<pattern>[,<pattern>...]". A
 // pattern is an absolute path below /dev in filepath.Match syntax; it may

@@ -139,6 +139,30 @@ type PoolStatus struct {
 	// +optional
 	// +listType=atomic
 	Devices []PoolDevice `json:"devices,omitempty"`
+	// Thin is a thin pool's real use (lvm-thin pools only): its capacity
+	// figures count virtual bytes, this says what is really written.
+	// +optional
+	Thin *ThinPoolStatus `json:"thin,omitempty"`
+}
+
+// ThinPoolStatus is an lvm thin pool's real use and the rules its virtual
+// capacity follows (issue 14).
+type ThinPoolStatus struct {
+	// DataBytes is the thin pool's data size.
+	DataBytes int64 `json:"dataBytes"`
+	// DataPercent and MetadataPercent are lvm's data_percent and
+	// metadata_percent ("12.50"); empty while the pool is inactive.
+	// +optional
+	DataPercent string `json:"dataPercent,omitempty"`
+	// +optional
+	MetadataPercent string `json:"metadataPercent,omitempty"`
+	// VirtualBytes are the virtual sizes of every thin volume in the pool.
+	VirtualBytes int64 `json:"virtualBytes"`
+	// Overprovision: the virtual sizes may add up to this times DataBytes ("2.5").
+	Overprovision string `json:"overprovision"`
+	// ThresholdPercent: at or above this data or metadata use the pool
+	// takes no new volumes or expansions.
+	ThresholdPercent int32 `json:"thresholdPercent"`
 }
 
 // PoolDevice is one disk of a pool.
