@@ -69,6 +69,9 @@ type Volume struct {
 	// lv_health_status "partial": a physical volume holding part of it is
 	// missing). NodeGetVolumeStats reports it as an abnormal volume_condition.
 	Condition string `json:",omitempty"`
+	// Source is the snapshot or volume id the volume was created from
+	// (Snapshotter.CreateFrom), "" for a new empty volume.
+	Source string `json:",omitempty"`
 }
 
 // CreateRequest asks for a new volume. SizeBytes is already aligned by the caller
@@ -213,6 +216,39 @@ func StripedMax(free []int64, extentBytes int64, stripes int) (int64, int, error
 		return math.MaxInt64 / extentBytes / int64(n) * int64(n) * extentBytes, n, nil
 	}
 	return ext[n-1] * int64(n) * extentBytes, n, nil
+}
+
+// Snapshot is a point-in-time copy of a volume in the same pool (lvm-thin:
+// a thin snapshot LV). It outlives its source: deleting the source volume
+// leaves the snapshot readable and restorable.
+type Snapshot struct {
+	ID        string // device name (names.SnapshotID) = CSI snapshot id
+	Name      string // CSI snapshot name it was created for
+	SourceID  string // the volume it was taken of
+	Pool      string
+	SizeBytes int64 // the source's size when it was taken
+	// CreationTime in seconds since the epoch (lvm's lv_time).
+	CreationTime int64
+}
+
+// Snapshotter is implemented by pools that can take snapshots of their
+// volumes and create volumes from snapshots and volumes (lvm-thin).
+type Snapshotter interface {
+	// CreateSnapshot takes snapshot id (CSI snapshot name) of volume
+	// sourceID. Errors: ErrNotFound (no such volume in the pool), ErrExists
+	// (id is taken; the caller compares name and source with GetSnapshot),
+	// ErrNoSpace (the pool's budget has no room for the snapshot's size).
+	CreateSnapshot(ctx context.Context, id, name, sourceID string) (*Snapshot, error)
+	// GetSnapshot returns ErrNotFound or ErrNotOwned when id is not a carve snapshot.
+	GetSnapshot(ctx context.Context, id string) (*Snapshot, error)
+	// ListSnapshots returns the pool's carve snapshots.
+	ListSnapshots(ctx context.Context) ([]Snapshot, error)
+	// DeleteSnapshot removes a carve snapshot; ErrNotFound when absent.
+	DeleteSnapshot(ctx context.Context, id string) error
+	// CreateFrom makes volume req with the content of sourceID, a snapshot
+	// or a volume of this pool, at least the source's size (req.SizeBytes
+	// is raised to it). Errors as Create, and ErrNotFound for a missing source.
+	CreateFrom(ctx context.Context, req CreateRequest, sourceID string) (*Volume, error)
 }
 
 // InlineRemover is implemented by backends that can check and remove an

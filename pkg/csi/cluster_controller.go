@@ -87,6 +87,10 @@ func clusterVolume(lv *v1alpha1.LocalVolume) *csi.Volume {
 }
 
 func (c *ClusterController) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	if req.GetVolumeContentSource() != nil {
+		// Snapshots and clones are node-local so far (--node-deployment, issue 14).
+		return nil, invalid("volume content sources (snapshots, clones) are not supported in controller mode; deploy with --node-deployment and an lvm-thin pool")
+	}
 	pool, striping, r, err := parseCreate(req)
 	if err != nil {
 		return nil, err

@@ -133,6 +133,13 @@ func (c *LocalController) CreateVolume(ctx context.Context, req *csi.CreateVolum
 	if err != nil {
 		return nil, err
 	}
+	source, err := contentSource(req)
+	if err != nil {
+		return nil, err
+	}
+	if source != "" && !c.Vols.CanSnapshot() {
+		return nil, invalid("volume content sources (snapshots, clones) need an lvm-thin pool; this node has none")
+	}
 	if !c.reachable(req.GetAccessibilityRequirements()) {
 		return nil, status.Errorf(codes.ResourceExhausted, "requisite topology does not include node %q", c.NodeID)
 	}
@@ -141,7 +148,7 @@ func (c *LocalController) CreateVolume(ctx context.Context, req *csi.CreateVolum
 		return nil, err
 	}
 	defer unlock()
-	v, err := c.Vols.Create(ctx, volume.CreateRequest{Name: req.GetName(), Pool: pool, Range: r, Striping: striping})
+	v, err := c.Vols.Create(ctx, volume.CreateRequest{Name: req.GetName(), Pool: pool, Range: r, Striping: striping, Source: source})
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -160,6 +167,8 @@ func (c *LocalController) CreateVolume(ctx context.Context, req *csi.CreateVolum
 	if d, ok := req.GetParameters()[ParamDAX]; ok {
 		vol.VolumeContext[ParamDAX] = d
 	}
+	// CSI spec, CreateVolume: a volume made from a source says so.
+	vol.ContentSource = req.GetVolumeContentSource()
 	return &csi.CreateVolumeResponse{Volume: vol}, nil
 }
 
@@ -277,6 +286,11 @@ func (c *LocalController) ControllerGetCapabilities(context.Context, *csi.Contro
 		if t != csi.ControllerServiceCapability_RPC_EXPAND_VOLUME || canExpand(c.Vols) {
 			types = append(types, t)
 		}
+	}
+	if c.Vols != nil && c.Vols.CanSnapshot() {
+		// Only with an lvm-thin pool; other pools refuse each call with InvalidArgument.
+		types = append(types, csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
+			csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS, csi.ControllerServiceCapability_RPC_CLONE_VOLUME)
 	}
 	return controllerCapabilities(types...), nil
 }

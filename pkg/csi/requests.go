@@ -26,9 +26,6 @@ func parseCreate(req *csi.CreateVolumeRequest) (string, volume.Striping, volume.
 	if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return "", s, volume.Range{}, invalid("%v", err)
 	}
-	if req.GetVolumeContentSource() != nil {
-		return "", s, volume.Range{}, invalid("volume content sources (snapshots, clones) are not supported")
-	}
 	pool, s, err := checkParameters(req.GetParameters())
 	if err != nil {
 		return "", s, volume.Range{}, err
@@ -39,6 +36,28 @@ func parseCreate(req *csi.CreateVolumeRequest) (string, volume.Striping, volume.
 	}
 	r, err = fitFilesystem(r, req.GetVolumeCapabilities())
 	return pool, s, r, err
+}
+
+// contentSource returns the id of the snapshot or volume a CreateVolume
+// request copies ("" for none). A source of another kind, or without an id,
+// is InvalidArgument.
+func contentSource(req *csi.CreateVolumeRequest) (string, error) {
+	cs := req.GetVolumeContentSource()
+	switch {
+	case cs == nil:
+		return "", nil
+	case cs.GetSnapshot() != nil:
+		if cs.GetSnapshot().GetSnapshotId() == "" {
+			return "", invalid("volume content source: snapshot id is missing")
+		}
+		return cs.GetSnapshot().GetSnapshotId(), nil
+	case cs.GetVolume() != nil:
+		if cs.GetVolume().GetVolumeId() == "" {
+			return "", invalid("volume content source: volume id is missing")
+		}
+		return cs.GetVolume().GetVolumeId(), nil
+	}
+	return "", invalid("volume content source of an unknown kind")
 }
 
 // filesystemMinimum is the largest minimum device size (bytes) among the

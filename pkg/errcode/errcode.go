@@ -38,7 +38,7 @@ func Of(err error) codes.Code {
 		return codes.AlreadyExists
 	case errors.Is(err, volume.ErrOutOfRange), errors.Is(err, backend.ErrNotExpandable):
 		return codes.OutOfRange
-	case errors.Is(err, volume.ErrUnknownPool), errors.Is(err, backend.ErrCannotStripe):
+	case errors.Is(err, volume.ErrUnknownPool), errors.Is(err, backend.ErrCannotStripe), errors.Is(err, volume.ErrCannotSnapshot):
 		return codes.InvalidArgument
 	case errors.Is(err, backend.ErrInUse):
 		return codes.FailedPrecondition

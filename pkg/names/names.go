@@ -39,6 +39,37 @@ func IsVolumeID(s string) bool {
 	return len(s) <= MaxLen && idPattern.MatchString(s)
 }
 
+// snapshotPrefix starts every snapshot id. It differs from a volume id's
+// "carve-" in its sixth byte, so no snapshot id is a volume id (IsVolumeID)
+// and a DeleteVolume given a snapshot's id touches nothing.
+const snapshotPrefix = "carvesnap-"
+
+// maxSnapshotReadable keeps snapshot ids within MaxLen, as volume ids.
+const maxSnapshotReadable = MaxLen - len(snapshotPrefix) - 1 - hashLen
+
+var snapshotPattern = regexp.MustCompile(`^carvesnap-([a-z0-9]+(-[a-z0-9]+)*-)?[0-9a-f]{16}$`)
+
+// SnapshotID derives the device name (a thin snapshot LV) for a CSI
+// snapshot name: "carvesnap-<readable>-<16 hex>", at most MaxLen bytes,
+// [a-z0-9-], stable across versions like VolumeID.
+func SnapshotID(csiName string) string {
+	sum := sha256.Sum256([]byte(csiName))
+	readable := readablePart(csiName)
+	if len(readable) > maxSnapshotReadable {
+		readable = strings.TrimRight(readable[:maxSnapshotReadable], "-")
+	}
+	id := snapshotPrefix
+	if readable != "" {
+		id += readable + "-"
+	}
+	return id + hex.EncodeToString(sum[:hashLen/2])
+}
+
+// IsSnapshotID reports whether s has the shape of an id SnapshotID produces.
+func IsSnapshotID(s string) bool {
+	return len(s) <= MaxLen && snapshotPattern.MatchString(s)
+}
+
 // readablePart keeps a human-recognizable piece of the name: lowercase
 // alphanumerics, runs of anything else collapsed to one '-', bounded length.
 func readablePart(name string) string {

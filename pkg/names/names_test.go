@@ -63,3 +63,20 @@ func TestValidVGName(t *testing.T) {
 		}
 	}
 }
+
+// TestSnapshotIDShape: snapshot ids are valid LV names within MaxLen, never
+// volume ids (a DeleteVolume with a snapshot id must touch nothing), stable.
+func TestSnapshotIDShape(t *testing.T) {
+	for _, name := range []string{"", "snapshot-1", "snapshot-6f1e0c38-8d0b-4a4e-9d7e-3c5b2a1f0e9d", strings.Repeat("Ab/", 60), "ünïcode"} {
+		id := SnapshotID(name)
+		if !IsSnapshotID(id) || IsVolumeID(id) || len(id) > MaxLen || !lvmName.MatchString(id) {
+			t.Errorf("SnapshotID(%q) = %q: snapshot id %v, volume id %v, %d bytes", name, id, IsSnapshotID(id), IsVolumeID(id), len(id))
+		}
+		if IsSnapshotID(VolumeID(name)) {
+			t.Errorf("VolumeID(%q) = %q passes IsSnapshotID", name, VolumeID(name))
+		}
+	}
+	if got := SnapshotID("snapshot-1"); got != "carvesnap-snapshot-1-"+VolumeID("snapshot-1")[len("carve-snapshot-1-"):] {
+		t.Errorf("SnapshotID(snapshot-1) = %q: want the volume id's hash", got)
+	}
+}

@@ -27,6 +27,9 @@ var (
 	ErrOutOfRange = errors.New("no volume size fits the capacity range")
 	// ErrIncompatible: a volume with that name exists with other properties.
 	ErrIncompatible = errors.New("volume exists with incompatible properties")
+	// ErrCannotSnapshot: the pool cannot take snapshots or create volumes
+	// from a source (thick lvm, pmem); the message names the pool type that can.
+	ErrCannotSnapshot = errors.New("pool cannot take snapshots or create volumes from a source")
 )
 
 // Pool is a named backend.
@@ -118,6 +121,9 @@ type CreateRequest struct {
 	Ephemeral  bool
 	TargetPath string
 	Striping   Striping
+	// Source is a snapshot or volume id to copy (CSI volume_content_source),
+	// "" for an empty volume. The new volume goes to the source's pool.
+	Source string
 }
 
 // Striping asks for a volume striped over several devices of its pool.
@@ -202,6 +208,9 @@ func resolveStriping(ctx context.Context, p Pool, s Striping) (stripes int, alig
 
 // Create makes the volume or returns the existing compatible one with that name.
 func (m *Manager) Create(ctx context.Context, req CreateRequest) (*backend.Volume, error) {
+	if req.Source != "" {
+		return m.createFrom(ctx, req)
+	}
 	p, err := m.pool(req.Pool)
 	if err != nil {
 		return nil, err
@@ -240,11 +249,19 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (*backend.Volum
 	if !errors.Is(err, backend.ErrExists) {
 		return nil, err
 	}
+	return compatible(ctx, p, id, req)
+}
+
+// compatible returns the existing volume id of pool p when it is what req
+// asks for (a retry), else ErrExists or ErrIncompatible.
+func compatible(ctx context.Context, p Pool, id string, req CreateRequest) (*backend.Volume, error) {
 	existing, err := p.Backend.Get(ctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("volume id %q is taken: %w", id, err)
 	}
 	switch {
+	case existing.Source != req.Source:
+		return nil, fmt.Errorf("%w: volume %q was created from %q, not %q", ErrIncompatible, req.Name, existing.Source, req.Source)
 	case existing.Name != req.Name:
 		return nil, fmt.Errorf("%w: id %q belongs to volume %q", backend.ErrExists, id, existing.Name)
 	case !req.Range.Contains(existing.SizeBytes):
@@ -254,6 +271,193 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (*backend.Volum
 		return nil, fmt.Errorf("%w: volume %q ephemeral=%v", ErrIncompatible, req.Name, existing.Ephemeral)
 	}
 	return existing, nil
+}
+
+// snapshotter returns p's backend as a backend.Snapshotter, or ErrCannotSnapshot.
+func snapshotter(p Pool) (backend.Snapshotter, error) {
+	sn, ok := p.Backend.(backend.Snapshotter)
+	if !ok {
+		return nil, fmt.Errorf("pool %q is of type %s; snapshots and volumes from a source need an lvm-thin pool: %w",
+			p.Name, p.Backend.Type(), ErrCannotSnapshot)
+	}
+	return sn, nil
+}
+
+// CanSnapshot reports whether any pool can take snapshots (backend.Snapshotter).
+func (m *Manager) CanSnapshot() bool {
+	for _, p := range m.pools {
+		if _, ok := p.Backend.(backend.Snapshotter); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// sourcePool finds the pool holding source, a snapshot or a volume id.
+// Errors: backend.ErrNotFound (no pool has it), ErrCannotSnapshot.
+func (m *Manager) sourcePool(ctx context.Context, source string) (Pool, backend.Snapshotter, error) {
+	if names.IsSnapshotID(source) {
+		for _, p := range m.pools {
+			sn, ok := p.Backend.(backend.Snapshotter)
+			if !ok {
+				continue
+			}
+			if _, err := sn.GetSnapshot(ctx, source); err == nil {
+				return p, sn, nil
+			} else if !errors.Is(err, backend.ErrNotFound) {
+				return Pool{}, nil, err
+			}
+		}
+		return Pool{}, nil, fmt.Errorf("snapshot %q: %w", source, backend.ErrNotFound)
+	}
+	v, err := m.Find(ctx, source)
+	if err != nil {
+		return Pool{}, nil, err
+	}
+	p, err := m.pool(v.Pool)
+	if err != nil {
+		return Pool{}, nil, err
+	}
+	sn, err := snapshotter(p)
+	return p, sn, err
+}
+
+// createFrom makes volume req from req.Source in the source's pool.
+func (m *Manager) createFrom(ctx context.Context, req CreateRequest) (*backend.Volume, error) {
+	p, sn, err := m.sourcePool(ctx, req.Source)
+	if err != nil {
+		return nil, err
+	}
+	if req.Pool != "" && req.Pool != p.Name {
+		return nil, fmt.Errorf("%w: source %q is in pool %q, not %q: a volume is created from a source in the source's pool",
+			ErrUnknownPool, req.Source, p.Name, req.Pool)
+	}
+	if req.Striping.Striped() {
+		return nil, fmt.Errorf("a volume from a source is not striped: %w", backend.ErrCannotStripe)
+	}
+	size, err := SizeFor(req.Range, p.Backend.AlignBytes())
+	if err != nil {
+		return nil, err
+	}
+	id := names.VolumeID(req.Name)
+	if other, err := m.findIn(ctx, id, p.Name); err == nil {
+		return nil, fmt.Errorf("%w: volume %q exists in pool %q, not %q", ErrIncompatible, req.Name, other.Pool, p.Name)
+	} else if !errors.Is(err, backend.ErrNotFound) {
+		return nil, err
+	}
+	vol, err := sn.CreateFrom(ctx, backend.CreateRequest{ID: id, Name: req.Name, SizeBytes: size, Ephemeral: req.Ephemeral, TargetPath: req.TargetPath}, req.Source)
+	if err == nil {
+		if !req.Range.Contains(vol.SizeBytes) {
+			// The source is larger than the limit asked for: a copy cannot shrink.
+			derr := p.Backend.Delete(ctx, vol.ID)
+			return nil, errors.Join(fmt.Errorf("%w: source %q has %d bytes, more than the limit %d", ErrOutOfRange, req.Source, vol.SizeBytes, req.Range.LimitBytes), derr)
+		}
+		klog.InfoS("Volume created from a source", "name", req.Name, "id", id, "pool", p.Name, "source", req.Source, "bytes", vol.SizeBytes)
+		return vol, nil
+	}
+	if !errors.Is(err, backend.ErrExists) {
+		return nil, err
+	}
+	return compatible(ctx, p, id, req)
+}
+
+// CreateSnapshot takes snapshot name of volume sourceID in its pool, or
+// returns the existing one of that name and source (a retry). Errors:
+// backend.ErrNotFound (no such volume), ErrCannotSnapshot, backend.ErrExists
+// (the name belongs to a snapshot of another volume), backend.ErrNoSpace.
+func (m *Manager) CreateSnapshot(ctx context.Context, name, sourceID string) (*backend.Snapshot, error) {
+	id := names.SnapshotID(name)
+	if s, err := m.FindSnapshot(ctx, id); err == nil {
+		if s.SourceID != sourceID || s.Name != name {
+			return nil, fmt.Errorf("%w: snapshot %q is of volume %q, not %q", backend.ErrExists, name, s.SourceID, sourceID)
+		}
+		return s, nil
+	} else if !errors.Is(err, backend.ErrNotFound) {
+		return nil, err
+	}
+	v, err := m.Find(ctx, sourceID)
+	if err != nil {
+		return nil, err
+	}
+	p, err := m.pool(v.Pool)
+	if err != nil {
+		return nil, err
+	}
+	sn, err := snapshotter(p)
+	if err != nil {
+		return nil, err
+	}
+	s, err := sn.CreateSnapshot(ctx, id, name, sourceID)
+	if err != nil {
+		return nil, err
+	}
+	klog.InfoS("Snapshot created", "name", name, "id", id, "source", sourceID, "pool", p.Name, "bytes", s.SizeBytes)
+	return s, nil
+}
+
+// FindSnapshot returns carve snapshot id from whichever pool has it, or backend.ErrNotFound.
+func (m *Manager) FindSnapshot(ctx context.Context, id string) (*backend.Snapshot, error) {
+	if !names.IsSnapshotID(id) {
+		return nil, fmt.Errorf("%w: %q is not a carve snapshot id", backend.ErrNotFound, id)
+	}
+	for _, p := range m.pools {
+		sn, ok := p.Backend.(backend.Snapshotter)
+		if !ok {
+			continue
+		}
+		s, err := sn.GetSnapshot(ctx, id)
+		if err == nil {
+			return s, nil
+		}
+		if !errors.Is(err, backend.ErrNotFound) {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("%w: snapshot %q", backend.ErrNotFound, id)
+}
+
+// DeleteSnapshot removes snapshot id; one that does not exist (or is not
+// carve's) is not an error, as for volumes.
+func (m *Manager) DeleteSnapshot(ctx context.Context, id string) error {
+	if !names.IsSnapshotID(id) {
+		return nil
+	}
+	for _, p := range m.pools {
+		sn, ok := p.Backend.(backend.Snapshotter)
+		if !ok {
+			continue
+		}
+		err := sn.DeleteSnapshot(ctx, id)
+		switch {
+		case err == nil:
+			klog.InfoS("Snapshot deleted", "id", id, "pool", p.Name)
+			return nil
+		case errors.Is(err, backend.ErrNotOwned):
+			klog.InfoS("Not deleting a snapshot carve does not own", "id", id, "pool", p.Name)
+			return nil
+		case !errors.Is(err, backend.ErrNotFound):
+			return err
+		}
+	}
+	return nil
+}
+
+// ListSnapshots returns every pool's carve snapshots, ordered by id.
+func (m *Manager) ListSnapshots(ctx context.Context) ([]backend.Snapshot, error) {
+	var out []backend.Snapshot
+	for _, p := range m.pools {
+		sn, ok := p.Backend.(backend.Snapshotter)
+		if !ok {
+			continue
+		}
+		s, err := sn.ListSnapshots(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s...)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
 }
 
 // Find returns the carve volume with that id from whichever pool has it.

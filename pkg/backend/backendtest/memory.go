@@ -23,6 +23,7 @@ type Memory struct {
 	mu      sync.Mutex
 	vols    map[string]backend.Volume
 	foreign map[string]bool
+	snaps   map[string]backend.Snapshot // Snapshots' (a thin pool's snapshots)
 	// FailNext, if set, is returned (once) by the next call of any method.
 	FailNext error
 }
@@ -31,7 +32,8 @@ var _ backend.Backend = (*Memory)(nil)
 
 // NewMemory returns an empty pool of total bytes with the given alignment.
 func NewMemory(pool string, total, align int64) *Memory {
-	return &Memory{PoolName: pool, Align: align, Total: total, vols: map[string]backend.Volume{}, foreign: map[string]bool{}}
+	return &Memory{PoolName: pool, Align: align, Total: total, vols: map[string]backend.Volume{}, foreign: map[string]bool{},
+		snaps: map[string]backend.Snapshot{}}
 }
 
 // AddForeign makes a device with that id that carve does not own.
@@ -51,6 +53,9 @@ func (m *Memory) used() int64 {
 	var u int64
 	for _, v := range m.vols {
 		u += v.SizeBytes
+	}
+	for _, s := range m.snaps { // as a thin pool counts its snapshots' virtual sizes
+		u += s.SizeBytes
 	}
 	return u
 }

@@ -46,6 +46,10 @@ const (
 	TagName      = "carve.name"
 	TagEphemeral = "carve.ephemeral"
 	TagTarget    = "carve.target"
+	// TagSource=<id> records what an LV was made from: on a snapshot, the
+	// volume it was taken of; on a volume created from a snapshot or a
+	// volume (lvm-thin), that source's id. Ids are [a-z0-9-], tag-safe.
+	TagSource = "carve.source"
 	// TagZeroing marks an LV whose zeroing has not finished (see
 	// EnableZeroing): Create removes it only after the LV reads as zeros.
 	TagZeroing = "carve.zeroing=pending"
@@ -477,8 +481,8 @@ func (b *Backend) List(ctx context.Context) ([]backend.Volume, error) {
 	}
 	vols := []backend.Volume{}
 	for _, r := range rows {
-		if !hasTag(r.Tags, b.owner) || r.VG != b.vg || r.PoolLV != b.thinPool {
-			continue
+		if !hasTag(r.Tags, b.owner) || r.VG != b.vg || r.PoolLV != b.thinPool || !names.IsVolumeID(r.Name) {
+			continue // not a volume of this pool (a snapshot is owner-tagged too)
 		}
 		vol, err := b.volume(r)
 		if err != nil {
@@ -666,6 +670,7 @@ type TagInfo struct {
 	Name       string
 	Ephemeral  bool
 	TargetPath string
+	Source     string // carve.source=, "" when absent
 }
 
 // ParseTags decodes a comma-separated lv_tags field (commas cannot occur in
@@ -685,6 +690,8 @@ func ParseTags(lvTags string) (TagInfo, error) {
 			info.Owner = v
 		case TagEphemeral:
 			info.Ephemeral = v == "true"
+		case TagSource:
+			info.Source = v
 		case TagName, TagTarget:
 			whole[k] = v
 		default:
@@ -763,6 +770,7 @@ func (b *Backend) volume(r lvRow) (*backend.Volume, error) {
 		DevicePath: dev,
 		Ephemeral:  info.Ephemeral,
 		TargetPath: info.TargetPath,
+		Source:     info.Source,
 	}
 	if r.Health != "" {
 		vol.Condition = fmt.Sprintf("lvm reports logical volume %s/%s as %q", r.VG, r.Name, r.Health)

@@ -155,7 +155,11 @@ func FuzzTags(f *testing.F) {
 		if err != nil || got.Owner == "" || strings.Contains(got.Owner, ",") {
 			return
 		}
-		again, err := ParseTags(strings.Join(Tags(TagOwner+"="+got.Owner, got.Name, got.Ephemeral, got.TargetPath), ","))
+		tags = Tags(TagOwner+"="+got.Owner, got.Name, got.Ephemeral, got.TargetPath)
+		if got.Source != "" {
+			tags = append(tags, TagSource+"="+got.Source)
+		}
+		again, err := ParseTags(strings.Join(tags, ","))
 		if err != nil || again != got {
 			t.Fatalf("ParseTags(%q) = %+v; encoded again it parses as %+v, %v", raw, got, again, err)
 		}
