@@ -147,8 +147,16 @@ func newRig(t *testing.T) *rig {
 	r.kubelet = t.TempDir()
 	locks := &keylock.Locks{}
 	r.node = &Node{Vols: vols, Mount: r.mount, NodeID: "node-1", Locks: locks, KubeletDir: r.kubelet}
-	srv := NewServer(&Identity{Name: "carve.csi.dev", Version: "test", Ready: vols.Check, Controller: true},
-		&LocalController{Vols: vols, NodeID: "node-1", Locks: locks}, r.node)
+	conn := serve(t, NewServer(&Identity{Name: "carve.csi.dev", Version: "test", Ready: vols.Check, Controller: true},
+		&LocalController{Vols: vols, NodeID: "node-1", Locks: locks}, r.node))
+	r.ids, r.ctrl, r.nodeC = csi.NewIdentityClient(conn), csi.NewControllerClient(conn), csi.NewNodeClient(conn)
+	return r
+}
+
+// serve serves srv on a Unix socket of its own until the test ends and
+// returns a client connection to it.
+func serve(t *testing.T, srv *grpc.Server) *grpc.ClientConn {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "csi.sock")
 	lis, err := Listen("unix://" + sock)
 	if err != nil {
@@ -161,8 +169,7 @@ func newRig(t *testing.T) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	r.ids, r.ctrl, r.nodeC = csi.NewIdentityClient(conn), csi.NewControllerClient(conn), csi.NewNodeClient(conn)
-	return r
+	return conn
 }
 
 func (r *rig) volumes(t *testing.T) int {

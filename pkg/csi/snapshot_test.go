@@ -2,13 +2,10 @@ package csi
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/carve-csi/carve/pkg/backend/backendtest"
@@ -28,21 +25,8 @@ func snapController(t *testing.T) csi.ControllerClient {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := NewServer(&Identity{Name: "carve.csi.dev", Version: "test", Ready: vols.Check, Controller: true},
-		&LocalController{Vols: vols, NodeID: "node-1", Locks: &keylock.Locks{}}, nil)
-	sock := filepath.Join(t.TempDir(), "csi.sock")
-	lis, err := Listen("unix://" + sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return csi.NewControllerClient(conn)
+	return csi.NewControllerClient(serve(t, NewServer(&Identity{Name: "carve.csi.dev", Version: "test", Ready: vols.Check, Controller: true},
+		&LocalController{Vols: vols, NodeID: "node-1", Locks: &keylock.Locks{}}, nil)))
 }
 
 func hasCap(resp *csi.ControllerGetCapabilitiesResponse, want csi.ControllerServiceCapability_RPC_Type) bool {

@@ -1016,7 +1016,34 @@ func TestPublishDevices(t *testing.T) {
 		{Path: "/dev/vdb", UUID: "u1", SizeBytes: gib, FreeBytes: gib / 2},
 		{Path: "[unknown]", UUID: "u2", SizeBytes: gib, FreeBytes: gib, Missing: true},
 	}}
-	vols, err := volume.NewManager([]volume.Pool{{Name: "disks", Backend: pool}, {Name: "plain", Backend: backendtest.NewMemory("plain", gib, 4*mib)}}, "disks")
+	a, c, ns := publishPools(t, "disks", volume.Pool{Name: "disks", Backend: pool}, volume.Pool{Name: "plain", Backend: backendtest.NewMemory("plain", gib, 4*mib)})
+	ctx := context.Background()
+	want := []v1alpha1.PoolDevice{
+		{Path: "/dev/vdb", UUID: "u1", SizeBytes: gib, FreeBytes: gib / 2},
+		{Path: "[unknown]", UUID: "u2", SizeBytes: gib, FreeBytes: gib, Missing: true},
+	}
+	if len(ns.Status.Pools) != 2 || !reflect.DeepEqual(ns.Status.Pools[0].Devices, want) || ns.Status.Pools[1].Devices != nil {
+		t.Fatalf("pools %+v, want the disk pool's devices %+v and none on the plain pool", ns.Status.Pools, want)
+	}
+	pool.err = errors.New("pvs failed")
+	vols, _ := volume.NewManager([]volume.Pool{{Name: "disks", Backend: pool}}, "disks")
+	a.Vols = vols
+	if err := a.Publish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Get(ctx, types.NamespacedName{Name: nodeName}, ns); err != nil {
+		t.Fatal(err)
+	}
+	if p := ns.Status.Pools[0]; p.Devices != nil || !p.Healthy || p.FreeBytes != 2*gib {
+		t.Fatalf("after a failed device read: %+v, want the capacity without devices", p)
+	}
+}
+
+// publishPools publishes NodeStorage for pools (def the default) through a
+// fake client and returns the agent, the client and what it wrote.
+func publishPools(t *testing.T, def string, pools ...volume.Pool) (*Agent, client.Client, *v1alpha1.NodeStorage) {
+	t.Helper()
+	vols, err := volume.NewManager(pools, def)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1034,25 +1061,7 @@ func TestPublishDevices(t *testing.T) {
 	if err := c.Get(ctx, types.NamespacedName{Name: nodeName}, ns); err != nil {
 		t.Fatal(err)
 	}
-	want := []v1alpha1.PoolDevice{
-		{Path: "/dev/vdb", UUID: "u1", SizeBytes: gib, FreeBytes: gib / 2},
-		{Path: "[unknown]", UUID: "u2", SizeBytes: gib, FreeBytes: gib, Missing: true},
-	}
-	if len(ns.Status.Pools) != 2 || !reflect.DeepEqual(ns.Status.Pools[0].Devices, want) || ns.Status.Pools[1].Devices != nil {
-		t.Fatalf("pools %+v, want the disk pool's devices %+v and none on the plain pool", ns.Status.Pools, want)
-	}
-	pool.err = errors.New("pvs failed")
-	vols, _ = volume.NewManager([]volume.Pool{{Name: "disks", Backend: pool}}, "disks")
-	a.Vols = vols
-	if err := a.Publish(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Get(ctx, types.NamespacedName{Name: nodeName}, ns); err != nil {
-		t.Fatal(err)
-	}
-	if p := ns.Status.Pools[0]; p.Devices != nil || !p.Healthy || p.FreeBytes != 2*gib {
-		t.Fatalf("after a failed device read: %+v, want the capacity without devices", p)
-	}
+	return a, c, ns
 }
 
 // thinned reports a thin pool's capacity (lvm.Thin's shape).
@@ -1075,25 +1084,8 @@ func TestPublishThinUsage(t *testing.T) {
 		usage: backend.ThinUsage{DataBytes: 2 * gib, DataPercent: 41.5, MetadataPercent: 12.3, Active: true, VirtualBytes: gib, Overprovision: 2.5, ThresholdPercent: 90}}
 	idle := thinned{Memory: backendtest.NewMemory("idle", 4*gib, 4*mib),
 		usage: backend.ThinUsage{DataBytes: 2 * gib, Overprovision: 1, ThresholdPercent: 80}}
-	vols, err := volume.NewManager([]volume.Pool{{Name: "thin", Backend: thin}, {Name: "idle", Backend: idle},
-		{Name: "plain", Backend: backendtest.NewMemory("plain", gib, 4*mib)}}, "thin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	scheme, err := Scheme()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := fake.NewClientBuilder().WithScheme(scheme).WithStatusSubresource(&v1alpha1.NodeStorage{}).WithObjects(node("uid-1")).Build()
-	a := &Agent{NodeName: nodeName, Vols: vols, Locks: &keylock.Locks{}, Client: c}
-	ctx := context.Background()
-	if err := a.Publish(ctx); err != nil {
-		t.Fatal(err)
-	}
-	ns := &v1alpha1.NodeStorage{}
-	if err := c.Get(ctx, types.NamespacedName{Name: nodeName}, ns); err != nil {
-		t.Fatal(err)
-	}
+	_, _, ns := publishPools(t, "thin", volume.Pool{Name: "thin", Backend: thin}, volume.Pool{Name: "idle", Backend: idle},
+		volume.Pool{Name: "plain", Backend: backendtest.NewMemory("plain", gib, 4*mib)})
 	want := []*v1alpha1.ThinPoolStatus{
 		{DataBytes: 2 * gib, DataPercent: "41.50", MetadataPercent: "12.30", VirtualBytes: gib, Overprovision: "2.5", ThresholdPercent: 90},
 		{DataBytes: 2 * gib, Overprovision: "1", ThresholdPercent: 80},

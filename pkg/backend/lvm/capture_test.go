@@ -104,6 +104,19 @@ func (r *recorder) take() []capCall {
 	return c
 }
 
+// stepper returns a function that runs one scenario and writes the calls
+// rec recorded meanwhile to dir/<name>.txt.
+func stepper(t *testing.T, rec *recorder, dir string) func(name string, f func() error) {
+	return func(name string, f func() error) {
+		t.Helper()
+		err := f()
+		t.Logf("%s: err=%v", name, err)
+		if err := writeCapture(filepath.Join(dir, name+".txt"), rec.take()); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func writeCapture(path string, calls []capCall) error {
 	var b bytes.Buffer
 	for i, c := range calls {
@@ -175,14 +188,7 @@ func TestCapture(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	step := func(name string, f func() error) {
-		t.Helper()
-		err := f()
-		t.Logf("%s: err=%v", name, err)
-		if err := writeCapture(filepath.Join(dir, name+".txt"), rec.take()); err != nil {
-			t.Fatal(err)
-		}
-	}
+	step := stepper(t, rec, dir)
 	bare := func(args ...string) error {
 		_, err := rec.Run(ctx, "lvm", args...)
 		return err
@@ -306,14 +312,7 @@ func TestCaptureMissingPV(t *testing.T) {
 	ctx := context.Background()
 	m := lvmtest.NewMultiVG(t, 2, 256<<20, capMissVG)
 	rec := &recorder{r: m.Runner}
-	step := func(name string, f func() error) {
-		t.Helper()
-		err := f()
-		t.Logf("%s: err=%v", name, err)
-		if err := writeCapture(filepath.Join("testdata", name+".txt"), rec.take()); err != nil {
-			t.Fatal(err)
-		}
-	}
+	step := stepper(t, rec, "testdata")
 	b, err := New(ctx, rec, capPool, capMissVG, capOwner)
 	if err != nil {
 		t.Fatal(err)
@@ -362,14 +361,7 @@ func TestCaptureInline(t *testing.T) {
 	ctx := context.Background()
 	v := lvmtest.NewVGInfo(t, 2<<30, capVG)
 	rec := &recorder{r: v.Runner}
-	step := func(name string, f func() error) {
-		t.Helper()
-		err := f()
-		t.Logf("%s: err=%v", name, err)
-		if err := writeCapture(filepath.Join("testdata", name+".txt"), rec.take()); err != nil {
-			t.Fatal(err)
-		}
-	}
+	step := stepper(t, rec, "testdata")
 	b, err := New(ctx, rec, capPool, capVG, capOwner)
 	if err != nil {
 		t.Fatal(err)

@@ -225,19 +225,26 @@ func (t *Thin) Create(ctx context.Context, req backend.CreateRequest) (*backend.
 	}
 	args = append(args, b.vg)
 	if _, err := b.runner.Run(ctx, "lvm", args...); err != nil {
-		err = b.mapError("create", req.ID, err)
-		if errors.Is(err, backend.ErrExists) || errors.Is(err, backend.ErrNoSpace) || errors.Is(err, backend.ErrDegraded) {
-			return nil, err
-		}
-		if cerr := b.removeHalfMade(ctx, req.ID, tags); cerr != nil {
-			return nil, errors.Join(err, cerr)
-		}
-		return nil, err
+		return nil, b.failedCreate(ctx, "create", req.ID, tags, err)
 	}
 	return &backend.Volume{
 		ID: req.ID, Name: req.Name, Pool: b.pool, SizeBytes: size, DevicePath: b.devicePath(req.ID),
 		Ephemeral: req.Ephemeral, TargetPath: req.TargetPath,
 	}, nil
+}
+
+// failedCreate maps a failed lvcreate of id (op names the call) and, unless
+// lvm refused before allocating anything, removes what it may have
+// committed (an LV of that id with the first of tags, see removeHalfMade).
+func (b *Backend) failedCreate(ctx context.Context, op, id string, tags []string, err error) error {
+	err = b.mapError(op, id, err)
+	if errors.Is(err, backend.ErrExists) || errors.Is(err, backend.ErrNoSpace) || errors.Is(err, backend.ErrDegraded) {
+		return err
+	}
+	if cerr := b.removeHalfMade(ctx, id, tags); cerr != nil {
+		return errors.Join(err, cerr)
+	}
+	return err
 }
 
 // Expand implements backend.Backend: under the pool's mutex, one lvs of the

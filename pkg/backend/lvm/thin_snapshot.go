@@ -71,14 +71,7 @@ func (t *Thin) CreateSnapshot(ctx context.Context, id, name, sourceID string) (*
 	}
 	args = append(args, b.vg+"/"+sourceID)
 	if _, err := b.runner.Run(ctx, "lvm", args...); err != nil {
-		err = b.mapError("snapshot", id, err)
-		if errors.Is(err, backend.ErrExists) || errors.Is(err, backend.ErrNoSpace) || errors.Is(err, backend.ErrDegraded) {
-			return nil, err
-		}
-		if cerr := b.removeHalfMade(ctx, id, tags); cerr != nil {
-			return nil, errors.Join(err, cerr)
-		}
-		return nil, err
+		return nil, b.failedCreate(ctx, "snapshot", id, tags, err)
 	}
 	if err := t.keepOnly(ctx, id, tags); err != nil {
 		return nil, err
@@ -282,14 +275,7 @@ func (t *Thin) CreateFrom(ctx context.Context, req backend.CreateRequest, source
 	}
 	args = append(args, b.vg+"/"+sourceID)
 	if _, err := b.runner.Run(ctx, "lvm", args...); err != nil {
-		err = b.mapError("create", req.ID, err)
-		if errors.Is(err, backend.ErrExists) || errors.Is(err, backend.ErrNoSpace) || errors.Is(err, backend.ErrDegraded) {
-			return nil, err
-		}
-		if cerr := b.removeHalfMade(ctx, req.ID, tags); cerr != nil {
-			return nil, errors.Join(err, cerr)
-		}
-		return nil, err
+		return nil, b.failedCreate(ctx, "create", req.ID, tags, err)
 	}
 	if size > srcSize {
 		if _, err := b.runner.Run(ctx, "lvm", "lvextend", "-L", strconv.FormatInt(size, 10)+"b", b.vg+"/"+req.ID); err != nil {

@@ -182,7 +182,7 @@ func TestThinCreateRefusals(t *testing.T) {
 // carve's selection, restricted to its thin pool.
 func TestThinCreateKilledCleansUp(t *testing.T) {
 	// [0] vgs, [1] lvs (NewThin); [2] lvs, [3] lvcreate (really succeeded), [4] the cleanup lvremove.
-	h := &killedRunner{Fake: replay(t, "thin-new", "thin-create-killed")}
+	h := &killedRunner{Fake: replay(t, "thin-new", "thin-create-killed"), kill: "lvcreate"}
 	th, err := NewThin(context.Background(), h, capPool, capThinVG, capOwner, capThinOpts)
 	if err != nil {
 		t.Fatal(err)
@@ -203,11 +203,16 @@ type killedRunner struct {
 	*exectest.Fake
 	mu      sync.Mutex
 	removed bool
+	// kill names the call reported as killed: "lvcreate", or "tag check"
+	// (a clone's lvs -o lv_name,lv_tags after its lvcreate); "": none.
+	kill string
 }
 
 func (k *killedRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
 	out, err := k.Fake.Run(ctx, name, args...)
-	if len(args) > 0 && args[0] == "lvcreate" && err == nil {
+	killed := k.kill == "lvcreate" && len(args) > 0 && args[0] == "lvcreate" ||
+		k.kill == "tag check" && len(args) > 2 && args[0] == "lvs" && args[2] == "lv_name,lv_tags"
+	if killed && err == nil {
 		return out, &exec.Error{Cmd: append([]string{name}, args...), ExitCode: -1, Err: context.Canceled}
 	}
 	if len(args) > 0 && args[0] == "lvremove" && err == nil && strings.Contains(string(out), capKillID) {

@@ -89,18 +89,7 @@ func TestCaptureThin(t *testing.T) {
 	ctx := context.Background()
 	h := realVG(t, capThinVG, 512<<20)
 	rec := &recorder{r: h}
-	dir := os.Getenv("CARVE_CAPTURE_DIR")
-	if dir == "" {
-		dir = "testdata"
-	}
-	step := func(name string, f func() error) {
-		t.Helper()
-		err := f()
-		t.Logf("%s: err=%v", name, err)
-		if err := writeCapture(filepath.Join(dir, name+".txt"), rec.take()); err != nil {
-			t.Fatal(err)
-		}
-	}
+	step := stepper(t, rec, captureDir())
 	bare := func(args ...string) error {
 		_, err := rec.Run(ctx, "lvm", args...)
 		return err
@@ -198,6 +187,15 @@ func TestCaptureThin(t *testing.T) {
 	step("thin-lvs-after-killed", func() error {
 		return bare(append(append([]string{"lvs", "-o", thinColumns}, reportArgs...), capThinVG)...)
 	})
+}
+
+// captureDir is where the VM captures go: $CARVE_CAPTURE_DIR (the VM's
+// share, copied back to testdata/ by hand) or testdata.
+func captureDir() string {
+	if d := os.Getenv("CARVE_CAPTURE_DIR"); d != "" {
+		return d
+	}
+	return "testdata"
 }
 
 // thinPool makes a fresh VG of sizeBytes with a thin pool of pct% made by NewThin.
@@ -453,3 +451,186 @@ func TestThinRealCreatedOnce(t *testing.T) {
 		t.Fatalf("thin pools in the VG: %q, %v", out, err)
 	}
 }
+
+// readHead reads the first n bytes of a device.
+func readHead(t *testing.T, dev string, n int) string {
+	t.Helper()
+	f, err := os.Open(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, n)
+	if _, err := f.ReadAt(buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	return string(buf)
+}
+
+// writeHead writes s at the start of a device, synced.
+func writeHead(t *testing.T, dev, s string) {
+	t.Helper()
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err == nil {
+		_, err = f.WriteAt([]byte(s), 0)
+		err = errors.Join(err, f.Sync(), f.Close())
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestThinRealSnapshots: a snapshot keeps the volume's data as it was; a
+// volume from it reads that data, a clone reads the volume's current data
+// (and is grown when asked for more); the snapshot outlives its source and
+// counts in the budget; the copies carry their own tags only.
+func TestThinRealSnapshots(t *testing.T) {
+	thinVM(t)
+	ctx := context.Background()
+	th, _ := thinPool(t, "carvesnap", 512<<20, ThinOptions{Overprovision: 2})
+	a, err := th.Create(ctx, backend.CreateRequest{ID: names.VolumeID("pvc-a"), Name: "pvc-a", SizeBytes: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeHead(t, a.DevicePath, "first")
+	c0, _ := th.Capacity(ctx)
+	snapID := names.SnapshotID("snap-a")
+	s, err := th.CreateSnapshot(ctx, snapID, "snap-a", a.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.SourceID != a.ID || s.Name != "snap-a" || s.SizeBytes != a.SizeBytes || s.CreationTime == 0 {
+		t.Fatalf("snapshot %+v", s)
+	}
+	if c, _ := th.Capacity(ctx); c0.FreeBytes-c.FreeBytes != a.SizeBytes {
+		t.Fatalf("the snapshot took %d bytes of the budget, want %d", c0.FreeBytes-c.FreeBytes, a.SizeBytes)
+	}
+	if _, err := th.CreateSnapshot(ctx, snapID, "snap-a", a.ID); !errors.Is(err, backend.ErrExists) {
+		t.Fatalf("second CreateSnapshot: %v, want ErrExists", err)
+	}
+	writeHead(t, a.DevicePath, "later")
+
+	r, err := th.CreateFrom(ctx, backend.CreateRequest{ID: names.VolumeID("pvc-r"), Name: "pvc-r", SizeBytes: 4 << 20}, snapID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readHead(t, r.DevicePath, 5); got != "first" || r.SizeBytes != a.SizeBytes {
+		t.Fatalf("volume from the snapshot reads %q, %d bytes; want %q, %d", got, r.SizeBytes, "first", a.SizeBytes)
+	}
+	cl, err := th.CreateFrom(ctx, backend.CreateRequest{ID: names.VolumeID("pvc-c"), Name: "pvc-c", SizeBytes: 128 << 20}, a.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readHead(t, cl.DevicePath, 5); got != "later" || cl.SizeBytes != 128<<20 {
+		t.Fatalf("clone reads %q, %d bytes; want %q, %d", got, cl.SizeBytes, "later", 128<<20)
+	}
+	for _, v := range []*backend.Volume{r, cl} {
+		got, err := th.Get(ctx, v.ID)
+		if err != nil || got.Name != v.Name || got.Source != v.Source || got.Ephemeral || got.SizeBytes != v.SizeBytes {
+			t.Fatalf("Get(%s) = %+v, %v; want %+v (its own tags only)", v.ID, got, err, v)
+		}
+	}
+	vols, err := th.List(ctx)
+	if err != nil || len(vols) != 3 {
+		t.Fatalf("List = %+v, %v; want the volume, its restore and its clone, not the snapshot", vols, err)
+	}
+	if snaps, err := th.ListSnapshots(ctx); err != nil || len(snaps) != 1 || snaps[0] != *s {
+		t.Fatalf("ListSnapshots = %+v, %v; want %+v", snaps, err, s)
+	}
+	// The source goes; the snapshot stays and still restores.
+	if err := th.Delete(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := th.CreateFrom(ctx, backend.CreateRequest{ID: names.VolumeID("pvc-r2"), Name: "pvc-r2", SizeBytes: 4 << 20}, snapID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readHead(t, r2.DevicePath, 5); got != "first" {
+		t.Fatalf("restore after the source was deleted reads %q", got)
+	}
+	if err := th.DeleteSnapshot(ctx, snapID); err != nil {
+		t.Fatal(err)
+	}
+	if err := th.DeleteSnapshot(ctx, snapID); !errors.Is(err, backend.ErrNotFound) {
+		t.Fatalf("second DeleteSnapshot: %v", err)
+	}
+	if got := readHead(t, r.DevicePath, 5); got != "first" {
+		t.Fatalf("volume from a deleted snapshot reads %q", got)
+	}
+	// More than the budget: nothing made.
+	big, _ := th.Capacity(ctx)
+	if _, err := th.CreateFrom(ctx, backend.CreateRequest{ID: names.VolumeID("pvc-big"), Name: "pvc-big", SizeBytes: big.MaxVolumeBytes + th.AlignBytes()}, r.ID); !errors.Is(err, backend.ErrNoSpace) {
+		t.Fatalf("clone beyond the budget: %v", err)
+	}
+	if _, err := th.Get(ctx, names.VolumeID("pvc-big")); !errors.Is(err, backend.ErrNotFound) {
+		t.Fatalf("the refused clone: %v", err)
+	}
+}
+
+// TestCaptureThinSnapshots records the snapshot and clone commands into
+// testdata/thin-snap-*.txt (see TestCaptureThin).
+func TestCaptureThinSnapshots(t *testing.T) {
+	thinVM(t)
+	if os.Getenv("CARVE_LVM_CAPTURE") == "" {
+		t.Skip("set CARVE_LVM_CAPTURE=1 to re-record testdata/thin-snap-*.txt")
+	}
+	ctx := context.Background()
+	h := realVG(t, capThinVG, 512<<20)
+	th, err := NewThin(ctx, h, capPool, capThinVG, capOwner, capThinOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := th.Create(ctx, backend.CreateRequest{ID: capID, Name: capName, SizeBytes: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{r: h}
+	th.lv.runner = rec
+	step := stepper(t, rec, captureDir())
+	step("thin-snap-new", func() error { _, err := NewThin(ctx, rec, capPool, capThinVG, capOwner, capThinOpts); return err })
+	step("thin-snap-create", func() error { _, err := th.CreateSnapshot(ctx, capSnapID, capSnapName, capID); return err })
+	step("thin-snap-create-exists", func() error { _, err := th.CreateSnapshot(ctx, capSnapID, capSnapName, capID); return err })
+	step("thin-snap-create-nosource", func() error { _, err := th.CreateSnapshot(ctx, names.SnapshotID("other"), "other", capMissing); return err })
+	step("thin-snap-get", func() error { _, err := th.GetSnapshot(ctx, capSnapID); return err })
+	step("thin-snap-list", func() error { _, err := th.ListSnapshots(ctx); return err })
+	step("thin-snap-volumes", func() error { _, err := th.List(ctx); return err })
+	step("thin-snap-restore", func() error {
+		_, err := th.CreateFrom(ctx, backend.CreateRequest{ID: capRestoreID, Name: capRestoreName, SizeBytes: 4 << 20}, capSnapID)
+		return err
+	})
+	step("thin-snap-restore-get", func() error { _, err := th.Get(ctx, capRestoreID); return err })
+	step("thin-snap-clone", func() error {
+		_, err := th.CreateFrom(ctx, backend.CreateRequest{ID: capCloneID, Name: capCloneName, SizeBytes: 128 << 20}, capID)
+		return err
+	})
+	step("thin-snap-delete", func() error { return th.DeleteSnapshot(ctx, capSnapID) })
+	step("thin-snap-delete-missing", func() error { return th.DeleteSnapshot(ctx, capSnapID) })
+	// A clone killed after its lvcreate (here: its tag check reported as
+	// killed): the LV is left with TagRestoring, and the retry removes it
+	// and starts again.
+	rec.after = func(argv []string, out []byte, err error) ([]byte, error, string) {
+		if len(argv) > 3 && argv[1] == "lvs" && argv[3] == "lv_name,lv_tags" && err == nil {
+			return out, &exec.Error{Cmd: argv, ExitCode: -1, Err: context.Canceled},
+				"lvs really succeeded (rc 0 above); the recorder then reported it as killed by the context"
+		}
+		return out, err, ""
+	}
+	step("thin-snap-clone-killed", func() error {
+		_, err := th.CreateFrom(ctx, backend.CreateRequest{ID: capKillID, Name: capKillName, SizeBytes: 4 << 20}, capID)
+		return err
+	})
+	rec.after = nil
+	step("thin-snap-clone-retry", func() error {
+		_, err := th.CreateFrom(ctx, backend.CreateRequest{ID: capKillID, Name: capKillName, SizeBytes: 4 << 20}, capID)
+		return err
+	})
+}
+
+// Names in the snapshot captures.
+var (
+	capSnapName    = "snapshot-5e1f/odd ü"
+	capSnapID      = names.SnapshotID(capSnapName)
+	capRestoreName = "pvc-restored"
+	capRestoreID   = names.VolumeID(capRestoreName)
+	capCloneName   = "pvc-clone"
+	capCloneID     = names.VolumeID(capCloneName)
+)
