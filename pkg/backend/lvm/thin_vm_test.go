@@ -589,7 +589,10 @@ func TestCaptureThinSnapshots(t *testing.T) {
 	step("thin-snap-new", func() error { _, err := NewThin(ctx, rec, capPool, capThinVG, capOwner, capThinOpts); return err })
 	step("thin-snap-create", func() error { _, err := th.CreateSnapshot(ctx, capSnapID, capSnapName, capID); return err })
 	step("thin-snap-create-exists", func() error { _, err := th.CreateSnapshot(ctx, capSnapID, capSnapName, capID); return err })
-	step("thin-snap-create-nosource", func() error { _, err := th.CreateSnapshot(ctx, names.SnapshotID("other"), "other", capMissing); return err })
+	step("thin-snap-create-nosource", func() error {
+		_, err := th.CreateSnapshot(ctx, names.SnapshotID("other"), "other", capMissing)
+		return err
+	})
 	step("thin-snap-get", func() error { _, err := th.GetSnapshot(ctx, capSnapID); return err })
 	step("thin-snap-list", func() error { _, err := th.ListSnapshots(ctx); return err })
 	step("thin-snap-volumes", func() error { _, err := th.List(ctx); return err })
