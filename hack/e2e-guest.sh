@@ -29,6 +29,26 @@ if cp /share/concurrency.test /tmp/concurrency.test 2>/dev/null; then
 else
   say "FAIL: /share/concurrency.test missing"; fail=1
 fi
+# Issue 14: thin pools. The backend's tests make their own VGs on loop devices; csi-sanity runs on
+# an lvm-thin pool that carve-csi creates in VG carve (a third of it), removed afterwards. Before
+# the PMEM suite, which takes /dev/vda (and with it VG carve) for its non-DAX volume group.
+if cp /share/lvm.test /tmp/lvm.test 2>/dev/null; then
+  run thin-backend env CARVE_THIN_VM=1 /tmp/lvm.test -test.run 'TestThinReal' -test.v -test.timeout 30m
+else
+  say "FAIL: /share/lvm.test missing"; fail=1
+fi
+run csi-sanity-thin env CARVE_SANITY_VG=carve CARVE_SANITY_POOL=default=lvm-thin:carve/carvethin:size=33%:overprovision=2 \
+  /tmp/sanity.test -test.run 'TestSanity$' -test.v -test.timeout 20m
+lvremove -f carve/carvethin >/dev/null 2>&1 || { say "FAIL: removing thin pool carve/carvethin"; fail=1; }
+
+# Leak audit of VG carve, before the PMEM suite wipes /dev/vda: no carve LV and no mount of one
+# may survive the LVM suites above.
+left=$(lvs --noheadings -o lv_name,lv_tags carve 2>/dev/null | grep -c 'carve.owner=')
+vg=$(vgs --noheadings -o vg_name carve 2>/dev/null | tr -d ' ')
+mounts=$(grep -c -E '/dev/mapper/carve-' /proc/self/mounts)
+echo "leak audit (lvm): $left carve LVs left in VG ${vg:-MISSING}, $mounts carve LV mounts left"
+[ "$vg" = carve ] && [ "$left" = 0 ] && [ "$mounts" = 0 ] || fail=1
+
 if [ -x /share/pmem.test ] && [ -f /share/vm-pmem.sh ]; then
   # The benchmark as a smoke test here (make bench-nodepath measures it at 1 GiB, 30 rounds):
   # every new namespace is zeroed whole, 8 s/GiB under emulation.
@@ -41,18 +61,8 @@ else
   say "FAIL: /share/disks.test missing"; fail=1
 fi
 
-# Issue 14: thin pools. The backend's tests make their own VGs on loop devices; csi-sanity runs on
-# an lvm-thin pool that carve-csi creates in VG carve (a third of it), removed afterwards.
-if cp /share/lvm.test /tmp/lvm.test 2>/dev/null; then
-  run thin-backend env CARVE_THIN_VM=1 /tmp/lvm.test -test.run 'TestThinReal' -test.v -test.timeout 30m
-else
-  say "FAIL: /share/lvm.test missing"; fail=1
-fi
-run csi-sanity-thin env CARVE_SANITY_VG=carve CARVE_SANITY_POOL=default=lvm-thin:carve/carvethin:size=33%:overprovision=2 \
-  /tmp/sanity.test -test.run 'TestSanity$' -test.v -test.timeout 20m
-lvremove -f carve/carvethin >/dev/null 2>&1 || { say "FAIL: removing thin pool carve/carvethin"; fail=1; }
-
-# Leak audit: no carve LV and no mount of a carve device may survive the suites.
+# Leak audit at the end: no mount of a carve device may survive the suites (VG carve went with the
+# PMEM suite's /dev/vda; its LVs were audited above; the PMEM and disk suites audit their own).
 left=$(lvs --noheadings -o lv_name,lv_tags carve 2>/dev/null | grep -c 'carve.owner=' )
 mounts=$(grep -c -E '/dev/mapper/carve-|/dev/pmem' /proc/self/mounts)
 echo "leak audit: $left carve LVs left, $mounts carve mounts left"
