@@ -75,11 +75,21 @@ type recorder struct {
 	calls []capCall
 	// after, if set, may replace the result of a command that really ran.
 	after func(argv []string, out []byte, err error) ([]byte, error, string)
+	// kill, if set, says which commands are not run but reported killed.
+	kill func(argv []string) bool
 }
 
 func (r *recorder) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	out, err := r.r.Run(ctx, name, args...)
 	argv := append([]string{name}, args...)
+	if r.kill != nil && r.kill(argv) {
+		// Not run: the process died before it (rc -1, as exec reports a kill).
+		err := &exec.Error{Cmd: argv, ExitCode: -1, Err: context.Canceled}
+		r.mu.Lock()
+		r.calls = append(r.calls, capCall{Argv: argv, RC: -1, Note: "not run: the recorder reported it as killed before it started"})
+		r.mu.Unlock()
+		return nil, err
+	}
+	out, err := r.r.Run(ctx, name, args...)
 	c := capCall{Argv: argv, Stdout: string(out)}
 	if err != nil {
 		c.RC = exec.ExitCode(err)

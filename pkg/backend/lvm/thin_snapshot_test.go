@@ -105,7 +105,7 @@ func TestThinDeleteSnapshot(t *testing.T) {
 func TestThinCloneKilledIsRedone(t *testing.T) {
 	ctx := context.Background()
 	h := &killedRunner{Fake: replay(t, "thin-snap-new", "thin-snap-clone-killed", "thin-snap-clone-retry")}
-	h.kill = "tag check"
+	h.kill = "lvchange"
 	th, err := NewThin(ctx, h, capPool, capThinVG, capOwner, capThinOpts)
 	if err != nil {
 		t.Fatal(err)

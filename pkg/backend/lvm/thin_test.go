@@ -203,16 +203,17 @@ type killedRunner struct {
 	*exectest.Fake
 	mu      sync.Mutex
 	removed bool
-	// kill names the call reported as killed: "lvcreate", or "tag check"
-	// (a clone's lvs -o lv_name,lv_tags after its lvcreate); "": none.
+	// kill names the call reported as killed: "lvcreate", or "lvchange"
+	// (recorded as not run, rc -1: replayed as a kill); "": none.
 	kill string
 }
 
 func (k *killedRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
 	out, err := k.Fake.Run(ctx, name, args...)
-	killed := k.kill == "lvcreate" && len(args) > 0 && args[0] == "lvcreate" ||
-		k.kill == "tag check" && len(args) > 2 && args[0] == "lvs" && args[2] == "lv_name,lv_tags"
-	if killed && err == nil {
+	if k.kill == "lvchange" && len(args) > 0 && args[0] == "lvchange" {
+		return out, &exec.Error{Cmd: append([]string{name}, args...), ExitCode: -1, Err: context.Canceled}
+	}
+	if k.kill == "lvcreate" && len(args) > 0 && args[0] == "lvcreate" && err == nil {
 		return out, &exec.Error{Cmd: append([]string{name}, args...), ExitCode: -1, Err: context.Canceled}
 	}
 	if len(args) > 0 && args[0] == "lvremove" && err == nil && strings.Contains(string(out), capKillID) {
