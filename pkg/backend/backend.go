@@ -72,6 +72,9 @@ type Volume struct {
 	// Source is the snapshot or volume id the volume was created from
 	// (Snapshotter.CreateFrom), "" for a new empty volume.
 	Source string `json:",omitempty"`
+	// Incomplete: a CreateFrom of it died before it finished (lvm:
+	// carve.restoring=pending); it is never handed out as made.
+	Incomplete bool `json:",omitempty"`
 }
 
 // CreateRequest asks for a new volume. SizeBytes is already aligned by the caller

@@ -133,7 +133,7 @@ func (c *LocalController) CreateVolume(ctx context.Context, req *csi.CreateVolum
 	if err != nil {
 		return nil, err
 	}
-	source, err := contentSource(req)
+	source, fromSnapshot, err := contentSource(req)
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +148,7 @@ func (c *LocalController) CreateVolume(ctx context.Context, req *csi.CreateVolum
 		return nil, err
 	}
 	defer unlock()
-	v, err := c.Vols.Create(ctx, volume.CreateRequest{Name: req.GetName(), Pool: pool, Range: r, Striping: striping, Source: source})
+	v, err := c.Vols.Create(ctx, volume.CreateRequest{Name: req.GetName(), Pool: pool, Range: r, Striping: striping, Source: source, SourceIsSnapshot: fromSnapshot})
 	if err != nil {
 		return nil, toStatus(err)
 	}

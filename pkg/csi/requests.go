@@ -39,25 +39,25 @@ func parseCreate(req *csi.CreateVolumeRequest) (string, volume.Striping, volume.
 }
 
 // contentSource returns the id of the snapshot or volume a CreateVolume
-// request copies ("" for none). A source of another kind, or without an id,
-// is InvalidArgument.
-func contentSource(req *csi.CreateVolumeRequest) (string, error) {
+// request copies ("" for none) and whether it is a snapshot. A source of
+// another kind, or without an id, is InvalidArgument.
+func contentSource(req *csi.CreateVolumeRequest) (string, bool, error) {
 	cs := req.GetVolumeContentSource()
 	switch {
 	case cs == nil:
-		return "", nil
+		return "", false, nil
 	case cs.GetSnapshot() != nil:
 		if cs.GetSnapshot().GetSnapshotId() == "" {
-			return "", invalid("volume content source: snapshot id is missing")
+			return "", false, invalid("volume content source: snapshot id is missing")
 		}
-		return cs.GetSnapshot().GetSnapshotId(), nil
+		return cs.GetSnapshot().GetSnapshotId(), true, nil
 	case cs.GetVolume() != nil:
 		if cs.GetVolume().GetVolumeId() == "" {
-			return "", invalid("volume content source: volume id is missing")
+			return "", false, invalid("volume content source: volume id is missing")
 		}
-		return cs.GetVolume().GetVolumeId(), nil
+		return cs.GetVolume().GetVolumeId(), false, nil
 	}
-	return "", invalid("volume content source of an unknown kind")
+	return "", false, invalid("volume content source of an unknown kind")
 }
 
 // filesystemMinimum is the largest minimum device size (bytes) among the

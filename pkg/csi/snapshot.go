@@ -2,6 +2,7 @@ package csi
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -38,7 +39,10 @@ func (c *LocalController) CreateSnapshot(ctx context.Context, req *csi.CreateSna
 		return nil, invalid("source volume id is missing")
 	}
 	for k := range req.GetParameters() {
-		return nil, invalid("unknown snapshot parameter %q (VolumeSnapshotClass parameters: none)", k)
+		// csi-snapshotter --extra-create-metadata adds csi.storage.k8s.io/volumesnapshot/... keys.
+		if !strings.HasPrefix(k, reservedPrefix) {
+			return nil, invalid("unknown snapshot parameter %q (VolumeSnapshotClass parameters: none)", k)
+		}
 	}
 	unlock, err := c.lock(ctx, names.SnapshotID(req.GetName()))
 	if err != nil {

@@ -104,9 +104,26 @@ func TestSnapshotCalls(t *testing.T) {
 		{"name of another volume's snapshot", &csi.CreateSnapshotRequest{Name: "snapshot-1", SourceVolumeId: thick.VolumeId}, codes.AlreadyExists},
 		{"thick source", &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: thick.VolumeId}, codes.InvalidArgument},
 		{"parameter", &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: vol.VolumeId, Parameters: map[string]string{"x": "y"}}, codes.InvalidArgument},
+		{"snapshot id as source", &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: names.SnapshotID("snapshot-1")}, codes.NotFound},
 	} {
 		if _, err := c.CreateSnapshot(ctx, tc.req); status.Code(err) != tc.code {
 			t.Errorf("CreateSnapshot %s: %v, want %s", tc.name, err, tc.code)
+		}
+	}
+
+	// csi-snapshotter --extra-create-metadata adds these; they are not VolumeSnapshotClass parameters.
+	if _, err := c.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snapshot-1", SourceVolumeId: vol.VolumeId, Parameters: map[string]string{
+		"csi.storage.k8s.io/volumesnapshot/name": "s1", "csi.storage.k8s.io/volumesnapshot/namespace": "default",
+		"csi.storage.k8s.io/volumesnapshotcontent/name": "snapcontent-1"}}); err != nil {
+		t.Fatalf("CreateSnapshot with the snapshotter's metadata: %v", err)
+	}
+	// A source of one kind naming the other: NotFound (CSI spec), never a copy of the wrong thing.
+	for name, src := range map[string]*csi.VolumeContentSource{
+		"snapshot source with a volume id": {Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: vol.VolumeId}}},
+		"volume source with a snapshot id": {Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: snap.SnapshotId}}},
+	} {
+		if _, err := create("pvc-kind", "", gib, src); status.Code(err) != codes.NotFound {
+			t.Errorf("%s: %v, want NotFound", name, err)
 		}
 	}
 

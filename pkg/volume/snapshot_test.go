@@ -118,15 +118,27 @@ func TestCreateFromSource(t *testing.T) {
 	}
 	// From the snapshot, no pool named: it goes to the snapshot's pool, at
 	// least the source's size though less was asked for.
-	r, err := m.Create(ctx, CreateRequest{Name: "pvc-restore", Range: Range{RequiredBytes: mib}, Source: s.ID})
+	restore := CreateRequest{Name: "pvc-restore", Range: Range{RequiredBytes: mib}, Source: s.ID, SourceIsSnapshot: true}
+	r, err := m.Create(ctx, restore)
 	if err != nil || r.Pool != "thin" || r.SizeBytes != gib || r.Source != s.ID {
 		t.Fatalf("restore = %+v, %v", r, err)
 	}
-	if again, err := m.Create(ctx, CreateRequest{Name: "pvc-restore", Range: Range{RequiredBytes: mib}, Source: s.ID}); err != nil || *again != *r {
+	if again, err := m.Create(ctx, restore); err != nil || *again != *r {
 		t.Fatalf("retry = %+v, %v", again, err)
 	}
+	// A snapshot source naming a volume (or the reverse) is not found: the kind is the caller's.
+	if _, err := m.Create(ctx, CreateRequest{Name: "pvc-kind", Range: Range{RequiredBytes: mib}, Source: v.ID, SourceIsSnapshot: true}); !errors.Is(err, backend.ErrNotFound) {
+		t.Fatalf("snapshot source with a volume id: %v, want ErrNotFound", err)
+	}
+	if _, err := m.Create(ctx, CreateRequest{Name: "pvc-kind", Range: Range{RequiredBytes: mib}, Source: s.ID}); !errors.Is(err, backend.ErrNotFound) {
+		t.Fatalf("volume source with a snapshot id: %v, want ErrNotFound", err)
+	}
+	// No size asked: the copy has the source's, not the default for empty volumes.
+	if d, err := m.Create(ctx, CreateRequest{Name: "pvc-nosize", Source: v.ID}); err != nil || d.SizeBytes != v.SizeBytes {
+		t.Fatalf("copy without a size = %+v, %v; want %d bytes", d, err, v.SizeBytes)
+	}
 	// The same name from another source, or without one: incompatible.
-	if _, err := m.Create(ctx, CreateRequest{Name: "pvc-restore", Range: Range{RequiredBytes: mib}, Source: v.ID}); !errors.Is(err, ErrIncompatible) {
+	if _, err := m.Create(ctx, CreateRequest{Name: "pvc-restore", Range: Range{RequiredBytes: mib}, Source: v.ID}); !errors.Is(err, ErrIncompatible) && !errors.Is(err, backend.ErrExists) {
 		t.Fatalf("same name, other source: %v", err)
 	}
 	if _, err := m.Create(ctx, CreateRequest{Name: "pvc-restore", Pool: "thin", Range: Range{RequiredBytes: mib}}); !errors.Is(err, ErrIncompatible) {
@@ -138,22 +150,39 @@ func TestCreateFromSource(t *testing.T) {
 		t.Fatalf("clone = %+v, %v", c, err)
 	}
 	// Another pool named than the source's: refused, nothing made.
-	if _, err := m.Create(ctx, CreateRequest{Name: "pvc-elsewhere", Pool: "thick", Range: Range{RequiredBytes: gib}, Source: s.ID}); !errors.Is(err, ErrUnknownPool) {
+	if _, err := m.Create(ctx, CreateRequest{Name: "pvc-elsewhere", Pool: "thick", Range: Range{RequiredBytes: gib}, Source: s.ID, SourceIsSnapshot: true}); !errors.Is(err, ErrUnknownPool) {
 		t.Fatalf("other pool: %v", err)
 	}
-	// A limit below the source's size: a copy cannot shrink; nothing is left.
-	if _, err := m.Create(ctx, CreateRequest{Name: "pvc-small", Range: Range{RequiredBytes: mib, LimitBytes: 512 * mib}, Source: s.ID}); !errors.Is(err, ErrOutOfRange) {
+	// A limit below the source's size: a copy cannot shrink; refused before anything is made.
+	if _, err := m.Create(ctx, CreateRequest{Name: "pvc-small", Range: Range{RequiredBytes: mib, LimitBytes: 512 * mib}, Source: s.ID, SourceIsSnapshot: true}); !errors.Is(err, ErrOutOfRange) {
 		t.Fatalf("limit below the source: %v", err)
 	}
 	if _, err := thin.Get(ctx, names.VolumeID("pvc-small")); !errors.Is(err, backend.ErrNotFound) {
 		t.Fatalf("the refused copy: %v", err)
 	}
 	for _, src := range []string{names.SnapshotID("never"), names.VolumeID("never"), "not-an-id"} {
-		if _, err := m.Create(ctx, CreateRequest{Name: "pvc-x", Range: Range{RequiredBytes: gib}, Source: src}); !errors.Is(err, backend.ErrNotFound) {
-			t.Errorf("source %q: %v, want ErrNotFound", src, err)
+		for _, snap := range []bool{false, true} {
+			if _, err := m.Create(ctx, CreateRequest{Name: "pvc-x", Range: Range{RequiredBytes: gib}, Source: src, SourceIsSnapshot: snap}); !errors.Is(err, backend.ErrNotFound) {
+				t.Errorf("source %q (snapshot %v): %v, want ErrNotFound", src, snap, err)
+			}
 		}
 	}
-	if _, err := m.Create(ctx, CreateRequest{Name: "pvc-y", Range: Range{RequiredBytes: gib}, Source: s.ID, Striping: Striping{Stripes: 2}}); !errors.Is(err, backend.ErrCannotStripe) {
+	// A device carve does not own is never a source: not found, not "exists".
+	thin.AddForeign(names.VolumeID("foreign"))
+	if _, err := m.Create(ctx, CreateRequest{Name: "pvc-f", Range: Range{RequiredBytes: gib}, Source: names.VolumeID("foreign")}); !errors.Is(err, backend.ErrNotFound) {
+		t.Errorf("foreign source: %v, want ErrNotFound", err)
+	}
+	if _, err := m.CreateSnapshot(ctx, "snap-f", names.VolumeID("foreign")); !errors.Is(err, backend.ErrNotFound) {
+		t.Errorf("snapshot of a foreign device: %v, want ErrNotFound", err)
+	}
+	if _, err := m.Create(ctx, CreateRequest{Name: "pvc-y", Range: Range{RequiredBytes: gib}, Source: s.ID, SourceIsSnapshot: true, Striping: Striping{Stripes: 2}}); !errors.Is(err, backend.ErrCannotStripe) {
 		t.Fatalf("striped copy: %v", err)
+	}
+	// A retry after its source was deleted returns the copy made before.
+	if err := m.DeleteSnapshot(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	if again, err := m.Create(ctx, restore); err != nil || again.ID != r.ID {
+		t.Fatalf("retry after the snapshot was deleted = %+v, %v", again, err)
 	}
 }

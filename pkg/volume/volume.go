@@ -124,6 +124,9 @@ type CreateRequest struct {
 	// Source is a snapshot or volume id to copy (CSI volume_content_source),
 	// "" for an empty volume. The new volume goes to the source's pool.
 	Source string
+	// SourceIsSnapshot: Source names a snapshot, else a volume; an id of
+	// the other kind is not found.
+	SourceIsSnapshot bool
 }
 
 // Striping asks for a volume striped over several devices of its pool.
@@ -293,38 +296,71 @@ func (m *Manager) CanSnapshot() bool {
 	return false
 }
 
-// sourcePool finds the pool holding source, a snapshot or a volume id.
-// Errors: backend.ErrNotFound (no pool has it), ErrCannotSnapshot.
-func (m *Manager) sourcePool(ctx context.Context, source string) (Pool, backend.Snapshotter, error) {
-	if names.IsSnapshotID(source) {
+// sourcePool finds the pool holding source, a snapshot id (a snapshot
+// source) or a volume id, and the source's size in bytes. A source carve
+// does not own is not found: it is never read (CSI: NOT_FOUND). Errors:
+// backend.ErrNotFound, ErrCannotSnapshot.
+func (m *Manager) sourcePool(ctx context.Context, source string, snapshot bool) (Pool, backend.Snapshotter, int64, error) {
+	if snapshot {
+		if !names.IsSnapshotID(source) {
+			return Pool{}, nil, 0, fmt.Errorf("snapshot %q: not a carve snapshot id: %w", source, backend.ErrNotFound)
+		}
 		for _, p := range m.pools {
 			sn, ok := p.Backend.(backend.Snapshotter)
 			if !ok {
 				continue
 			}
-			if _, err := sn.GetSnapshot(ctx, source); err == nil {
-				return p, sn, nil
-			} else if !errors.Is(err, backend.ErrNotFound) {
-				return Pool{}, nil, err
+			s, err := sn.GetSnapshot(ctx, source)
+			switch {
+			case err == nil:
+				return p, sn, s.SizeBytes, nil
+			case errors.Is(err, backend.ErrNotOwned):
+				return Pool{}, nil, 0, fmt.Errorf("snapshot %q is not carve's: %w", source, backend.ErrNotFound)
+			case !errors.Is(err, backend.ErrNotFound):
+				return Pool{}, nil, 0, err
 			}
 		}
-		return Pool{}, nil, fmt.Errorf("snapshot %q: %w", source, backend.ErrNotFound)
+		return Pool{}, nil, 0, fmt.Errorf("snapshot %q: %w", source, backend.ErrNotFound)
 	}
-	v, err := m.Find(ctx, source)
+	v, err := m.findSource(ctx, source)
 	if err != nil {
-		return Pool{}, nil, err
+		return Pool{}, nil, 0, err
 	}
 	p, err := m.pool(v.Pool)
 	if err != nil {
-		return Pool{}, nil, err
+		return Pool{}, nil, 0, err
 	}
 	sn, err := snapshotter(p)
-	return p, sn, err
+	return p, sn, v.SizeBytes, err
 }
 
-// createFrom makes volume req from req.Source in the source's pool.
+// findSource finds carve volume id to copy or snapshot; a device with that
+// id carve does not own is backend.ErrNotFound, not ErrNotOwned (it is not
+// a volume the caller may read).
+func (m *Manager) findSource(ctx context.Context, id string) (*backend.Volume, error) {
+	v, err := m.Find(ctx, id)
+	if errors.Is(err, backend.ErrNotOwned) {
+		return nil, fmt.Errorf("volume %q is not carve's: %w", id, backend.ErrNotFound)
+	}
+	return v, err
+}
+
+// createFrom makes volume req from req.Source in the source's pool, or
+// returns the volume of that name made from it before (a retry finds it even
+// when the source is gone since, unless that copy was never finished).
 func (m *Manager) createFrom(ctx context.Context, req CreateRequest) (*backend.Volume, error) {
-	p, sn, err := m.sourcePool(ctx, req.Source)
+	id := names.VolumeID(req.Name)
+	p, sn, srcSize, err := m.sourcePool(ctx, req.Source, req.SourceIsSnapshot)
+	if errors.Is(err, backend.ErrNotFound) {
+		// A retry after the source was deleted: the copy made before is the answer.
+		if v, ferr := m.Find(ctx, id); ferr == nil && v.Source == req.Source && !v.Incomplete {
+			vp, perr := m.pool(v.Pool)
+			if perr != nil {
+				return nil, perr
+			}
+			return compatible(ctx, vp, id, req)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -335,20 +371,21 @@ func (m *Manager) createFrom(ctx context.Context, req CreateRequest) (*backend.V
 	if req.Striping.Striped() {
 		return nil, fmt.Errorf("a volume from a source is not striped: %w", backend.ErrCannotStripe)
 	}
-	size, err := SizeFor(req.Range, p.Backend.AlignBytes())
-	if err != nil {
-		return nil, err
+	if req.Range.LimitBytes > 0 && srcSize > req.Range.LimitBytes {
+		return nil, fmt.Errorf("%w: source %q has %d bytes, more than the limit %d: a copy cannot be smaller than its source",
+			ErrOutOfRange, req.Source, srcSize, req.Range.LimitBytes)
 	}
-	id := names.VolumeID(req.Name)
-	if other, err := m.findIn(ctx, id, p.Name); err == nil {
-		return nil, fmt.Errorf("%w: volume %q exists in pool %q, not %q", ErrIncompatible, req.Name, other.Pool, p.Name)
-	} else if !errors.Is(err, backend.ErrNotFound) {
-		return nil, err
+	// Without a required size the copy has the source's (SizeFor's default is for empty volumes).
+	var size int64
+	if req.Range.RequiredBytes > 0 {
+		if size, err = SizeFor(req.Range, p.Backend.AlignBytes()); err != nil {
+			return nil, err
+		}
 	}
 	vol, err := sn.CreateFrom(ctx, backend.CreateRequest{ID: id, Name: req.Name, SizeBytes: size, Ephemeral: req.Ephemeral, TargetPath: req.TargetPath}, req.Source)
 	if err == nil {
 		if !req.Range.Contains(vol.SizeBytes) {
-			// The source is larger than the limit asked for: a copy cannot shrink.
+			// The source grew between the check and the copy.
 			derr := p.Backend.Delete(ctx, vol.ID)
 			return nil, errors.Join(fmt.Errorf("%w: source %q has %d bytes, more than the limit %d", ErrOutOfRange, req.Source, vol.SizeBytes, req.Range.LimitBytes), derr)
 		}
@@ -375,7 +412,7 @@ func (m *Manager) CreateSnapshot(ctx context.Context, name, sourceID string) (*b
 	} else if !errors.Is(err, backend.ErrNotFound) {
 		return nil, err
 	}
-	v, err := m.Find(ctx, sourceID)
+	v, err := m.findSource(ctx, sourceID)
 	if err != nil {
 		return nil, err
 	}

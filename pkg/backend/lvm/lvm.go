@@ -771,6 +771,7 @@ func (b *Backend) volume(r lvRow) (*backend.Volume, error) {
 		Ephemeral:  info.Ephemeral,
 		TargetPath: info.TargetPath,
 		Source:     info.Source,
+		Incomplete: hasTag(r.Tags, TagRestoring),
 	}
 	if r.Health != "" {
 		vol.Condition = fmt.Sprintf("lvm reports logical volume %s/%s as %q", r.VG, r.Name, r.Health)

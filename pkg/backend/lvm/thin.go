@@ -35,6 +35,8 @@ const (
 	// every write of every thin volume in it (lvmthin(7), "Data space
 	// exhaustion"), so carve stops handing out space well before.
 	DefaultThresholdPercent = 90
+	// MaxOverprovision bounds the ratio (a larger one is a typo, not a plan).
+	MaxOverprovision = 1000
 )
 
 // ThinOptions configure a thin pool used as a carve pool.
@@ -42,7 +44,7 @@ type ThinOptions struct {
 	// ThinPool is the thin pool LV in the volume group.
 	ThinPool string
 	// Overprovision is how many times its data size the thin volumes'
-	// virtual sizes may add up to (>= 1? no: any ratio > 0; 1 = none).
+	// virtual sizes may add up to, 1 (none) to MaxOverprovision.
 	Overprovision float64
 	// ThresholdPercent (1-100): at or above this data or metadata use,
 	// Create and Expand fail with backend.ErrNoSpace and Capacity reports
@@ -100,8 +102,8 @@ func NewThin(ctx context.Context, runner exec.Runner, pool, vg, ownerTag string,
 		opts.ThresholdPercent = DefaultThresholdPercent
 	}
 	switch {
-	case !(opts.Overprovision > 0) || math.IsInf(opts.Overprovision, 0):
-		return nil, fmt.Errorf("lvm: thin pool %s/%s: overprovision %v: want a ratio above 0", vg, opts.ThinPool, opts.Overprovision)
+	case !(opts.Overprovision >= 1 && opts.Overprovision <= MaxOverprovision):
+		return nil, fmt.Errorf("lvm: thin pool %s/%s: overprovision %v: want a ratio from 1 to %d", vg, opts.ThinPool, opts.Overprovision, MaxOverprovision)
 	case opts.ThresholdPercent < 1 || opts.ThresholdPercent > 100:
 		return nil, fmt.Errorf("lvm: thin pool %s/%s: threshold %d%%: want 1-100%%", vg, opts.ThinPool, opts.ThresholdPercent)
 	case opts.CreatePercent < 0 || opts.CreatePercent > 100:
@@ -351,7 +353,7 @@ func (t *Thin) full(st *thinStatus) string {
 	thr := float64(t.opts.ThresholdPercent)
 	switch {
 	case !st.usage.Active:
-		return "unknown (the thin pool is inactive: lvchange -ay " + t.lv.vg + "/" + t.opts.ThinPool + ")"
+		return "unknown"
 	case st.usage.DataPercent >= thr:
 		return fmt.Sprintf("data %.2f%%", st.usage.DataPercent)
 	case st.usage.MetadataPercent >= thr:
@@ -364,6 +366,11 @@ func (t *Thin) full(st *thinStatus) string {
 func (t *Thin) fits(st *thinStatus, grow int64, op string) error {
 	if st.pool == nil {
 		return fmt.Errorf("lvm: %s: thin pool %s/%s not found: %w", op, t.lv.vg, t.opts.ThinPool, backend.ErrUnavailable)
+	}
+	if !st.usage.Active {
+		// Not a full pool: one an admin (or a reboot) deactivated. Retryable.
+		return fmt.Errorf("lvm: %s: thin pool %s/%s is inactive, so its use is unknown (lvchange -ay %s/%s): %w",
+			op, t.lv.vg, t.opts.ThinPool, t.lv.vg, t.opts.ThinPool, backend.ErrUnavailable)
 	}
 	if use := t.full(st); use != "" {
 		return fmt.Errorf("lvm: %s: thin pool %s/%s is at %s use (threshold %d%%): %w",

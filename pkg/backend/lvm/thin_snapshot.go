@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"time"
 
+	"k8s.io/klog/v2"
+
 	"github.com/carve-csi/carve/pkg/backend"
 	"github.com/carve-csi/carve/pkg/names"
 )
@@ -143,7 +145,9 @@ func (t *Thin) ListSnapshots(ctx context.Context) ([]backend.Snapshot, error) {
 		}
 		s, err := t.snapshot(r)
 		if err != nil {
-			return nil, err
+			// Keep listing: one damaged snapshot must not hide the others.
+			klog.ErrorS(err, "Listing carve snapshot with unreadable tags or time", "vg", b.vg, "lv", r.Name)
+			continue
 		}
 		snaps = append(snaps, *s)
 	}

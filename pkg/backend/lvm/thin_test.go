@@ -294,3 +294,24 @@ func TestThinIsNotAStriper(t *testing.T) {
 		t.Error("Thin implements EnableZeroing: blkdiscard -z would provision every block of a thin volume")
 	}
 }
+
+// TestThinInactivePoolIsUnavailable: a pool someone deactivated after start
+// (lvm reports no use for it) takes no new volume, and says so as
+// ErrUnavailable (retryable), not as a full pool (ErrNoSpace).
+func TestThinInactivePoolIsUnavailable(t *testing.T) {
+	calls := loadCalls(t, "thin-new")
+	inactive := loadCalls(t, "thin-new-inactive")[1] // the status lvs of a deactivated pool
+	f := replayCalls(t, append(calls, inactive, inactive))
+	th, err := NewThin(context.Background(), f, capPool, capThinVG, capOwner, capThinOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = th.Create(context.Background(), backend.CreateRequest{ID: capID, Name: capName, SizeBytes: 4 << 20})
+	wantIs(t, err, backend.ErrUnavailable)
+	if errors.Is(err, backend.ErrNoSpace) || !strings.Contains(err.Error(), "lvchange -ay carvethin/thin") {
+		t.Fatalf("%v: want the fix named, not a full pool", err)
+	}
+	if c, err := th.Capacity(context.Background()); err != nil || c.FreeBytes != 0 || c.Thin.Active {
+		t.Fatalf("capacity of an inactive pool: %+v, %v; want nothing free", c, err)
+	}
+}

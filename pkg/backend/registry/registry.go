@@ -222,10 +222,13 @@ const (
 	sizeKey          = "size="
 )
 
-// lvmVG is the volume group of an lvm or lvm-thin pool, "" for other types.
+// lvmVG is the volume group of an lvm, lvm-thin or lvm-pmem pool, "" for pmem.
 func lvmVG(s Spec) string {
-	if s.Type == lvm.Type || s.Type == lvm.ThinType {
+	switch s.Type {
+	case lvm.Type, lvm.ThinType:
 		return s.Source
+	case pmem.LVMType:
+		return s.VG
 	}
 	return ""
 }
@@ -264,8 +267,8 @@ func parseThin(spec *Spec, source string) error {
 		switch key {
 		case overprovisionKey:
 			r, perr := strconv.ParseFloat(v, 64)
-			if perr != nil || !(r >= 1) || r > 1000 {
-				return fmt.Errorf("%s%s: want a ratio from 1 to 1000 (1: no overprovisioning)", key, v)
+			if perr != nil || !(r >= 1) || r > lvm.MaxOverprovision {
+				return fmt.Errorf("%s%s: want a ratio from 1 to %d (1: no overprovisioning)", key, v, lvm.MaxOverprovision)
 			}
 			spec.Thin.Overprovision = r
 		case thresholdKey:
