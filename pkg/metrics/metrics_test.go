@@ -484,26 +484,14 @@ func TestServerDoesNotCompress(t *testing.T) {
 	}
 }
 
-// thinPool reports a thin pool's capacity (lvm.Thin's shape).
-type thinPool struct {
-	*backendtest.Memory
-	usage backend.ThinUsage
-}
-
-func (p thinPool) Capacity(ctx context.Context) (backend.Capacity, error) {
-	c, err := p.Memory.Capacity(ctx)
-	c.Thin = p.usage
-	return c, err
-}
-
 // A thin pool also reports its real data and metadata use, its threshold
 // and its virtual bytes; an inactive one (use unknown) leaves the use out
 // rather than reporting 0. Other pools report none of these.
 func TestPoolsCollectorThin(t *testing.T) {
-	thin := thinPool{Memory: backendtest.NewMemory("thin", 10*gib, 4*mib),
-		usage: backend.ThinUsage{DataBytes: 5 * gib, DataPercent: 41.5, MetadataPercent: 12.25, Active: true, VirtualBytes: 3 * gib, Overprovision: 2, ThresholdPercent: 90}}
-	idle := thinPool{Memory: backendtest.NewMemory("idle", 10*gib, 4*mib),
-		usage: backend.ThinUsage{DataBytes: 5 * gib, VirtualBytes: gib, Overprovision: 1, ThresholdPercent: 80}}
+	thin := backendtest.Thin{Memory: backendtest.NewMemory("thin", 10*gib, 4*mib),
+		Usage: backend.ThinUsage{DataBytes: 5 * gib, DataPercent: 41.5, MetadataPercent: 12.25, Active: true, VirtualBytes: 3 * gib, Overprovision: 2, ThresholdPercent: 90}}
+	idle := backendtest.Thin{Memory: backendtest.NewMemory("idle", 10*gib, 4*mib),
+		Usage: backend.ThinUsage{DataBytes: 5 * gib, VirtualBytes: gib, Overprovision: 1, ThresholdPercent: 80}}
 	c := metrics.NewPools([]volume.Pool{{Name: "thin", Backend: thin}, {Name: "idle", Backend: idle},
 		{Name: "thick", Backend: backendtest.NewMemory("thick", gib, 4*mib)}}, time.Minute)
 	want := `# HELP carve_pool_thin_data_percent lvm-thin pools: the thin pool's provisioned share of its data (lvs data_percent); new volumes are refused at carve_pool_thin_threshold_percent.

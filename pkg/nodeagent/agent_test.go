@@ -1064,26 +1064,14 @@ func publishPools(t *testing.T, def string, pools ...volume.Pool) (*Agent, clien
 	return a, c, ns
 }
 
-// thinned reports a thin pool's capacity (lvm.Thin's shape).
-type thinned struct {
-	*backendtest.Memory
-	usage backend.ThinUsage
-}
-
-func (p thinned) Capacity(ctx context.Context) (backend.Capacity, error) {
-	c, err := p.Memory.Capacity(ctx)
-	c.Thin = p.usage
-	return c, err
-}
-
 // TestPublishThinUsage: a thin pool's real use goes to NodeStorage beside
 // its virtual figures; an inactive pool's use is left empty, not "0.00";
 // other pools have no thin status.
 func TestPublishThinUsage(t *testing.T) {
-	thin := thinned{Memory: backendtest.NewMemory("thin", 4*gib, 4*mib),
-		usage: backend.ThinUsage{DataBytes: 2 * gib, DataPercent: 41.5, MetadataPercent: 12.3, Active: true, VirtualBytes: gib, Overprovision: 2.5, ThresholdPercent: 90}}
-	idle := thinned{Memory: backendtest.NewMemory("idle", 4*gib, 4*mib),
-		usage: backend.ThinUsage{DataBytes: 2 * gib, Overprovision: 1, ThresholdPercent: 80}}
+	thin := backendtest.Thin{Memory: backendtest.NewMemory("thin", 4*gib, 4*mib),
+		Usage: backend.ThinUsage{DataBytes: 2 * gib, DataPercent: 41.5, MetadataPercent: 12.3, Active: true, VirtualBytes: gib, Overprovision: 2.5, ThresholdPercent: 90}}
+	idle := backendtest.Thin{Memory: backendtest.NewMemory("idle", 4*gib, 4*mib),
+		Usage: backend.ThinUsage{DataBytes: 2 * gib, Overprovision: 1, ThresholdPercent: 80}}
 	_, _, ns := publishPools(t, "thin", volume.Pool{Name: "thin", Backend: thin}, volume.Pool{Name: "idle", Backend: idle},
 		volume.Pool{Name: "plain", Backend: backendtest.NewMemory("plain", gib, 4*mib)})
 	want := []*v1alpha1.ThinPoolStatus{

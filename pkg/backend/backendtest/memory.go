@@ -183,3 +183,16 @@ func (m *Memory) SetCondition(id, condition string) {
 		m.vols[id] = v
 	}
 }
+
+// Thin is a Memory pool that reports a thin pool's use (backend.Capacity.Thin)
+// beside its capacity, as lvm.Thin does, for the layers that publish it.
+type Thin struct {
+	*Memory
+	Usage backend.ThinUsage
+}
+
+func (p Thin) Capacity(ctx context.Context) (backend.Capacity, error) {
+	c, err := p.Memory.Capacity(ctx)
+	c.Thin = p.Usage
+	return c, err
+}

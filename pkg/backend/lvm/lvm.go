@@ -808,16 +808,20 @@ type vgRow struct {
 	MissingPVs num    `json:"vg_missing_pv_count"` // only with capColumns
 }
 
-func parseLVs(out []byte) ([]lvRow, error) {
+func parseLVs(out []byte) ([]lvRow, error) { return parseLVRows[lvRow](out) }
+
+// parseLVRows reads the rows of an lvs report into T, whatever columns
+// T has (lvRow, thinRow, snapRow).
+func parseLVRows[T any](out []byte) ([]T, error) {
 	var rep struct {
 		Report []struct {
-			LV []lvRow `json:"lv"`
+			LV []T `json:"lv"`
 		} `json:"report"`
 	}
 	if err := DecodeReport(out, &rep); err != nil {
 		return nil, fmt.Errorf("parsing lvs report: %w", err)
 	}
-	var rows []lvRow
+	var rows []T
 	for _, r := range rep.Report {
 		rows = append(rows, r.LV...)
 	}

@@ -410,42 +410,35 @@ func (t *Thin) status(ctx context.Context) (*thinStatus, error) {
 	if err != nil {
 		return nil, b.mapError("thin pool", t.opts.ThinPool, backend.ReadFailed(ctx, err))
 	}
-	var rep struct {
-		Report []struct {
-			LV []thinRow `json:"lv"`
-		} `json:"report"`
-	}
-	if err := DecodeReport(out, &rep); err != nil {
-		return nil, fmt.Errorf("lvm: thin pool %s/%s: parsing lvs report: %w: %w", b.vg, t.opts.ThinPool, backend.ErrUnavailable, err)
+	rows, err := parseLVRows[thinRow](out)
+	if err != nil {
+		return nil, fmt.Errorf("lvm: thin pool %s/%s: %w: %w", b.vg, t.opts.ThinPool, backend.ErrUnavailable, err)
 	}
 	st := &thinStatus{thin: map[string]thinRow{}}
-	for _, r := range rep.Report {
-		for i := range r.LV {
-			row := r.LV[i]
-			if row.VG != b.vg {
-				continue
+	for _, row := range rows {
+		if row.VG != b.vg {
+			continue
+		}
+		size, err := row.Size.int()
+		if err != nil {
+			return nil, fmt.Errorf("lvm: thin pool %s/%s: %s: %w", b.vg, t.opts.ThinPool, row.Name, err)
+		}
+		switch {
+		case row.Name == t.opts.ThinPool:
+			st.pool = &row
+			st.usage.DataBytes = size
+			if row.DataPercent == "" || row.MetadataPercent == "" {
+				break // inactive: use unknown
 			}
-			size, err := row.Size.int()
-			if err != nil {
-				return nil, fmt.Errorf("lvm: thin pool %s/%s: %s: %w", b.vg, t.opts.ThinPool, row.Name, err)
+			dp, err1 := percent(row.DataPercent)
+			mp, err2 := percent(row.MetadataPercent)
+			if err := errors.Join(err1, err2); err != nil {
+				return nil, fmt.Errorf("lvm: thin pool %s/%s: %w", b.vg, t.opts.ThinPool, err)
 			}
-			switch {
-			case row.Name == t.opts.ThinPool:
-				st.pool = &row
-				st.usage.DataBytes = size
-				if row.DataPercent == "" || row.MetadataPercent == "" {
-					break // inactive: use unknown
-				}
-				dp, err1 := percent(row.DataPercent)
-				mp, err2 := percent(row.MetadataPercent)
-				if err := errors.Join(err1, err2); err != nil {
-					return nil, fmt.Errorf("lvm: thin pool %s/%s: %w", b.vg, t.opts.ThinPool, err)
-				}
-				st.usage.DataPercent, st.usage.MetadataPercent, st.usage.Active = dp, mp, true
-			case row.PoolLV == t.opts.ThinPool:
-				st.thin[row.Name] = row
-				st.usage.VirtualBytes += size
-			}
+			st.usage.DataPercent, st.usage.MetadataPercent, st.usage.Active = dp, mp, true
+		case row.PoolLV == t.opts.ThinPool:
+			st.thin[row.Name] = row
+			st.usage.VirtualBytes += size
 		}
 	}
 	return st, nil

@@ -107,7 +107,7 @@ func (t *Thin) GetSnapshot(ctx context.Context, id string) (*backend.Snapshot, e
 	if err != nil {
 		return nil, b.mapError("get snapshot", id, err)
 	}
-	rows, err := parseSnapRows(out)
+	rows, err := parseLVRows[snapRow](out)
 	if err != nil {
 		return nil, fmt.Errorf("lvm: get snapshot %s/%s: %w", b.vg, id, err)
 	}
@@ -134,7 +134,7 @@ func (t *Thin) ListSnapshots(ctx context.Context) ([]backend.Snapshot, error) {
 	if err != nil {
 		return nil, b.mapError("list snapshots", "", err)
 	}
-	rows, err := parseSnapRows(out)
+	rows, err := parseLVRows[snapRow](out)
 	if err != nil {
 		return nil, fmt.Errorf("lvm: list snapshots %s: %w", b.vg, err)
 	}
@@ -258,22 +258,6 @@ func (t *Thin) CreateFrom(ctx context.Context, req backend.CreateRequest, source
 type snapRow struct {
 	lvRow
 	Time string `json:"lv_time"`
-}
-
-func parseSnapRows(out []byte) ([]snapRow, error) {
-	var rep struct {
-		Report []struct {
-			LV []snapRow `json:"lv"`
-		} `json:"report"`
-	}
-	if err := DecodeReport(out, &rep); err != nil {
-		return nil, fmt.Errorf("parsing lvs report: %w", err)
-	}
-	var rows []snapRow
-	for _, r := range rep.Report {
-		rows = append(rows, r.LV...)
-	}
-	return rows, nil
 }
 
 // lvTimeLayout is how lvm prints lv_time in the C locale ("2026-11-30 04:31:12 +0000").
