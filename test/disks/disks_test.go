@@ -40,14 +40,14 @@ const (
 	ext   = 4 << 20
 )
 
-func inVM(t *testing.T) {
+func inVM(t testing.TB) {
 	t.Helper()
 	if os.Getenv("CARVE_DISKS_VM") != "1" {
 		t.Skip("runs in the VM rig: test/disks/run-vm.sh")
 	}
 }
 
-func sh(t *testing.T, name string, args ...string) string {
+func sh(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	out, err := osexec.Command(name, args...).CombinedOutput()
 	if err != nil {
@@ -57,7 +57,7 @@ func sh(t *testing.T, name string, args ...string) string {
 }
 
 // show logs a command's output for the record (lsblk, lvs).
-func show(t *testing.T, name string, args ...string) {
+func show(t testing.TB, name string, args ...string) {
 	t.Helper()
 	t.Logf("$ %s %s\n%s", name, strings.Join(args, " "), sh(t, name, args...))
 }
@@ -65,11 +65,14 @@ func show(t *testing.T, name string, args ...string) {
 var block = []*csi.VolumeCapability{{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
 	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}}
 
-// TestVMWipeCost times zeroing 1 GiB: blkdiscard -z (BLKZEROOUT) and dd of
+// BenchmarkVMWipeCost times zeroing 1 GiB: blkdiscard -z (BLKZEROOUT) and dd of
 // /dev/zero with O_DIRECT, on a thick LV on a virtio disk (/dev/vdg) and on
 // an fsdax namespace of the emulated NVDIMM; and writing 1 GiB into a thin
-// LV with and without the pool's zeroing of new chunks.
-func TestVMWipeCost(t *testing.T) {
+// LV with and without the pool's zeroing of new chunks. A measurement, not a
+// check: `make bench-wipe` runs it (it was a test that asserted nothing and
+// cost make test two minutes).
+func BenchmarkVMWipeCost(b *testing.B) {
+	t := b
 	inVM(t)
 	const gib = 1 << 30
 	timed := func(what string, name string, args ...string) {
@@ -303,9 +306,8 @@ func TestVMStaleData(t *testing.T) {
 	}
 }
 
-// TestVMStaleDataPMEM is TestVMStaleData on a pmem pool (region0; after
-// TestVMWipeCost, whose namespace holds the start of the region, so the two
-// volumes here are made at the same place after it).
+// TestVMStaleDataPMEM is TestVMStaleData on a pmem pool (region0): the two
+// volumes are made one after the other at the same place of the region.
 func TestVMStaleDataPMEM(t *testing.T) {
 	inVM(t)
 	ctx := context.Background()

@@ -3,7 +3,7 @@
 # builds a static disks.test into a share directory and boots the VM (test/disks/vm.sh).
 # Take the shared VM lock around it (one VM at a time): flock /work/wt/vm.lock test/disks/run-vm.sh
 #
-# usage: test/disks/run-vm.sh [run.sh flags] [-- disks.test flags, e.g. -test.run TestVMWipeCost]
+# usage: test/disks/run-vm.sh [run.sh flags] [-- disks.test flags, e.g. -test.run XXX -test.bench VMWipeCost]
 #   CARVE_DISKS_SHARE=DIR  use (and keep) this share directory
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

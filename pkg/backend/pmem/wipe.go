@@ -28,7 +28,7 @@ func Wipe(dev string, size int64) error { return wipeDevice(dev, size) }
 // made). It writes the zeroes itself: pmem has no zeroing of its own, and
 // BLKZEROOUT, which then writes zero pages in the kernel, measured slower
 // (VM rig, fsdax namespace: 14.35 s/GiB against 8.18 s/GiB for 4 MiB
-// writes; test/disks TestVMWipeCost). It opens the device O_EXCL, so a
+// writes; test/disks BenchmarkVMWipeCost). It opens the device O_EXCL, so a
 // device in use is never touched.
 func wipeDevice(dev string, size int64) error {
 	var f *os.File
