@@ -187,7 +187,7 @@ func startControlPlane(b testing.TB, bin string) (*rest.Config, string) {
 	kubectl := filepath.Join(bin, "kubectl")
 	run(kubectl, "--kubeconfig", admin, "apply", "-f", filepath.Join(root, "deploy", "kubernetes", "base", "crds"))
 	run(kubectl, "--kubeconfig", admin, "wait", "--for=condition=established", "--timeout=60s",
-		"crd/localvolumes.carve.csi.dev", "crd/nodestorages.carve.csi.dev")
+		"crd/localvolumes.carve.csi.dev", "crd/localsnapshots.carve.csi.dev", "crd/nodestorages.carve.csi.dev")
 	for _, n := range burstNodes {
 		run(sh, "add-node", dir, n, k8srig.DriverName)
 	}
