@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/carve-csi/carve/pkg/apis/carve/v1alpha1"
 	"github.com/carve-csi/carve/pkg/backend"
@@ -304,5 +305,34 @@ func TestNoSnapshotCRD(t *testing.T) {
 	}
 	if l, err := v.ListSnapshots(ctx); err != nil || len(l) != 0 {
 		t.Fatalf("ListSnapshots: %v, %v", l, err)
+	}
+}
+
+// The SnapshotReleaser frees the LocalSnapshots of a node that does not
+// exist (finalizer dropped, Failed/FailedPrecondition) and leaves a live
+// node's alone.
+func TestSnapshotReleaserFreesSnapshotsOfMissingNodes(t *testing.T) {
+	gone := readyLS("snap-gone", "gone", "", names.VolumeID("a"), gib)
+	gone.Status = v1alpha1.LocalSnapshotStatus{}
+	gone.Finalizers = []string{v1alpha1.Finalizer}
+	live := readyLS("snap-live", "n1", "", names.VolumeID("b"), gib)
+	live.Finalizers = []string{v1alpha1.Finalizer}
+	c := newClient(t, gone, live, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+	r := &SnapshotReleaser{Client: c}
+	ctx := context.Background()
+	for _, ls := range []*v1alpha1.LocalSnapshot{gone, live} {
+		if _, err := r.Reconcile(ctx, reconcile.Request{NamespacedName: types.NamespacedName{Name: ls.Name}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := &v1alpha1.LocalSnapshot{}
+	if err := c.Get(ctx, types.NamespacedName{Name: gone.Name}, got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Finalizers) != 0 || got.Status.Phase != v1alpha1.PhaseFailed || got.Status.Code != "FailedPrecondition" {
+		t.Fatalf("snapshot of a missing node: %+v", got)
+	}
+	if err := c.Get(ctx, types.NamespacedName{Name: live.Name}, got); err != nil || len(got.Finalizers) != 1 || got.Status.Phase != v1alpha1.PhaseReady {
+		t.Fatalf("snapshot of a live node touched: %+v, %v", got, err)
 	}
 }

@@ -268,6 +268,9 @@ func startArm(tb testing.TB, ctx context.Context, admin *rest.Config, arm *burst
 	if err := (&cluster.Releaser{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
 		tb.Fatal(err)
 	}
+	if err := (&cluster.SnapshotReleaser{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+		tb.Fatal(err)
+	}
 	if r.direct, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
 		tb.Fatal(err)
 	}
