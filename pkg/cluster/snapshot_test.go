@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -334,5 +335,29 @@ func TestSnapshotReleaserFreesSnapshotsOfMissingNodes(t *testing.T) {
 	}
 	if err := c.Get(ctx, types.NamespacedName{Name: live.Name}, got); err != nil || len(got.Finalizers) != 1 || got.Status.Phase != v1alpha1.PhaseReady {
 		t.Fatalf("snapshot of a live node touched: %+v, %v", got, err)
+	}
+}
+
+// TestSourceOldCRD: a LocalVolume CRD older than issue 14 prunes spec.source,
+// and the node would make an empty volume; the controller sees the stored
+// object lost its source, deletes it and says why (ErrOldSchema).
+func TestSourceOldCRD(t *testing.T) {
+	src := readyLV("pvc-src", "n1", "", gib)
+	c := newClient(t, nodeStorage("n1", 8*gib), src)
+	pruning := interceptor.Funcs{Create: func(ctx context.Context, cl client.WithWatch, o client.Object, opts ...client.CreateOption) error {
+		if lv, ok := o.(*v1alpha1.LocalVolume); ok { // pruned as by a CRD without the field
+			lv.Spec.Source = nil
+		}
+		return cl.Create(ctx, o, opts...)
+	}}
+	v := &Volumes{Client: interceptor.NewClient(c.(client.WithWatch), pruning), Poll: 5 * time.Millisecond}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := v.Create(ctx, CreateRequest{Name: "pvc-copy", Source: &v1alpha1.VolumeSource{Kind: v1alpha1.SourceVolume, ID: src.Name}})
+	if !errors.Is(err, ErrOldSchema) {
+		t.Fatalf("copy through a CRD without spec.source: %v, want ErrOldSchema", err)
+	}
+	if n := countVolumes(t, c); n != 1 {
+		t.Fatalf("%d LocalVolumes, want only the source (the pruned copy deleted)", n)
 	}
 }
