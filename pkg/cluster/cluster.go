@@ -1,6 +1,7 @@
 // Package cluster is the controller's volume logic: it places volumes on nodes
 // from their published NodeStorage, and talks to the nodes only through
-// LocalVolume objects in the Kubernetes API. It never touches a device.
+// LocalVolume and LocalSnapshot objects in the Kubernetes API. It never
+// touches a device.
 package cluster
 
 import (

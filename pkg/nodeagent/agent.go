@@ -1,7 +1,8 @@
 // Package nodeagent is the node's half of carve's controller mode. It
 // reconciles the LocalVolumes assigned to this node (creates, expands and
-// deletes their devices, guarded by the node's finalizer, and reports the
-// outcome in status) and publishes this node's NodeStorage, the capacity of
+// deletes their devices, copies of a source included, guarded by the node's
+// finalizer, and reports the outcome in status), likewise its LocalSnapshots
+// (Snapshots: thin snapshots taken and removed), and publishes this node's NodeStorage, the capacity of
 // its pools, after every change and on a slow timer. The controller reads
 // NodeStorage instead of asking the node, so no GetCapacity call costs a tool
 // run.
