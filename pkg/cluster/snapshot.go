@@ -170,13 +170,16 @@ func sizeOf(lv *v1alpha1.LocalVolume) int64 {
 	return lv.Spec.SizeBytes
 }
 
-// resolvePool names a pool of node as NodeStorage does: "" is the node's default.
+// resolvePool names a pool of node as NodeStorage does: "" is the node's
+// default. Errors: ErrNoPool when the node publishes none.
 func (v *Volumes) resolvePool(ctx context.Context, node, pool string) (string, error) {
 	if pool != "" {
 		return pool, nil
 	}
 	ns := &v1alpha1.NodeStorage{}
-	if err := v.nodeStorages().Get(ctx, types.NamespacedName{Name: node}, ns); err != nil {
+	if err := v.nodeStorages().Get(ctx, types.NamespacedName{Name: node}, ns); apierrors.IsNotFound(err) {
+		return "", fmt.Errorf("%w: node %s publishes no NodeStorage", ErrNoPool, node)
+	} else if err != nil {
 		return "", fmt.Errorf("get NodeStorage %s: %w", node, err)
 	}
 	if ns.Status.DefaultPool == "" {
