@@ -22,7 +22,8 @@ import (
 // controller path on a real API server, with the CRDs and the informer
 // waits as shipped. Controller and three node agents run in this process as
 // in BenchmarkControllerBurst, each node with a snapshotting in-memory pool
-// of type lvm-thin. A volume on node-1 is snapshotted and the snapshot
+// of type lvm-thin; the controller's waits are woken by informer events
+// only (no recheck within a call). A volume on node-1 is snapshotted and the snapshot
 // cloned into three volumes whose requests prefer node-2: all land on
 // node-1, say so in their topology and carry the content source; node-1's
 // NodeStorage and GetCapacity count the source, the snapshot and the three
@@ -37,6 +38,10 @@ func TestSnapshotsControllerMode(t *testing.T) {
 	defer cancel()
 	r := startArm(t, ctx, admin, &burstArm{name: "snapshots", watch: true, qps: kubeclient.DefaultQPS, burst: kubeclient.DefaultBurst,
 		snapshots: true})
+	// The waits must be woken by the informers' events (LocalSnapshot's
+	// included): with no recheck within a call's minute, a wait that only
+	// rechecked would time out.
+	r.cc.Vols.Recheck = 10 * time.Minute
 	const size = 256 << 20
 	call := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, 60*time.Second) }
 	topo := func(requisite []string, preferred ...string) *csi.TopologyRequirement {
