@@ -361,3 +361,50 @@ func TestSourceOldCRD(t *testing.T) {
 		t.Fatalf("%d LocalVolumes, want only the source (the pruned copy deleted)", n)
 	}
 }
+
+// A CreateSnapshot that gave up before the node answered (the caller's
+// deadline, a controller restart) is retried: the retry finds the same
+// LocalSnapshot and returns it once the node took it; nothing is doubled.
+// So is a retry of a volume from that snapshot.
+func TestSnapshotAndCopyRetriedAfterTimeout(t *testing.T) {
+	src := readyLV("pvc-src", "n1", "", gib)
+	c := newClient(t, nodeStorage("n1", 8*gib), src)
+	v := &Volumes{Client: c, Poll: 5 * time.Millisecond}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	short, scancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	_, err := v.CreateSnapshot(short, "snap-slow", src.Name)
+	scancel()
+	if !errors.Is(err, context.DeadlineExceeded) || countSnapshots(t, c) != 1 {
+		t.Fatalf("unanswered: %v, %d LocalSnapshots", err, countSnapshots(t, c))
+	}
+	first := &v1alpha1.LocalSnapshot{}
+	if err := c.Get(ctx, types.NamespacedName{Name: names.SnapshotID("snap-slow")}, first); err != nil {
+		t.Fatal(err)
+	}
+	// A restarted controller: a new Volumes, no ledger.
+	v = &Volumes{Client: c, Poll: 5 * time.Millisecond}
+	go fakeSnapNodes(ctx, c, nil)
+	ls, err := v.CreateSnapshot(ctx, "snap-slow", src.Name)
+	if err != nil || ls.UID != first.UID || ls.Status.Phase != v1alpha1.PhaseReady || countSnapshots(t, c) != 1 {
+		t.Fatalf("retry: %+v, %v; want the first object, Ready, alone", ls, err)
+	}
+
+	req := CreateRequest{Name: "pvc-copy", Source: &v1alpha1.VolumeSource{Kind: v1alpha1.SourceSnapshot, ID: ls.Name}}
+	short, scancel = context.WithTimeout(ctx, 50*time.Millisecond)
+	_, err = v.Create(short, req)
+	scancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("unanswered copy: %v", err)
+	}
+	var mu sync.Mutex
+	go fakeNodes(ctx, c, map[string]int64{"n1": 8 * gib}, &mu)
+	// The snapshot is deleted meanwhile: the copy made before is the answer.
+	if err := v.DeleteSnapshot(ctx, ls.Name); err != nil {
+		t.Fatal(err)
+	}
+	lv, err := v.Create(ctx, req)
+	if err != nil || lv.Status.Phase != v1alpha1.PhaseReady || countVolumes(t, c) != 2 {
+		t.Fatalf("retried copy after its snapshot went: %+v, %v, %d LocalVolumes", lv, err, countVolumes(t, c))
+	}
+}
