@@ -135,7 +135,7 @@ func (v *Volumes) createSnapshotObject(ctx context.Context, id, name, sourceID s
 		return get[v1alpha1.LocalSnapshot](ctx, v.Client, id)
 	} else if meta.IsNoMatchError(err) {
 		v.placed.drop(id)
-		return nil, fmt.Errorf("%w: create LocalSnapshot %s: %v", ErrNoSnapshotCRD, id, err)
+		return nil, fmt.Errorf("%w: create LocalSnapshot %s: %w", ErrNoSnapshotCRD, id, err)
 	} else if err != nil {
 		v.placed.drop(id)
 		return nil, fmt.Errorf("create LocalSnapshot %s: %w", id, err)
