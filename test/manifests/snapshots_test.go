@@ -88,3 +88,38 @@ func (c *cluster) snapshotOverlay(t *testing.T, baseline map[string]map[atom]boo
 	c.kubectlOK(t, nil, "delete", "clusterrolebinding/carve-external-snapshotter", "clusterrole/carve-external-snapshotter")
 	return tab
 }
+
+// The chart's snapshot values that have no kustomize counterpart: the class
+// names, the StorageClass's pool, driverName, and storageClasses.create=false
+// (no StorageClass at all, the VolumeSnapshotClass still).
+func TestHelmSnapshotValues(t *testing.T) {
+	root := repoRoot(t)
+	got := helmObjects(t, root, carveNS, "snapshots.enabled=true", "driverName=scratch.example.com",
+		"snapshots.volumeSnapshotClass=fast-snap", "snapshots.storageClass.name=fast", "snapshots.storageClass.pool=nvme-thin")
+	vsc := got["VolumeSnapshotClass//fast-snap"]
+	if vsc == nil {
+		t.Fatalf("no VolumeSnapshotClass fast-snap: %v", sortedKeys(got))
+	}
+	if vsc["driver"] != "scratch.example.com" || vsc["deletionPolicy"] != "Delete" {
+		t.Errorf("VolumeSnapshotClass fast-snap: %s", jsonString(vsc))
+	}
+	sc := got["StorageClass//fast"]
+	if field(sc, "provisioner") != "scratch.example.com" || field(sc, "parameters.pool") != "nvme-thin" {
+		t.Errorf("StorageClass fast: %s", jsonString(sc))
+	}
+	for _, k := range []string{"VolumeSnapshotClass//carve-thin", "StorageClass//carve-thin"} {
+		if got[k] != nil {
+			t.Errorf("renamed classes still render %s", k)
+		}
+	}
+
+	got = helmObjects(t, root, carveNS, "snapshots.enabled=true", "storageClasses.create=false")
+	for k := range got {
+		if strings.HasPrefix(k, "StorageClass/") {
+			t.Errorf("storageClasses.create=false still renders %s", k)
+		}
+	}
+	if got["VolumeSnapshotClass//carve-thin"] == nil {
+		t.Errorf("storageClasses.create=false dropped the VolumeSnapshotClass: %v", sortedKeys(got))
+	}
+}
