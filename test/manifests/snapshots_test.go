@@ -1,12 +1,22 @@
 package manifests
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	appsv1 "k8s.io/api/apps/v1"
 )
 
 // snapshotClientModule holds the snapshot API's CRDs (config/crd), released
@@ -85,6 +95,7 @@ func (c *cluster) snapshotOverlay(t *testing.T, baseline map[string]map[atom]boo
 		t.Errorf("overlays/snapshots: StatefulSet containers on the server %q, want csi-snapshotter among them", got)
 	}
 	tab := c.leastPrivilege(t, snapshotterRoles, "carve-controller", "carve-controller with overlays/snapshots", baseline)
+	t.Run("csi-snapshotter", func(t *testing.T) { c.liveSnapshotter(t, snap) })
 	c.kubectlOK(t, nil, "delete", "clusterrolebinding/carve-external-snapshotter", "clusterrole/carve-external-snapshotter")
 	return tab
 }
@@ -121,5 +132,154 @@ func TestHelmSnapshotValues(t *testing.T) {
 	}
 	if got["VolumeSnapshotClass//carve-thin"] == nil {
 		t.Errorf("storageClasses.create=false dropped the VolumeSnapshotClass: %v", sortedKeys(got))
+	}
+}
+
+// fakeSnapshots is a CSI driver named carve.csi.dev that takes snapshots and
+// nothing else: what csi-snapshotter needs to run (carve's controller mode
+// does not offer snapshots yet).
+type fakeSnapshots struct {
+	csi.UnimplementedIdentityServer
+	csi.UnimplementedControllerServer
+	mu               sync.Mutex
+	created, deleted []string
+}
+
+func (f *fakeSnapshots) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
+	return &csi.GetPluginInfoResponse{Name: driverName, VendorVersion: "test"}, nil
+}
+
+func (f *fakeSnapshots) GetPluginCapabilities(context.Context, *csi.GetPluginCapabilitiesRequest) (*csi.GetPluginCapabilitiesResponse, error) {
+	return &csi.GetPluginCapabilitiesResponse{Capabilities: []*csi.PluginCapability{{Type: &csi.PluginCapability_Service_{
+		Service: &csi.PluginCapability_Service{Type: csi.PluginCapability_Service_CONTROLLER_SERVICE}}}}}, nil
+}
+
+func (f *fakeSnapshots) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, error) {
+	return &csi.ProbeResponse{}, nil
+}
+
+func (f *fakeSnapshots) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
+	return &csi.ControllerGetCapabilitiesResponse{Capabilities: []*csi.ControllerServiceCapability{{Type: &csi.ControllerServiceCapability_Rpc{
+		Rpc: &csi.ControllerServiceCapability_RPC{Type: csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT}}}}}, nil
+}
+
+func (f *fakeSnapshots) CreateSnapshot(_ context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
+	f.mu.Lock()
+	f.created = append(f.created, req.GetName()+" of "+req.GetSourceVolumeId())
+	f.mu.Unlock()
+	return &csi.CreateSnapshotResponse{Snapshot: &csi.Snapshot{SnapshotId: "id-" + req.GetName(), SourceVolumeId: req.GetSourceVolumeId(),
+		CreationTime: timestamppb.Now(), ReadyToUse: true, SizeBytes: 1 << 30}}, nil
+}
+
+func (f *fakeSnapshots) DeleteSnapshot(_ context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
+	f.mu.Lock()
+	f.deleted = append(f.deleted, req.GetSnapshotId())
+	f.mu.Unlock()
+	return &csi.DeleteSnapshotResponse{}, nil
+}
+
+func (f *fakeSnapshots) calls() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return fmt.Sprintf("created %q, deleted %q", f.created, f.deleted)
+}
+
+// liveSnapshotter runs csi-snapshotter with exactly the StatefulSet's
+// arguments as carve-controller, leader election on, against a driver that
+// takes snapshots, and walks one VolumeSnapshotContent through what
+// snapshot-controller leaves to it (not run here): create (annotation,
+// CreateSnapshot, status), then delete (DeleteSnapshot, status cleared,
+// finalizer removed). Every step must work with the granted rules, and the
+// sidecar log no RBAC denial.
+func (c *cluster) liveSnapshotter(t *testing.T, snap objects) {
+	bin := filepath.Join(c.bin, "csi-snapshotter")
+	if _, err := os.Stat(bin); err != nil {
+		t.Skipf("no %s (hack/k8s/build.sh builds it with external-snapshotter): the sidecar's live run is left out", bin)
+	}
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "csi.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drv := &fakeSnapshots{}
+	srv := grpc.NewServer()
+	csi.RegisterIdentityServer(srv, drv)
+	csi.RegisterControllerServer(srv, drv)
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(srv.Stop) // after the sidecar's stop (cleanups run last first)
+
+	_, kc := c.saClient(t, "carve-controller")
+	spec := snap.get(t, "StatefulSet", carveNS, "carve-controller").(*appsv1.StatefulSet).Spec.Template.Spec
+	args := withArgs(container(t, spec, "csi-snapshotter").Args, sock, kc)
+	p := c.start(t, dir, "csi-snapshotter", []string{"NAMESPACE=" + carveNS, "POD_NAME=carve-controller-0", "POD_NAMESPACE=" + carveNS}, bin, args...)
+
+	const name, uid = "carve-test-content", "0d3b1a2c-0000-4000-8000-000000000001"
+	content := fmt.Sprintf(`apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshotContent
+metadata:
+  name: %s
+  finalizers: [snapshot.storage.kubernetes.io/volumesnapshotcontent-bound-protection]
+spec:
+  driver: %s
+  deletionPolicy: Delete
+  volumeSnapshotClassName: carve-thin
+  source: {volumeHandle: carve-test-volume}
+  volumeSnapshotRef: {apiVersion: snapshot.storage.k8s.io/v1, kind: VolumeSnapshot, name: carve-test-snapshot, namespace: default, uid: %s}
+`, name, driverName, uid)
+	c.kubectlOK(t, []byte(content), "create", "-f", "-")
+	wait := func(what string, done func() (string, bool)) {
+		t.Helper()
+		deadline := time.Now().Add(90 * time.Second)
+		for {
+			got, ok := done()
+			if ok {
+				t.Logf("%s: %s", what, got)
+				return
+			}
+			if p.exited() || time.Now().After(deadline) {
+				t.Fatalf("%s: still %q (driver: %s); csi-snapshotter:\n%s", what, got, drv.calls(), tail(p))
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	wantID := "id-snapshot-" + uid
+	wait("content ready", func() (string, bool) {
+		out, _ := c.kubectlIn(t, nil, c.admin, "get", "volumesnapshotcontent", name, "-o",
+			`jsonpath={.status.readyToUse} {.status.snapshotHandle} {.status.restoreSize} {.metadata.annotations}`)
+		return out, strings.HasPrefix(out, "true "+wantID+" 1073741824 ") && !strings.Contains(out, "volumesnapshot-being-created")
+	})
+	lease := c.kubectlOK(t, nil, "get", "lease", "-n", carveNS, "external-snapshotter-leader-"+strings.ReplaceAll(driverName, ".", "-"),
+		"-o", "jsonpath={.spec.holderIdentity}")
+	if lease == "" {
+		t.Errorf("csi-snapshotter holds no Lease in %s", carveNS)
+	}
+
+	// snapshot-controller's part of a deletion: the annotation, then the delete.
+	c.kubectlOK(t, nil, "annotate", "volumesnapshotcontent", name, "snapshot.storage.kubernetes.io/volumesnapshot-being-deleted=yes")
+	c.kubectlOK(t, nil, "delete", "volumesnapshotcontent", name, "--wait=false")
+	wait("content gone", func() (string, bool) {
+		out, err := c.kubectlIn(t, nil, c.admin, "get", "volumesnapshotcontent", name, "-o", "name")
+		return strings.TrimSpace(out), err != nil && strings.Contains(out, "NotFound")
+	})
+	// A retried call repeats the same arguments (CSI calls are idempotent).
+	drv.mu.Lock()
+	for _, c := range drv.created {
+		if want := "snapshot-" + uid + " of carve-test-volume"; c != want {
+			t.Errorf("CreateSnapshot %s, want %s", c, want)
+		}
+	}
+	for _, d := range drv.deleted {
+		if d != wantID {
+			t.Errorf("DeleteSnapshot %s, want %s", d, wantID)
+		}
+	}
+	if len(drv.created) == 0 || len(drv.deleted) == 0 {
+		t.Errorf("driver calls: created %q, deleted %q: want both", drv.created, drv.deleted)
+	}
+	drv.mu.Unlock()
+	p.stop()
+	if denied := forbiddenLines(t, p); len(denied) > 0 {
+		t.Errorf("RBAC denials in csi-snapshotter's log:\n%s", strings.Join(denied, "\n"))
 	}
 }
