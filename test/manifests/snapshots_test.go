@@ -136,8 +136,9 @@ func TestHelmSnapshotValues(t *testing.T) {
 }
 
 // fakeSnapshots is a CSI driver named carve.csi.dev that takes snapshots and
-// nothing else: what csi-snapshotter needs to run (carve's controller mode
-// does not offer snapshots yet).
+// nothing else: what csi-snapshotter needs to run, without a node agent and
+// an lvm-thin pool behind carve's controller (its snapshots are tested in
+// test/integration and pkg/csi; here the sidecar's permissions are).
 type fakeSnapshots struct {
 	csi.UnimplementedIdentityServer
 	csi.UnimplementedControllerServer
