@@ -217,6 +217,8 @@ func TestCluster(t *testing.T) {
 	}
 
 	// Examples and the pmem overlay: the API server validates and admits them (dry run).
+	// The snapshot examples and overlays/snapshots need the cluster's snapshot CRDs.
+	c.installSnapshotCRDs(t)
 	ex := e.files(t, "deploy/kubernetes/examples")
 	out = c.kubectlOK(t, ex.raw, "apply", "--server-side", "--dry-run=server", "--field-manager=carve-test", "-n", "default", "-f", "-")
 	t.Logf("examples (dry run):\n%s", out)
@@ -242,6 +244,7 @@ func TestCluster(t *testing.T) {
 	}
 
 	c.liveController(t, base)
+	summary.WriteString(c.snapshotOverlay(t, baseline))
 
 	// The attacher overlay. attachRequired is immutable: moving an install to
 	// it means deleting the CSIDriver first (the README says so).
@@ -260,6 +263,9 @@ func TestCluster(t *testing.T) {
 		t.Errorf("attacher overlay: CSIDriver attachRequired %q on the server", got)
 	}
 	summary.WriteString(c.leastPrivilege(t, attacherRoles, "carve-controller", "carve-controller with overlays/attacher", baseline))
+	// Both: overlays/attacher with components/snapshots.
+	c.applyCounted(t, attacherSnapshots, e.kustomize(t, attacherSnapshots))
+	summary.WriteString(c.leastPrivilege(t, attacherSnapshotterRoles, "carve-controller", "carve-controller with overlays/attacher and components/snapshots", baseline))
 	t.Logf("what each ServiceAccount may do beyond the baseline:\n%s", summary.String())
 }
 

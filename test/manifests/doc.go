@@ -13,7 +13,12 @@
 // own token, what it may do: the answer (SelfSubjectRulesReview, minus what
 // every authenticated user may do) must equal the expected list, and explicit
 // SelfSubjectAccessReviews must deny secrets, pods/exec, writes to Nodes and
-// anything cluster-wide with "*". Then carve-csi --mode=controller,
+// anything cluster-wide with "*". Before the examples, the snapshot API's CRDs
+// (external-snapshotter's client module, from the Go module cache) are
+// installed, so that the snapshot examples are admitted; overlays/snapshots,
+// and the attacher overlay with components/snapshots, are applied for real and
+// carve-controller's permissions checked the same way.
+// Then carve-csi --mode=controller,
 // external-provisioner and external-resizer run with the StatefulSet's own
 // arguments as carve-controller, leader election on: the Leases, the owner
 // lookup of --capacity-ownerref-level=1 and the CSIStorageCapacity objects

@@ -53,6 +53,8 @@ var helmCases = []struct {
 	{"base", "deploy/kubernetes", []string{"namespace.create=true"}},
 	{"attacher", "deploy/kubernetes/overlays/attacher", []string{"namespace.create=true", "attacher.enabled=true"}},
 	{"pmem", "deploy/kubernetes/overlays/pmem", []string{"namespace.create=true", "pmem.enabled=true"}},
+	{"snapshots", "deploy/kubernetes/overlays/snapshots", []string{"namespace.create=true", "snapshots.enabled=true"}},
+	{"attacher-snapshots", attacherSnapshots, []string{"namespace.create=true", "attacher.enabled=true", "snapshots.enabled=true"}},
 }
 
 func TestHelmMatchesKustomize(t *testing.T) {

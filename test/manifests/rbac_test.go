@@ -234,3 +234,24 @@ func table(atoms map[atom]bool) string {
 	}
 	return b.String()
 }
+
+// carveSnapshotter is components/snapshots' role (overlays/snapshots).
+var carveSnapshotter = role{name: "carve-external-snapshotter", sa: "carve-controller", rules: []rule{
+	{"snapshot.storage.k8s.io", []string{"volumesnapshotcontents"}, []string{"get", "list", "watch"},
+		"csi-snapshotter: content informer (sidecar-controller snapshot_controller_base.go); Get of the latest copy before a status write (snapshot_controller.go)"},
+	{"snapshot.storage.k8s.io", []string{"volumesnapshotcontents"}, []string{"patch"},
+		"csi-snapshotter: JSON patches of its finalizer and annotations (utils.PatchVolumeSnapshotContent); v8.7.0 never updates a content"},
+	{"snapshot.storage.k8s.io", []string{"volumesnapshotcontents/status"}, []string{"update", "patch"},
+		"csi-snapshotter: handle, readyToUse, size and errors patched in status; clearVolumeContentStatus uses UpdateStatus"},
+	{"snapshot.storage.k8s.io", []string{"volumesnapshotclasses"}, []string{"get", "list", "watch"},
+		"csi-snapshotter: class lister (deletion policy, secret parameters)"},
+	{"", []string{"events"}, []string{"create", "patch"},
+		"csi-snapshotter: event recorder (client-go recordEvent: Create, or Patch of a repeated event)"},
+}}
+
+// snapshotterRoles and attacherSnapshotterRoles: overlays/snapshots, and
+// overlays/attacher with components/snapshots.
+var (
+	snapshotterRoles         = append(append([]role{}, baseRoles...), carveSnapshotter)
+	attacherSnapshotterRoles = append(append([]role{}, attacherRoles...), carveSnapshotter)
+)

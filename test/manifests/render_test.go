@@ -143,14 +143,15 @@ func decode(t *testing.T, what string, data []byte) objects {
 		}
 		obj, gvk, err := scheme.Codecs.UniversalDeserializer().Decode(doc, nil, nil)
 		// CRDs stay unstructured even when a package linked into this test (helm's
-		// kube client) registers apiextensions in client-go's scheme.
+		// kube client) registers apiextensions in client-go's scheme; so do the
+		// snapshot API's objects (external-snapshotter's CRDs, not client-go's).
 		if runtime.IsNotRegisteredError(err) || (err == nil && gvk.Kind == "CustomResourceDefinition") {
 			u := &unstructured.Unstructured{}
 			if err := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(doc), 4096).Decode(&u.Object); err != nil {
 				t.Fatalf("%s: decoding unstructured: %v", what, err)
 			}
-			if u.GetKind() != "CustomResourceDefinition" {
-				t.Errorf("%s: %s %s is not a kind client-go knows, and not a CRD", what, u.GetKind(), u.GetName())
+			if u.GetKind() != "CustomResourceDefinition" && u.GetAPIVersion() != snapshotAPI {
+				t.Errorf("%s: %s %s is not a kind client-go knows, not a CRD and not of %s", what, u.GetKind(), u.GetName(), snapshotAPI)
 			}
 			s.list = append(s.list, object{kind: u.GetKind(), ns: u.GetNamespace(), name: u.GetName(), u: u})
 			continue
@@ -195,6 +196,16 @@ var baseKeys = []string{
 	"StorageClass/carve-lvm", "StorageClass/carve-pmem",
 }
 
+// snapshotKeys is what components/snapshots adds to an install.
+var snapshotKeys = []string{
+	"ClusterRole/carve-external-snapshotter", "ClusterRoleBinding/carve-external-snapshotter",
+	"StorageClass/carve-thin", "VolumeSnapshotClass/carve-thin",
+}
+
+// attacherSnapshots is overlays/attacher with components/snapshots, the
+// combination components/snapshots/kustomization.yaml shows.
+const attacherSnapshots = "test/manifests/testdata/attacher-snapshots"
+
 func sorted(s ...[]string) []string {
 	var out []string
 	for _, x := range s {
@@ -213,6 +224,7 @@ var wantImages = map[string]string{
 	"csi-provisioner":       "registry.k8s.io/sig-storage/csi-provisioner:v6.3.0",
 	"csi-resizer":           "registry.k8s.io/sig-storage/csi-resizer:v2.3.0",
 	"csi-attacher":          "registry.k8s.io/sig-storage/csi-attacher:v4.13.0",
+	"csi-snapshotter":       "registry.k8s.io/sig-storage/csi-snapshotter:v8.7.0",
 	"liveness-probe":        "registry.k8s.io/sig-storage/livenessprobe:v2.20.0",
 	"node-driver-registrar": "registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.17.0",
 }
@@ -308,8 +320,26 @@ func checkPodSpec(t *testing.T, s objects, what string, spec corev1.PodSpec) {
 	}
 }
 
+// features are the optional parts of an install: overlays/attacher and
+// components/snapshots.
+type features struct{ attach, snapshots bool }
+
+// roles is every role the install must hold, no more.
+func (f features) roles() []role {
+	switch {
+	case f.attach && f.snapshots:
+		return attacherSnapshotterRoles
+	case f.attach:
+		return attacherRoles
+	case f.snapshots:
+		return snapshotterRoles
+	}
+	return baseRoles
+}
+
 // checkInstall checks a rendered install (base or an overlay).
-func checkInstall(t *testing.T, s objects, attach bool, pools []string) {
+func checkInstall(t *testing.T, s objects, f features, pools []string) {
+	attach := f.attach
 	// CSIDriver: exactly the fields issue #6 asks for.
 	drv := s.get(t, "CSIDriver", "", driverName).(*storagev1.CSIDriver)
 	want := storagev1.CSIDriverSpec{
@@ -330,6 +360,9 @@ func checkInstall(t *testing.T, s objects, attach bool, pools []string) {
 	names := []string{"carve-csi", "csi-provisioner", "csi-resizer", "liveness-probe"}
 	if attach {
 		names = append(names, "csi-attacher")
+	}
+	if f.snapshots {
+		names = append(names, "csi-snapshotter")
 	}
 	if got := containerNames(ps); !reflect.DeepEqual(got, sorted(names)) {
 		t.Errorf("controller containers %q, want %q", got, sorted(names))
@@ -359,6 +392,11 @@ func checkInstall(t *testing.T, s objects, attach bool, pools []string) {
 	hasArgs(t, container(t, ps, "csi-resizer"), append([]string{"--csi-address=/csi/csi.sock", "--handle-volume-inuse-error=false", "--leader-election"}, leaseArgs...)...)
 	if attach {
 		hasArgs(t, container(t, ps, "csi-attacher"), append([]string{"--csi-address=/csi/csi.sock", "--leader-election"}, leaseArgs...)...)
+	}
+	if f.snapshots {
+		// The group snapshot gate off: the role grants none of their objects.
+		hasArgs(t, container(t, ps, "csi-snapshotter"), append([]string{"--csi-address=/csi/csi.sock", "--leader-election",
+			"--timeout=60s", "--feature-gates=CSIVolumeGroupSnapshot=false"}, leaseArgs...)...)
 	}
 
 	// Node: privileged, host PID for nsenter, kubelet dir with Bidirectional propagation, /dev.
@@ -411,7 +449,12 @@ func checkInstall(t *testing.T, s objects, attach bool, pools []string) {
 	}
 
 	// StorageClasses: late binding so capacity decides, expansion on.
-	for name, pool := range map[string]string{"carve-lvm": "lvm", "carve-pmem": "pmem"} {
+	classes := map[string]string{"carve-lvm": "lvm", "carve-pmem": "pmem"}
+	if f.snapshots {
+		classes["carve-thin"] = "thin"
+		checkSnapshotClass(t, s)
+	}
+	for name, pool := range classes {
 		sc := s.get(t, "StorageClass", "", name).(*storagev1.StorageClass)
 		if sc.Provisioner != driverName || sc.VolumeBindingMode == nil || *sc.VolumeBindingMode != storagev1.VolumeBindingWaitForFirstConsumer ||
 			sc.AllowVolumeExpansion == nil || !*sc.AllowVolumeExpansion || sc.Parameters["pool"] != pool || len(sc.Parameters) != 1 {
@@ -419,16 +462,36 @@ func checkInstall(t *testing.T, s objects, attach bool, pools []string) {
 		}
 	}
 
-	checkRBAC(t, s, attach)
+	checkRBAC(t, s, f.roles())
+}
+
+// snapshotAPI is the API of VolumeSnapshotClass and VolumeSnapshot.
+const snapshotAPI = "snapshot.storage.k8s.io/v1"
+
+// checkSnapshotClass checks the VolumeSnapshotClass of components/snapshots:
+// carve's driver, snapshots deleted with their VolumeSnapshot, no parameters
+// (carve takes none).
+func checkSnapshotClass(t *testing.T, s objects) {
+	t.Helper()
+	var vsc *unstructured.Unstructured
+	for _, o := range s.list {
+		if o.kind == "VolumeSnapshotClass" && o.name == "carve-thin" {
+			vsc = o.u
+		}
+	}
+	if vsc == nil {
+		t.Fatalf("no VolumeSnapshotClass carve-thin rendered")
+	}
+	want := map[string]any{"apiVersion": snapshotAPI, "kind": "VolumeSnapshotClass", "metadata": map[string]any{"name": "carve-thin"},
+		"driver": driverName, "deletionPolicy": "Delete"}
+	if !reflect.DeepEqual(vsc.Object, want) {
+		t.Errorf("VolumeSnapshotClass carve-thin:\n got %v\nwant %v", vsc.Object, want)
+	}
 }
 
 // checkRBAC compares every rendered Role and ClusterRole with the expected
 // list and checks each binding binds its role to the expected ServiceAccount.
-func checkRBAC(t *testing.T, s objects, attach bool) {
-	roles := baseRoles
-	if attach {
-		roles = attacherRoles
-	}
+func checkRBAC(t *testing.T, s objects, roles []role) {
 	want := map[string]role{}
 	for _, r := range roles {
 		want[roleKey(r.ns, r.name)] = r
@@ -542,9 +605,11 @@ func spec(s storagev1.CSIDriverSpec) string {
 // examplePinned: example pods use a fixed release of a public test image.
 var examplePinned = regexp.MustCompile(`^[a-z0-9.-]+(/[a-z0-9._-]+)+:[0-9]+\.[0-9]+\.[0-9]+(-[0-9]+)?$`)
 
-// checkExamples checks the three ways to get a volume.
+// checkExamples checks the three ways to get a volume, and a volume made from
+// a snapshot.
 func checkExamples(t *testing.T, s objects) {
-	wantKeys := []string{"PersistentVolumeClaim/carve-pvc", "Pod/carve-ephemeral-pod", "Pod/carve-inline-pod", "Pod/carve-pvc-pod"}
+	wantKeys := sorted([]string{"PersistentVolumeClaim/carve-pvc", "Pod/carve-ephemeral-pod", "Pod/carve-inline-pod", "Pod/carve-pvc-pod"},
+		snapshotExampleKeys)
 	if got := s.keys(); !reflect.DeepEqual(got, wantKeys) {
 		t.Errorf("examples: %q, want %q", got, wantKeys)
 	}
@@ -577,6 +642,53 @@ func checkExamples(t *testing.T, s objects) {
 		pp.Spec.Volumes[0].PersistentVolumeClaim.ClaimName != pvc.Name {
 		t.Errorf("carve-pvc-pod: want a pod on PVC carve-pvc of class carve-lvm")
 	}
+	checkSnapshotExamples(t, s)
+}
+
+// snapshotExampleKeys: a thin volume filled by a pod, its snapshot, a pod
+// with a copy of it.
+var snapshotExampleKeys = []string{"PersistentVolumeClaim/carve-thin-pvc", "Pod/carve-thin-pod", "VolumeSnapshot/carve-snapshot", "Pod/carve-restore-pod"}
+
+// checkSnapshotExamples: the snapshot is of a volume of the thin class
+// (carve snapshots lvm-thin volumes only), with components/snapshots' class,
+// and the restored volume comes from it, in the thin class again (a copy is
+// made in its source's pool), no smaller than the source.
+func checkSnapshotExamples(t *testing.T, s objects) {
+	t.Helper()
+	pvc := s.get(t, "PersistentVolumeClaim", "", "carve-thin-pvc").(*corev1.PersistentVolumeClaim)
+	fill := s.get(t, "Pod", "", "carve-thin-pod").(*corev1.Pod)
+	if ptrVal(pvc.Spec.StorageClassName) != "carve-thin" || fill.Spec.Volumes[0].PersistentVolumeClaim == nil ||
+		fill.Spec.Volumes[0].PersistentVolumeClaim.ClaimName != pvc.Name {
+		t.Errorf("carve-thin-pod: want a pod on PVC carve-thin-pvc of class carve-thin")
+	}
+	var snap *unstructured.Unstructured
+	for _, o := range s.list {
+		if o.kind == "VolumeSnapshot" && o.name == "carve-snapshot" {
+			snap = o.u
+		}
+	}
+	if snap == nil {
+		t.Fatal("no VolumeSnapshot carve-snapshot among the examples")
+	}
+	class, _, _ := unstructured.NestedString(snap.Object, "spec", "volumeSnapshotClassName")
+	src, _, _ := unstructured.NestedString(snap.Object, "spec", "source", "persistentVolumeClaimName")
+	if snap.GetAPIVersion() != snapshotAPI || class != "carve-thin" || src != pvc.Name {
+		t.Errorf("VolumeSnapshot carve-snapshot: want %s, class carve-thin, source PVC %s: %v", snapshotAPI, pvc.Name, snap.Object)
+	}
+	restore := s.get(t, "Pod", "", "carve-restore-pod").(*corev1.Pod)
+	v := restore.Spec.Volumes[0].Ephemeral
+	if v == nil || v.VolumeClaimTemplate == nil {
+		t.Fatalf("carve-restore-pod: want a generic ephemeral volume: %+v", restore.Spec.Volumes)
+	}
+	spec := v.VolumeClaimTemplate.Spec
+	ds := spec.DataSource
+	if ptrVal(spec.StorageClassName) != "carve-thin" || ds == nil || ptrVal(ds.APIGroup) != "snapshot.storage.k8s.io" ||
+		ds.Kind != "VolumeSnapshot" || ds.Name != snap.GetName() {
+		t.Errorf("carve-restore-pod: want a carve-thin volume from VolumeSnapshot %s: %+v", snap.GetName(), spec)
+	}
+	if got, src := spec.Resources.Requests[corev1.ResourceStorage], pvc.Spec.Resources.Requests[corev1.ResourceStorage]; got.Cmp(src) < 0 {
+		t.Errorf("carve-restore-pod: requests %s, less than the snapshot's source (%s)", got.String(), src.String())
+	}
 }
 
 func ptrVal[T any](p *T) T {
@@ -596,7 +708,7 @@ func TestRendered(t *testing.T) {
 		if got := s.keys(); !reflect.DeepEqual(got, sorted(baseKeys)) {
 			t.Errorf("objects:\n got %q\nwant %q", got, sorted(baseKeys))
 		}
-		checkInstall(t, s, false, []string{"lvm=lvm:carve"})
+		checkInstall(t, s, features{}, []string{"lvm=lvm:carve"})
 	})
 	t.Run("overlay-attacher", func(t *testing.T) {
 		s := e.kustomize(t, "deploy/kubernetes/overlays/attacher")
@@ -604,14 +716,31 @@ func TestRendered(t *testing.T) {
 		if got := s.keys(); !reflect.DeepEqual(got, want) {
 			t.Errorf("objects:\n got %q\nwant %q", got, want)
 		}
-		checkInstall(t, s, true, []string{"lvm=lvm:carve"})
+		checkInstall(t, s, features{attach: true}, []string{"lvm=lvm:carve"})
 	})
 	t.Run("overlay-pmem", func(t *testing.T) {
 		s := e.kustomize(t, "deploy/kubernetes/overlays/pmem")
 		if got := s.keys(); !reflect.DeepEqual(got, sorted(baseKeys)) {
 			t.Errorf("objects:\n got %q\nwant %q", got, sorted(baseKeys))
 		}
-		checkInstall(t, s, false, []string{"lvm=lvm:carve", "pmem=pmem:all"})
+		checkInstall(t, s, features{}, []string{"lvm=lvm:carve", "pmem=pmem:all"})
+	})
+	t.Run("overlay-snapshots", func(t *testing.T) {
+		s := e.kustomize(t, "deploy/kubernetes/overlays/snapshots")
+		want := sorted(baseKeys, snapshotKeys)
+		if got := s.keys(); !reflect.DeepEqual(got, want) {
+			t.Errorf("objects:\n got %q\nwant %q", got, want)
+		}
+		checkInstall(t, s, features{snapshots: true}, []string{"lvm=lvm:carve"})
+	})
+	// How the component combines with an overlay (components/snapshots says so).
+	t.Run("attacher-snapshots", func(t *testing.T) {
+		s := e.kustomize(t, attacherSnapshots)
+		want := sorted(baseKeys, []string{"ClusterRole/carve-external-attacher", "ClusterRoleBinding/carve-external-attacher"}, snapshotKeys)
+		if got := s.keys(); !reflect.DeepEqual(got, want) {
+			t.Errorf("objects:\n got %q\nwant %q", got, want)
+		}
+		checkInstall(t, s, features{attach: true, snapshots: true}, []string{"lvm=lvm:carve"})
 	})
 	t.Run("examples", func(t *testing.T) {
 		checkExamples(t, e.files(t, "deploy/kubernetes/examples"))
