@@ -249,9 +249,8 @@ func TestThinRealContract(t *testing.T) {
 	})
 }
 
-// TestThinRealCapacityExact: after 10 thin volumes and 2 thin LVs not
-// carve's (standing in for snapshots, which issue 14 adds next), with 3x
-// overprovisioning, MaxVolumeBytes is exactly what one more volume can get:
+// TestThinRealCapacityExact: after 10 thin volumes, 5 snapshots of them and
+// 2 thin LVs not carve's, with 3x overprovisioning, MaxVolumeBytes is exactly what one more volume can get:
 // a volume of that size is created, one extent more is refused, and
 // nothing is left of the refused one.
 func TestThinRealCapacityExact(t *testing.T) {
@@ -271,6 +270,7 @@ func TestThinRealCapacityExact(t *testing.T) {
 		t.Fatalf("empty pool: capacity %+v, want 3 x data %d = %d", c0, u.DataBytes, want)
 	}
 	var given int64
+	var vols []*backend.Volume
 	for i := range 10 {
 		name := fmt.Sprintf("pvc-cap-%d", i)
 		v, err := th.Create(ctx, backend.CreateRequest{ID: names.VolumeID(name), Name: name, SizeBytes: int64(i+1)*ext*3 + 1})
@@ -278,6 +278,21 @@ func TestThinRealCapacityExact(t *testing.T) {
 			t.Fatal(err)
 		}
 		given += v.SizeBytes
+		vols = append(vols, v)
+	}
+	// 5 snapshots (issue 14: "capacity after 10 thin volumes and 5 snapshots"): each
+	// takes its origin's virtual size from the budget.
+	for i := range 5 {
+		name := fmt.Sprintf("snap-cap-%d", i)
+		src := vols[2*i]
+		s, err := th.CreateSnapshot(ctx, names.SnapshotID(name), name, src.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.SizeBytes != src.SizeBytes {
+			t.Fatalf("snapshot of %d bytes: %+v", src.SizeBytes, s)
+		}
+		given += s.SizeBytes
 	}
 	for i := range 2 {
 		if _, err := h.Run(ctx, "lvm", "lvcreate", "-n", fmt.Sprintf("other%d", i), "-V", "20m", "--thinpool", "thin", "-y", "carvecap"); err != nil {
