@@ -122,6 +122,8 @@ type harness struct {
 	shimDir string
 	runner  exec.Host // the test's own lvm: PATH without the shim
 	rng     *rand.Rand
+	// ops are the operations of this pool's lives: ops, or thinOps.
+	ops []string
 
 	proc     *driver.Process
 	pid      int
@@ -159,6 +161,7 @@ type vol struct {
 	// still owned, and kubelet tears it down.
 	uncertain bool
 	data      []byte // written to <mount>/data after publish
+	thinVol          // the snapshot and clone lives' checks (thin_test.go)
 }
 
 // tally is what an audit found.
@@ -199,6 +202,7 @@ type life struct {
 	tag    string
 	inline bool
 	expand bool
+	thin   bool // a snapshot and clone life (thinLife)
 	vols   []*vol
 	faults map[string]*trial // by op
 	// abandoned: a call was abandoned, the rest of the life is teardown.
@@ -245,7 +249,10 @@ func TestFaults(t *testing.T) {
 		seed, seed, trials, strings.Join(modes, "/"), pl)
 
 	h := &harness{t: t, pool: pl, kubelet: t.TempDir(), rng: rand.New(rand.NewPCG(seed, 0x636172766566)),
-		calls: map[string]int{}, labels: map[string][]string{}}
+		calls: map[string]int{}, labels: map[string][]string{}, ops: ops}
+	if pl.thin() {
+		h.ops = thinOps
+	}
 	h.installShim()
 	if left := h.carveLVs(); len(left) > 0 {
 		t.Fatalf("%s must start without carve volumes, has %v", pl, left)
@@ -253,8 +260,11 @@ func TestFaults(t *testing.T) {
 	h.start()
 
 	// Calibration: one unfaulted life of each kind counts each op's calls.
-	for i, inline := range []bool{false, true} {
-		l := &life{tag: fmt.Sprintf("cal%d", i), inline: inline, expand: !inline && pl.canExpand()}
+	cal := []*life{{tag: "cal0", expand: pl.canExpand()}, {tag: "cal1", inline: true}}
+	if pl.thin() {
+		cal = cal[:1]
+	}
+	for _, l := range cal {
 		h.runLife(l)
 		if len(l.problems) > 0 || l.leaked > 0 || l.lost > 0 {
 			t.Fatalf("calibration (no fault) failed: %d leaked, %d lost: %s", l.leaked, l.lost, strings.Join(l.problems, "; "))
@@ -262,7 +272,7 @@ func TestFaults(t *testing.T) {
 	}
 	var bounds []boundary
 	perOp := map[string][]boundary{}
-	for _, op := range ops {
+	for _, op := range h.ops {
 		if !pl.canExpand() && (op == opControllerGrow || op == opNodeGrow) {
 			continue
 		}
@@ -272,6 +282,14 @@ func TestFaults(t *testing.T) {
 		fmt.Printf("faults: %-28s %d tool calls: %s\n", op, h.calls[op], strings.Join(h.labels[op], ", "))
 		for n := 1; n <= h.calls[op]; n++ {
 			for _, m := range modes {
+				if pl.thin() && m == "before" && n > 1 {
+					// The thin lives count each boundary between two calls
+					// once: nothing but the driver's own memory changes
+					// between the end of call n-1 and the start of call n
+					// (a standalone node writes nowhere else), so a kill
+					// before call n leaves what a kill after call n-1 does.
+					continue
+				}
 				perOp[op] = append(perOp[op], boundary{op, n, m})
 			}
 		}
@@ -290,7 +308,7 @@ func TestFaults(t *testing.T) {
 		// A life that was torn down early (an abandoned call) never reached
 		// the calls after it: their faults go to new lives.
 		var left []boundary
-		for _, op := range ops {
+		for _, op := range h.ops {
 			if tr := l.faults[op]; tr != nil && !tr.ran {
 				left = append(left, tr.fault)
 				delete(l.faults, op)
@@ -299,7 +317,7 @@ func TestFaults(t *testing.T) {
 		if len(left) > 0 && len(l.problems) == 0 {
 			lives = append(lives, h.packLives(left, len(lives)+1)...)
 		}
-		for _, op := range ops {
+		for _, op := range h.ops {
 			tr := l.faults[op]
 			if tr == nil {
 				continue
@@ -334,7 +352,7 @@ func TestFaults(t *testing.T) {
 		nHit += len(m)
 	}
 	fmt.Printf("faults: boundaries hit (operation | driver killed | trials): %d of %d\n", nHit, len(bounds))
-	for _, op := range ops {
+	for _, op := range h.ops {
 		var labels []string
 		for l := range hits[op] {
 			labels = append(labels, l)
@@ -371,7 +389,7 @@ func (h *harness) plan(perOp map[string][]boundary, trials int) []boundary {
 	next := map[string]int{}
 	var plan []boundary
 	for len(plan) < trials {
-		turn := append([]string(nil), ops...)
+		turn := append([]string(nil), h.ops...)
 		h.rng.Shuffle(len(turn), func(i, j int) { turn[i], turn[j] = turn[j], turn[i] })
 		for _, op := range turn {
 			bs := perOp[op]
@@ -390,6 +408,8 @@ func (h *harness) plan(perOp map[string][]boundary, trials int) []boundary {
 
 func kind(l *life) string {
 	switch {
+	case l.thin:
+		return "snap+clone"
 	case l.inline:
 		return "inline"
 	case l.expand:
@@ -422,7 +442,7 @@ func (h *harness) packLives(plan []boundary, first int) []*life {
 		}
 		// Expansion is part of every fourth persistent life, and of those with a fault on it.
 		l.expand = !l.inline && (l.faults[opControllerGrow] != nil || l.faults[opNodeGrow] != nil || h.rng.IntN(4) == 0) &&
-			h.pool.kind != "pmem"
+			h.pool.canExpand() && !h.pool.thin()
 		lives = append(lives, l)
 	}
 	return lives
@@ -638,9 +658,13 @@ func (h *harness) report(l *life, tr *trial, t0 time.Time, outcome string) {
 // is left, and scrubs whatever is.
 func (h *harness) runLife(l *life) {
 	var err error
-	if l.inline {
+	l.thin = h.pool.thin()
+	switch {
+	case h.pool.thin():
+		err = h.thinLife(l)
+	case l.inline:
 		err = h.inlineLife(l)
-	} else {
+	default:
 		err = h.persistentLife(l)
 	}
 	if err != nil {
@@ -1035,6 +1059,9 @@ func (h *harness) audit(l *life, tr *tally, when string) (seen int) {
 			tr.problem("lost %s: volume %s: its device-mapper device is left suspended, so its I/O blocks", when, v.name)
 			continue
 		}
+		if h.pool.thin() {
+			h.checkThin(tr, v, lv, when)
+		}
 		if v.uncertain {
 			continue // owned, but whether it is mounted is not known
 		}
@@ -1105,6 +1132,9 @@ func (h *harness) dmDevices() []dmDev {
 			continue
 		}
 		d.lv = strings.ReplaceAll(strings.TrimPrefix(d.name, prefix), "--", "-")
+		if tp := h.pool.thinPool; h.pool.thin() && (d.lv == tp || strings.HasPrefix(d.lv, tp+"_") || strings.HasPrefix(d.lv, tp+"-")) {
+			continue // the thin pool's own devices (_tdata, _tmeta, -tpool), which lvs does not list
+		}
 		sus, _ := os.ReadFile(filepath.Join(filepath.Dir(f), "suspended"))
 		d.suspended = strings.TrimSpace(string(sus)) == "1"
 		out = append(out, d)

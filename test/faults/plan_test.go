@@ -14,7 +14,7 @@ func TestPackLivesUsesEveryFaultOnceAndOneFaultPerCall(t *testing.T) {
 			plan = append(plan, boundary{op, n, "before"}, boundary{op, n, "after"})
 		}
 	}
-	h := &harness{rng: rand.New(rand.NewPCG(1, 2))}
+	h := &harness{rng: rand.New(rand.NewPCG(1, 2)), ops: ops}
 	h.rng.Shuffle(len(plan), func(i, j int) { plan[i], plan[j] = plan[j], plan[i] })
 	lives := h.packLives(plan, 1)
 	seen := map[boundary]int{}
@@ -75,7 +75,7 @@ func TestPlanTakesOpsInTurnsAndEveryBoundaryBeforeRepeats(t *testing.T) {
 			perOp[op] = append(perOp[op], boundary{op, n, "before"}, boundary{op, n, "after"})
 		}
 	}
-	h := &harness{rng: rand.New(rand.NewPCG(3, 4))}
+	h := &harness{rng: rand.New(rand.NewPCG(3, 4)), ops: ops}
 	plan := h.plan(perOp, 100)
 	if len(plan) != 100 {
 		t.Fatalf("%d trials planned", len(plan))
