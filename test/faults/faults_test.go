@@ -280,19 +280,7 @@ func TestFaults(t *testing.T) {
 			t.Fatalf("calibration: %s ran no tool (calls: %v): the shim is not in the driver's way", op, h.calls)
 		}
 		fmt.Printf("faults: %-28s %d tool calls: %s\n", op, h.calls[op], strings.Join(h.labels[op], ", "))
-		for n := 1; n <= h.calls[op]; n++ {
-			for _, m := range modes {
-				if pl.thin() && m == "before" && n > 1 {
-					// The thin lives count each boundary between two calls
-					// once: nothing but the driver's own memory changes
-					// between the end of call n-1 and the start of call n
-					// (a standalone node writes nowhere else), so a kill
-					// before call n leaves what a kill after call n-1 does.
-					continue
-				}
-				perOp[op] = append(perOp[op], boundary{op, n, m})
-			}
-		}
+		perOp[op] = boundaries(op, h.calls[op], modes, pl.thin())
 		bounds = append(bounds, perOp[op]...)
 	}
 	lives := h.packLives(h.plan(perOp, trials), 1)
@@ -380,6 +368,25 @@ func TestFaults(t *testing.T) {
 	if fired < trials*9/10 {
 		t.Errorf("only %d of %d faults fired: the calibration no longer matches the calls carve makes", fired, trials)
 	}
+}
+
+// boundaries are the faults of an op that makes calls tool calls: one per
+// call and mode. With once, each boundary between two calls counts once:
+// nothing but the driver's own memory changes between the end of call n-1
+// and the start of call n (a standalone node writes nowhere else), so a kill
+// before call n leaves what a kill after call n-1 does, and only call 1 gets
+// a "before" (the thin lives, whose calls are many and slow, use it).
+func boundaries(op string, calls int, modes []string, once bool) []boundary {
+	var bs []boundary
+	for n := 1; n <= calls; n++ {
+		for _, m := range modes {
+			if once && m == "before" && n > 1 {
+				continue
+			}
+			bs = append(bs, boundary{op, n, m})
+		}
+	}
+	return bs
 }
 
 // plan picks the trials' faults: the ops take turns (in a random order each

@@ -47,6 +47,23 @@ func TestPackLivesUsesEveryFaultOnceAndOneFaultPerCall(t *testing.T) {
 	}
 }
 
+func TestBoundariesOnce(t *testing.T) {
+	all := boundaries(opSnapshot, 3, []string{"before", "after"}, false)
+	once := boundaries(opSnapshot, 3, []string{"before", "after"}, true)
+	if len(all) != 6 || len(once) != 4 {
+		t.Fatalf("3 calls: %d boundaries, %d once; want 6 and 4", len(all), len(once))
+	}
+	want := []boundary{{opSnapshot, 1, "before"}, {opSnapshot, 1, "after"}, {opSnapshot, 2, "after"}, {opSnapshot, 3, "after"}}
+	for i, b := range once {
+		if b != want[i] {
+			t.Errorf("boundary %d: %v, want %v", i, b, want[i])
+		}
+	}
+	if d := boundaries(opSnapshot, 2, []string{"before", "during"}, true); len(d) != 3 {
+		t.Errorf("2 calls before/during once: %v", d)
+	}
+}
+
 func TestLabels(t *testing.T) {
 	for _, c := range []struct{ line, want string }{
 		{"3 lvm lvcreate -n carve-x -L 16777216b carve !kill-after", "after #3 lvm lvcreate"},
