@@ -42,6 +42,7 @@ import (
 	osexec "os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -124,6 +125,8 @@ type harness struct {
 	rng     *rand.Rand
 	// ops are the operations of this pool's lives: ops, or thinOps.
 	ops []string
+	// coverAll: plan hits every boundary once before any twice (thin).
+	coverAll bool
 
 	proc     *driver.Process
 	pid      int
@@ -251,7 +254,7 @@ func TestFaults(t *testing.T) {
 	h := &harness{t: t, pool: pl, kubelet: t.TempDir(), rng: rand.New(rand.NewPCG(seed, 0x636172766566)),
 		calls: map[string]int{}, labels: map[string][]string{}, ops: ops}
 	if pl.thin() {
-		h.ops = thinOps
+		h.ops, h.coverAll = thinOps, true
 	}
 	h.installShim()
 	if left := h.carveLVs(); len(left) > 0 {
@@ -391,9 +394,14 @@ func boundaries(op string, calls int, modes []string, once bool) []boundary {
 
 // plan picks the trials' faults: the ops take turns (in a random order each
 // turn), so that the lives fill up, and each op walks through its own
-// boundaries in a random order, all of them before any repeats.
+// boundaries in a random order, all of them before any repeats. With
+// h.coverAll an op that has been through all its boundaries sits out its
+// turns until every other op has too, so that as many trials as there are
+// boundaries hit each of them once (the thin lives, whose default count is
+// about that).
 func (h *harness) plan(perOp map[string][]boundary, trials int) []boundary {
 	next := map[string]int{}
+	rounds := func(op string) int { return next[op] / len(perOp[op]) }
 	var plan []boundary
 	for len(plan) < trials {
 		turn := append([]string(nil), h.ops...)
@@ -401,6 +409,9 @@ func (h *harness) plan(perOp map[string][]boundary, trials int) []boundary {
 		for _, op := range turn {
 			bs := perOp[op]
 			if len(plan) == trials || len(bs) == 0 {
+				continue
+			}
+			if h.coverAll && slices.ContainsFunc(h.ops, func(o string) bool { return len(perOp[o]) > 0 && rounds(o) < rounds(op) }) {
 				continue
 			}
 			if next[op]%len(bs) == 0 {

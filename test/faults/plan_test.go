@@ -122,6 +122,34 @@ func TestPlanTakesOpsInTurnsAndEveryBoundaryBeforeRepeats(t *testing.T) {
 	}
 }
 
+// With coverAll, as many trials as boundaries hit each boundary once, even
+// when the ops have very different numbers of them.
+func TestPlanCoverAll(t *testing.T) {
+	perOp := map[string][]boundary{}
+	total := 0
+	for i, op := range thinOps {
+		perOp[op] = boundaries(op, []int{2, 5, 4, 5, 1, 1, 1}[i], []string{"before", "after"}, true)
+		total += len(perOp[op])
+	}
+	if total != 26 {
+		t.Fatalf("%d boundaries", total)
+	}
+	h := &harness{rng: rand.New(rand.NewPCG(5, 6)), ops: thinOps, coverAll: true}
+	plan := h.plan(perOp, total+3)
+	seen := map[boundary]int{}
+	for _, b := range plan[:total] {
+		seen[b]++
+	}
+	if len(seen) != total {
+		t.Fatalf("the first %d trials hit %d boundaries: %v", total, len(seen), plan)
+	}
+	lives := h.packLives(plan[:total], 1)
+	// CreateSnapshot and the clone have 6 boundaries each: 6 lives at least.
+	if len(lives) < 6 || len(lives) > 8 {
+		t.Fatalf("%d lives", len(lives))
+	}
+}
+
 // ndctl list prints one namespace as an object, several as an array, and
 // regions holding them with -R; the audit must see every one in each shape.
 func TestParseNamespaces(t *testing.T) {
