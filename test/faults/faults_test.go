@@ -24,7 +24,10 @@
 // it in the QEMU VM); CARVE_FAULTS_REQUIRE=1 fails instead of skipping.
 // CARVE_FAULTS_POOL=pmem runs the same trials on a PMEM region instead
 // (CARVE_FAULTS_REGION, default region0; see pool_test.go): carve namespaces
-// instead of LVs, no expansion. Every newly published volume must come up
+// instead of LVs, no expansion. CARVE_FAULTS_POOL=thin runs snapshot and
+// clone lives on an lvm-thin pool instead (thin_test.go: CreateSnapshot,
+// volumes from a snapshot and from a volume, the deletes; CARVE_FAULTS_VG,
+// CARVE_FAULTS_THINPOOL). Every newly published volume must come up
 // empty: the lives run one after another at the same place of the pool, so a
 // volume showing the data file of an earlier one is lost (stale) data.
 // CARVE_FAULTS_TRIALS (default 100) and CARVE_FAULTS_SEED (default: the
