@@ -3,7 +3,7 @@
 # each pool kind in CARVE_FAULTS_POOLS (hack/faults.sh passes "lvm thin pmem"
 # by default: all in this one boot): lvm on a volume group on /dev/vda (CARVE_FAULTS_TRIALS),
 # thin on a thin pool (zeroing on) in that volume group, made here and removed after
-# (CARVE_FAULTS_THIN_TRIALS, default 26: snapshots and clones), pmem on the emulated
+# (CARVE_FAULTS_THIN_TRIALS, default 17: snapshots and clones), pmem on the emulated
 # NVDIMM's region0 (CARVE_FAULTS_PMEM_TRIALS, default 40).
 set -u
 say() { echo "faults-guest: $*"; }
@@ -34,7 +34,7 @@ run_thin() {
   p0=$(cut -d' ' -f1 /proc/uptime); lvm lvcreate -q -y -V 16m --thinpool "$THINPOOL" -n faultsprobe carve >/dev/null &&
     lvm lvremove -q -f carve/faultsprobe >/dev/null
   say "cost: lvs ${lvs_ms}ms, thin lvcreate+lvremove $(ms "$p0")ms"
-  CARVE_FAULTS_POOL=thin CARVE_FAULTS_VG=carve CARVE_FAULTS_THINPOOL=$THINPOOL CARVE_FAULTS_TRIALS=${CARVE_FAULTS_THIN_TRIALS:-26} \
+  CARVE_FAULTS_POOL=thin CARVE_FAULTS_VG=carve CARVE_FAULTS_THINPOOL=$THINPOOL CARVE_FAULTS_TRIALS=${CARVE_FAULTS_THIN_TRIALS:-17} \
     /tmp/faults.test -test.run '^TestFaults$' -test.v -test.timeout 60m
   r=$?
   # Volumes and snapshots alike carry carve's owner tag.

@@ -289,7 +289,12 @@ func TestFaults(t *testing.T) {
 		perOp[op] = boundaries(op, h.calls[op], modes, pl.thin())
 		bounds = append(bounds, perOp[op]...)
 	}
-	lives := h.packLives(h.plan(perOp, trials), 1)
+	var lives []*life
+	if h.coverAll {
+		lives = h.packLives(h.planChangesFirst(perOp, trials), 1)
+	} else {
+		lives = h.packLives(h.plan(perOp, trials), 1)
+	}
 	fmt.Printf("faults: %d boundaries (op x tool call x %s); %d trials in %d volume lives\n",
 		len(bounds), strings.Join(modes, "/"), trials, len(lives))
 
@@ -380,13 +385,14 @@ func TestFaults(t *testing.T) {
 // call and mode. With once, each boundary between two calls counts once:
 // nothing but the driver's own memory changes between the end of call n-1
 // and the start of call n (a standalone node writes nowhere else), so a kill
-// before call n leaves what a kill after call n-1 does, and only call 1 gets
-// a "before" (the thin lives, whose calls are many and slow, use it).
+// before call n leaves what a kill after call n-1 does, and when the modes
+// have "after" only call 1 gets a "before" (the thin lives, whose calls are
+// many and slow, use it).
 func boundaries(op string, calls int, modes []string, once bool) []boundary {
 	var bs []boundary
 	for n := 1; n <= calls; n++ {
 		for _, m := range modes {
-			if once && m == "before" && n > 1 {
+			if once && m == "before" && n > 1 && slices.Contains(modes, "after") {
 				continue
 			}
 			bs = append(bs, boundary{op, n, m})
@@ -423,6 +429,46 @@ func (h *harness) plan(perOp map[string][]boundary, trials int) []boundary {
 			plan = append(plan, bs[next[op]%len(bs)])
 			next[op]++
 		}
+	}
+	return plan
+}
+
+// readOnly are the calls that change nothing (their labels).
+var readOnly = map[string]bool{"lvm lvs": true, "lvm vgs": true, "blkid": true}
+
+// changes reports whether a kill at b can leave something other than a kill
+// before the op's first call does: b is that kill, or comes during or after a
+// call that writes (not after an lvs, which changes nothing).
+func changes(b boundary, labels []string) bool {
+	if b.when != "after" || b.n > len(labels) {
+		return true
+	}
+	return !readOnly[labels[b.n-1]]
+}
+
+// planChangesFirst plans as plan with h.coverAll, but first the boundaries
+// where something changed (changes), then the kills after read-only calls,
+// then repeats: trials as many as the first hit every such boundary once.
+func (h *harness) planChangesFirst(perOp map[string][]boundary, trials int) []boundary {
+	first, then := map[string][]boundary{}, map[string][]boundary{}
+	nFirst, nThen := 0, 0
+	for op, bs := range perOp {
+		for _, b := range bs {
+			if changes(b, h.labels[op]) {
+				first[op] = append(first[op], b)
+				nFirst++
+			} else {
+				then[op] = append(then[op], b)
+				nThen++
+			}
+		}
+	}
+	plan := h.plan(first, min(trials, nFirst))
+	if n := min(trials-len(plan), nThen); n > 0 {
+		plan = append(plan, h.plan(then, n)...)
+	}
+	if n := trials - len(plan); n > 0 {
+		plan = append(plan, h.plan(perOp, n)...)
 	}
 	return plan
 }

@@ -59,7 +59,11 @@ func TestBoundariesOnce(t *testing.T) {
 			t.Errorf("boundary %d: %v, want %v", i, b, want[i])
 		}
 	}
-	if d := boundaries(opSnapshot, 2, []string{"before", "during"}, true); len(d) != 3 {
+	if d := boundaries(opSnapshot, 2, []string{"before", "during", "after"}, true); len(d) != 5 {
+		t.Errorf("2 calls before/during/after once: %v", d)
+	}
+	// Without "after" every "before" stays: no other boundary stands for it.
+	if d := boundaries(opSnapshot, 2, []string{"before", "during"}, true); len(d) != 4 {
 		t.Errorf("2 calls before/during once: %v", d)
 	}
 }
@@ -147,6 +151,46 @@ func TestPlanCoverAll(t *testing.T) {
 	// CreateSnapshot and the clone have 6 boundaries each: 6 lives at least.
 	if len(lives) < 6 || len(lives) > 8 {
 		t.Fatalf("%d lives", len(lives))
+	}
+}
+
+// planChangesFirst: the first trials hit every boundary where something
+// changes (before the first call, after each lvcreate, lvextend, lvchange,
+// lvremove), the next ones the kills after an lvs.
+func TestPlanChangesFirst(t *testing.T) {
+	labels := map[string][]string{
+		opCreate:         {"lvm lvs", "lvm lvcreate"},
+		opSnapshot:       {"lvm lvs", "lvm lvs", "lvm lvs", "lvm lvcreate", "lvm lvs"},
+		opRestore:        {"lvm lvs", "lvm lvs", "lvm lvcreate", "lvm lvchange"},
+		opClone:          {"lvm lvs", "lvm lvs", "lvm lvcreate", "lvm lvextend", "lvm lvchange"},
+		opDeleteSource:   {"lvm lvremove"},
+		opDeleteSnapshot: {"lvm lvremove"},
+		opDeleteClone:    {"lvm lvremove"},
+	}
+	perOp := map[string][]boundary{}
+	for _, op := range thinOps {
+		perOp[op] = boundaries(op, len(labels[op]), []string{"before", "after"}, true)
+	}
+	h := &harness{rng: rand.New(rand.NewPCG(7, 8)), ops: thinOps, coverAll: true, labels: labels}
+	plan := h.planChangesFirst(perOp, 30)
+	if len(plan) != 30 {
+		t.Fatalf("%d trials", len(plan))
+	}
+	seen := map[boundary]bool{}
+	for i, b := range plan {
+		if ch := changes(b, labels[b.op]); ch != (i < 17) && i < 26 {
+			t.Errorf("trial %d: %v (changes %v)", i, b, ch)
+		}
+		if i < 26 {
+			seen[b] = true
+		}
+	}
+	if len(seen) != 26 {
+		t.Errorf("the first 26 trials hit %d boundaries", len(seen))
+	}
+	// CreateVolume(clone) has 4 boundaries that change something: 4 lives.
+	if n := len(h.packLives(h.planChangesFirst(perOp, 17), 1)); n != 4 {
+		t.Errorf("17 trials in %d lives", n)
 	}
 }
 
