@@ -140,6 +140,8 @@ type harness struct {
 	done     int // trials finished
 	// abandoned counts trials whose call was not retried but torn down.
 	abandoned int
+	// pending counts trials whose kill left a copy carve.restoring=pending.
+	pending int
 
 	tCalls, tRestarts, tAudits time.Duration
 
@@ -191,6 +193,9 @@ type trial struct {
 	// abandon: after the restart the call is not retried; the pod went away
 	// meanwhile, so kubelet tears down what may have been set up instead.
 	abandon bool
+	// pending: the kill left a copy marked carve.restoring=pending, which
+	// the retry had to remove and make again (thin lives).
+	pending bool
 }
 
 // errAbandoned is what call returns for an interrupted call that is abandoned.
@@ -369,6 +374,9 @@ func TestFaults(t *testing.T) {
 		"%d trials or lives with other problems, %.0fs (calls %.0fs, restarts %.0fs, audits %.0fs)\n",
 		fired, h.restarts, h.abandoned, bad, time.Since(start).Seconds(),
 		h.tCalls.Seconds(), h.tRestarts.Seconds(), h.tAudits.Seconds())
+	if pl.thin() {
+		fmt.Printf("faults: %d kills left a copy carve.restoring=pending, which the retry removed and made again\n", h.pending)
+	}
 	fmt.Printf("faults: %d trials, %d leaked, %d lost (%s)\n", h.done, leaked, lost, pl)
 	if h.done != trials {
 		t.Errorf("%d of the %d planned trials ran", h.done, trials)
@@ -679,6 +687,9 @@ func (h *harness) call(l *life, op string, fn func(context.Context) error) error
 	h.restarts++
 	h.start()
 	h.tRestarts += time.Since(t1)
+	if h.pool.thin() {
+		h.notePending(tr)
+	}
 	if tr.abandon {
 		h.abandoned++
 		l.abandoned = true
@@ -705,7 +716,11 @@ func (h *harness) call(l *life, op string, fn func(context.Context) error) error
 		time.Sleep(time.Duration(attempt) * 500 * time.Millisecond)
 	}
 	h.audit(l, &tr.tally, "after the recovery of "+op)
-	h.report(l, tr, t0, fmt.Sprintf("killed %s, restarted, retried %dx", firedLabel(fired), tr.retries))
+	outcome := fmt.Sprintf("killed %s, restarted, retried %dx", firedLabel(fired), tr.retries)
+	if tr.pending {
+		outcome = fmt.Sprintf("killed %s, left a copy carve.restoring=pending, restarted, retried %dx", firedLabel(fired), tr.retries)
+	}
+	h.report(l, tr, t0, outcome)
 	return nil
 }
 

@@ -205,6 +205,28 @@ func (h *harness) checkThin(tr *tally, v *vol, lv carveVol, when string) {
 	}
 }
 
+// notePending records whether the kill that ended tr left a volume marked
+// carve.restoring=pending (a copy killed after its lvcreate -s or lvextend),
+// so that the trial shows its retry took that path.
+func (h *harness) notePending(tr *trial) {
+	if tr.fault.op != opRestore && tr.fault.op != opClone {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	cvs, _, err := h.carveVolumes(ctx)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	for _, c := range cvs {
+		if hasTag(c.tags, "carve.restoring=pending") {
+			tr.pending = true
+			h.pending++
+			return
+		}
+	}
+}
+
 // checkZeros checks that markerSize bytes at off of v's device read as zeros.
 func (h *harness) checkZeros(tr *tally, v *vol, off int64, what string) error {
 	lv, err := h.lvOf(v)
