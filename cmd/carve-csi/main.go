@@ -266,6 +266,9 @@ func runController(ctx context.Context, o *options) error {
 	if err := (&cluster.Releaser{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
 		return err
 	}
+	if err := (&cluster.SnapshotReleaser{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+		return err
+	}
 	// The cached client: the releaser's LocalVolume informer answers scrapes.
 	if err := reg.Register(metrics.NewLocalVolumes(mgr.GetClient(), 0)); err != nil {
 		return fmt.Errorf("metrics: %w", err)

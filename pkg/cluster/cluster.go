@@ -1,6 +1,7 @@
 // Package cluster is the controller's volume logic: it places volumes on nodes
 // from their published NodeStorage, and talks to the nodes only through
-// LocalVolume objects in the Kubernetes API. It never touches a device.
+// LocalVolume and LocalSnapshot objects in the Kubernetes API. It never
+// touches a device.
 package cluster
 
 import (
@@ -73,6 +74,10 @@ type Volumes struct {
 	Recheck time.Duration
 	// Poll is how often a wait without the watch re-reads its LocalVolume.
 	Poll time.Duration
+	// NoSnapshotCRD: the API server has no LocalSnapshot kind (CRDs older
+	// than this controller). Snapshot calls then fail with ErrNoSnapshotCRD
+	// and the rest works as before.
+	NoSnapshotCRD bool
 
 	placed ledger
 }
@@ -98,6 +103,10 @@ type CreateRequest struct {
 	// Striping is the StorageClass's (stripes, stripeSize); the node
 	// resolves "all" and makes the LV as the node-local controller would.
 	Striping volume.Striping
+	// Source, if set, is the snapshot or volume to copy (CSI
+	// volume_content_source): the volume goes to the source's node and
+	// pool, with at least the source's size.
+	Source *v1alpha1.VolumeSource
 }
 
 // Create places the volume and waits until its node reports it Ready or Failed.
@@ -175,7 +184,14 @@ func (v *Volumes) Create(ctx context.Context, req CreateRequest) (*v1alpha1.Loca
 // object as written, or nil when one of that name exists already (the cache
 // had not shown it: a retry's earlier attempt).
 func (v *Volumes) createNew(ctx context.Context, id string, req CreateRequest, size int64) (*v1alpha1.LocalVolume, error) {
-	node, err := v.place(ctx, id, req, size)
+	var node string
+	var err error
+	if req.Source != nil {
+		req, size, err = v.fromSource(ctx, req)
+	}
+	if err == nil {
+		node, err = v.place(ctx, id, req, size)
+	}
 	if err != nil {
 		// An earlier attempt's volume, not yet in the cache, may hold the very
 		// space this placement lacks: do not refuse a retry for it.
@@ -188,7 +204,8 @@ func (v *Volumes) createNew(ctx context.Context, id string, req CreateRequest, s
 		ObjectMeta: metav1.ObjectMeta{Name: id, Labels: map[string]string{NodeLabel: node}},
 		Spec: v1alpha1.LocalVolumeSpec{VolumeName: req.Name, NodeName: node, Pool: req.Pool, SizeBytes: size,
 			LimitBytes: req.Range.LimitBytes, VolumeMode: req.VolumeMode, FSType: req.FSType,
-			Stripes: volume.FormatStripes(req.Striping.Stripes), StripeSizeBytes: req.Striping.StripeSizeBytes},
+			Stripes: volume.FormatStripes(req.Striping.Stripes), StripeSizeBytes: req.Striping.StripeSizeBytes,
+			Source: req.Source},
 	}
 	if err := v.Client.Create(ctx, lv); apierrors.IsAlreadyExists(err) {
 		v.placed.drop(id)
@@ -216,16 +233,91 @@ func (v *Volumes) createNew(ctx context.Context, id string, req CreateRequest, s
 		return nil, fmt.Errorf("%w: LocalVolume %s was stored without its striping (stripes %q, stripeSizeBytes %d written); apply the CRDs of this release (deploy/helm/carve/crds/)",
 			ErrOldSchema, id, volume.FormatStripes(req.Striping.Stripes), req.Striping.StripeSizeBytes)
 	}
+	if req.Source != nil && (lv.Spec.Source == nil || *lv.Spec.Source != *req.Source) {
+		// As for striping: without its source the node would make an empty volume.
+		v.placed.drop(id)
+		if err := v.Client.Delete(ctx, lv, client.Preconditions{UID: &lv.UID}); err != nil && !apierrors.IsNotFound(err) {
+			klog.ErrorS(err, "Cannot remove a LocalVolume that lost its source", "name", id)
+		}
+		return nil, fmt.Errorf("%w: LocalVolume %s was stored without its source (%s %s written); apply the CRDs of this release (deploy/helm/carve/crds/)",
+			ErrOldSchema, id, req.Source.Kind, req.Source.ID)
+	}
 	klog.InfoS("LocalVolume created", "name", id, "volume", req.Name, "node", node, "pool", req.Pool, "bytes", size,
-		"stripes", lv.Spec.Stripes)
+		"stripes", lv.Spec.Stripes, "source", sourceID(req.Source))
 	return lv, nil
+}
+
+func sourceID(s *v1alpha1.VolumeSource) string {
+	if s == nil {
+		return ""
+	}
+	return s.ID
+}
+
+// fromSource returns req bound to the node and pool of its source (a Ready
+// LocalSnapshot or LocalVolume), and the size of the copy: at least the
+// source's. Errors: backend.ErrNotFound (no such source, being deleted or
+// failed), ErrSourceNotReady, ErrSourceElsewhere (the requisite topology
+// excludes the source's node), ErrSourcePool, backend.ErrCannotStripe,
+// volume.ErrOutOfRange (the limit is below the source's size).
+func (v *Volumes) fromSource(ctx context.Context, req CreateRequest) (CreateRequest, int64, error) {
+	src := *req.Source
+	var node, pool string
+	var srcSize int64
+	switch src.Kind {
+	case v1alpha1.SourceSnapshot:
+		ls, err := v.GetSnapshot(ctx, src.ID)
+		switch {
+		case err != nil:
+			return req, 0, err
+		case ls.DeletionTimestamp != nil:
+			return req, 0, fmt.Errorf("%w: snapshot %s is being deleted", backend.ErrNotFound, src.ID)
+		case ls.Status.Phase == v1alpha1.PhaseFailed:
+			return req, 0, fmt.Errorf("%w: snapshot %s failed on node %s: %s", backend.ErrNotFound, src.ID, ls.Spec.NodeName, ls.Status.Message)
+		case ls.Status.Phase != v1alpha1.PhaseReady:
+			return req, 0, fmt.Errorf("%w: snapshot %s is still being taken on node %s", ErrSourceNotReady, src.ID, ls.Spec.NodeName)
+		}
+		node, pool, srcSize = ls.Spec.NodeName, ls.Spec.Pool, ls.Status.SizeBytes
+	case v1alpha1.SourceVolume:
+		lv, err := v.readySource(ctx, src.ID)
+		if err != nil {
+			return req, 0, err
+		}
+		node, pool, srcSize = lv.Spec.NodeName, lv.Spec.Pool, sizeOf(lv)
+	default:
+		return req, 0, fmt.Errorf("%w: source kind %q", backend.ErrNotFound, src.Kind)
+	}
+	if len(req.Requisite) > 0 && !contains(req.Requisite, node) {
+		return req, 0, fmt.Errorf("%w: %s %s is on node %s, not among %v; a volume from it can only be made there",
+			ErrSourceElsewhere, src.Kind, src.ID, node, req.Requisite)
+	}
+	resolved, err := v.resolvePool(ctx, node, pool)
+	if err != nil {
+		return req, 0, err
+	}
+	switch {
+	case req.Pool != "" && req.Pool != resolved:
+		return req, 0, fmt.Errorf("%w: %s %s is in pool %s, not %s: a volume from a source is made in the source's pool",
+			ErrSourcePool, src.Kind, src.ID, resolved, req.Pool)
+	case req.Striping.Striped():
+		return req, 0, fmt.Errorf("a volume from a source is not striped: %w", backend.ErrCannotStripe)
+	case req.Range.LimitBytes > 0 && srcSize > req.Range.LimitBytes:
+		return req, 0, fmt.Errorf("%w: %s %s has %d bytes, more than the limit %d: a copy cannot be smaller than its source",
+			volume.ErrOutOfRange, src.Kind, src.ID, srcSize, req.Range.LimitBytes)
+	}
+	req.Pool = resolved
+	req.Preferred, req.Requisite = []string{node}, []string{node}
+	return req, max(req.Range.RequiredBytes, srcSize), nil
 }
 
 func compatible(lv *v1alpha1.LocalVolume, req CreateRequest) error {
 	switch {
 	case lv.Spec.VolumeName != req.Name:
 		return fmt.Errorf("%w: LocalVolume %s belongs to volume %q", backend.ErrExists, lv.Name, lv.Spec.VolumeName)
-	case lv.Spec.Pool != req.Pool:
+	case sourceID(lv.Spec.Source) != sourceID(req.Source) || lv.Spec.Source != nil && lv.Spec.Source.Kind != req.Source.Kind:
+		return fmt.Errorf("%w: volume %q was created from %q, not %q", volume.ErrIncompatible, req.Name, sourceID(lv.Spec.Source), sourceID(req.Source))
+	case lv.Spec.Pool != req.Pool && (req.Source == nil || req.Pool != ""):
+		// (A volume from a source is in the source's pool: the request may name none.)
 		return fmt.Errorf("%w: volume %q is in pool %q, not %q", volume.ErrIncompatible, req.Name, lv.Spec.Pool, req.Pool)
 	case len(req.Requisite) > 0 && !contains(req.Requisite, lv.Spec.NodeName):
 		return fmt.Errorf("%w: volume %q is on node %s, outside the requested topology", volume.ErrIncompatible, req.Name, lv.Spec.NodeName)

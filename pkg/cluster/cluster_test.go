@@ -55,7 +55,7 @@ func newClientOnly(t *testing.T, objs ...client.Object) client.WithWatch {
 		t.Fatal(err)
 	}
 	return fake.NewClientBuilder().WithScheme(s).WithObjects(objs...).
-		WithStatusSubresource(&v1alpha1.LocalVolume{}, &v1alpha1.NodeStorage{}).
+		WithStatusSubresource(&v1alpha1.LocalVolume{}, &v1alpha1.LocalSnapshot{}, &v1alpha1.NodeStorage{}).
 		WithInterceptorFuncs(interceptor.Funcs{Patch: bumpGeneration}).Build()
 }
 

@@ -100,6 +100,15 @@ func (l *ledger) reserve(name, node, pool string, bytes int64) {
 	l.entries[name] = &reservation{node: node, pool: pool, bytes: bytes, placed: time.Now()}
 }
 
+// hold records bytes for object name on node's pool, as reserve does, for
+// an object whose node is given rather than placed (a snapshot takes room
+// in its source's thin pool).
+func (l *ledger) hold(name, node, pool string, bytes int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.reserve(name, node, pool, bytes)
+}
+
 // settle notes that LocalVolume name no longer needs its reservation: the
 // node published its outcome (or it is gone).
 func (l *ledger) settle(name string) {

@@ -45,26 +45,52 @@ func (v *Volumes) recheck() time.Duration {
 	return DefaultRecheck
 }
 
-// read returns the LocalVolume from r, nil when it does not exist.
-func read(ctx context.Context, r client.Reader, id string) (*v1alpha1.LocalVolume, error) {
-	lv := &v1alpha1.LocalVolume{}
-	if err := r.Get(ctx, types.NamespacedName{Name: id}, lv); apierrors.IsNotFound(err) {
+// object is a pointer to one of carve's cluster-scoped custom resources.
+type object[T any] interface {
+	*T
+	client.Object
+}
+
+// get returns the named object of type T from r, nil when it does not exist.
+func get[T any, P object[T]](ctx context.Context, r client.Reader, name string) (P, error) {
+	o := P(new(T))
+	if err := r.Get(ctx, types.NamespacedName{Name: name}, o); apierrors.IsNotFound(err) {
 		return nil, nil
 	} else if err != nil {
-		return nil, fmt.Errorf("get LocalVolume %s: %w", id, err)
+		return nil, fmt.Errorf("get %s %s: %w", objKind(o), name, err)
 	}
-	return lv, nil
+	return o, nil
+}
+
+func objKind(o client.Object) string {
+	switch o.(type) {
+	case *v1alpha1.LocalVolume:
+		return "LocalVolume"
+	case *v1alpha1.LocalSnapshot:
+		return "LocalSnapshot"
+	}
+	return fmt.Sprintf("%T", o)
+}
+
+// read returns the LocalVolume from r, nil when it does not exist.
+func read(ctx context.Context, r client.Reader, id string) (*v1alpha1.LocalVolume, error) {
+	return get[v1alpha1.LocalVolume](ctx, r, id)
 }
 
 // cached reads the LocalVolume from the cache, or from the API server when
 // there is no cache or it cannot answer (not started yet).
 func (v *Volumes) cached(ctx context.Context, id string) (*v1alpha1.LocalVolume, error) {
+	return cachedGet[v1alpha1.LocalVolume](ctx, v, id)
+}
+
+// cachedGet is cached for any of carve's objects.
+func cachedGet[T any, P object[T]](ctx context.Context, v *Volumes, name string) (P, error) {
 	if v.waiting() {
-		if lv, err := read(ctx, v.Cache, id); err == nil {
-			return lv, nil
+		if o, err := get[T, P](ctx, v.Cache, name); err == nil {
+			return o, nil
 		}
 	}
-	return read(ctx, v.Client, id)
+	return get[T, P](ctx, v.Client, name)
 }
 
 // await waits until cond accepts a state of LocalVolume id (nil: it does not
@@ -73,6 +99,12 @@ func (v *Volumes) cached(ctx context.Context, id string) (*v1alpha1.LocalVolume,
 // when the cache cannot answer, and once per Recheck without news. Without
 // it, it reads the API server every Poll. cond's error ends the wait.
 func (v *Volumes) await(ctx context.Context, id string, cond func(lv *v1alpha1.LocalVolume, direct bool) (verdict, error)) (*v1alpha1.LocalVolume, error) {
+	return awaitObj(ctx, v, id, cond)
+}
+
+// awaitObj is await for any of carve's objects (LocalVolume, LocalSnapshot:
+// Events carries both, their names never collide).
+func awaitObj[T any, P object[T]](ctx context.Context, v *Volumes, id string, cond func(o P, direct bool) (verdict, error)) (P, error) {
 	var changed <-chan struct{}
 	if v.waiting() {
 		ch, cancel := v.Events.subscribe(id)
@@ -82,13 +114,13 @@ func (v *Volumes) await(ctx context.Context, id string, cond func(lv *v1alpha1.L
 	direct := !v.waiting()
 	cacheDown := false // the cache cannot answer (not started or synced yet): poll until it can
 	for {
-		var lv *v1alpha1.LocalVolume
+		var o P
 		var err error
 		if direct {
-			lv, err = read(ctx, v.Client, id)
-		} else if lv, err = read(ctx, v.Cache, id); err != nil {
+			o, err = get[T, P](ctx, v.Client, id)
+		} else if o, err = get[T, P](ctx, v.Cache, id); err != nil {
 			if !cacheDown {
-				klog.V(2).InfoS("LocalVolume cache cannot answer yet; polling the API server until it can", "name", id, "err", err)
+				klog.V(2).InfoS("Cache cannot answer yet; polling the API server until it can", "name", id, "err", err)
 			}
 			cacheDown, direct = true, true
 			continue
@@ -98,12 +130,12 @@ func (v *Volumes) await(ctx context.Context, id string, cond func(lv *v1alpha1.L
 		if err != nil {
 			return nil, err
 		}
-		verd, err := cond(lv, direct)
+		verd, err := cond(o, direct)
 		switch {
 		case err != nil:
 			return nil, err
 		case verd == accept, verd == confirm && direct:
-			return lv, nil
+			return o, nil
 		case verd == confirm:
 			direct = true
 			continue

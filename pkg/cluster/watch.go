@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"sync"
 
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -113,7 +116,27 @@ func NewVolumes(ctx context.Context, c cache.Cache, direct client.Client) (*Volu
 	if _, err := c.GetInformer(ctx, nodeMeta()); err != nil {
 		return nil, fmt.Errorf("Node metadata informer: %w", err)
 	}
-	return &Volumes{Client: direct, Cache: c, Events: ev,
+	v := &Volumes{Client: direct, Cache: c, Events: ev,
 		NodeStorages: &FreshReader{Cache: c, Direct: direct},
-		Nodes:        CacheFirst{Cache: c, Direct: direct}}, nil
+		Nodes:        CacheFirst{Cache: c, Direct: direct}}
+	gk := schema.GroupKind{Group: v1alpha1.GroupVersion.Group, Kind: "LocalSnapshot"}
+	if _, err := direct.RESTMapper().RESTMapping(gk, v1alpha1.GroupVersion.Version); meta.IsNoMatchError(err) {
+		// CRDs older than this controller (Helm never upgrades CRDs): serve
+		// volumes as before, refuse snapshot calls with the fix.
+		klog.ErrorS(err, "The LocalSnapshot CRD is not installed: snapshots and volumes from snapshots are off until it is applied (deploy/helm/carve/crds/) and the controller restarted")
+		v.NoSnapshotCRD = true
+		return v, nil
+	} else if err != nil {
+		return nil, fmt.Errorf("LocalSnapshot kind: %w", err)
+	}
+	// LocalSnapshot names (carvesnap-...) never collide with LocalVolume
+	// names (carve-...): one Events serves the waits on both.
+	inf, err := c.GetInformer(ctx, &v1alpha1.LocalSnapshot{})
+	if err != nil {
+		return nil, fmt.Errorf("LocalSnapshot informer: %w", err)
+	}
+	if _, err := inf.AddEventHandler(ev); err != nil {
+		return nil, fmt.Errorf("LocalSnapshot informer: %w", err)
+	}
+	return v, nil
 }

@@ -53,8 +53,20 @@ func clusterStatus(ctx context.Context, err error) error {
 		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, cluster.ErrNoPool):
 		return status.Error(codes.InvalidArgument, err.Error())
-	case errors.Is(err, cluster.ErrOldSchema):
+	case errors.Is(err, cluster.ErrOldSchema), errors.Is(err, cluster.ErrNoSnapshotCRD):
 		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, cluster.ErrSourcePool):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, cluster.ErrSourceElsewhere):
+		// CSI spec, CreateVolume errors: "Unable to provision in
+		// accessible_topology | 8 RESOURCE_EXHAUSTED | ... a new volume can
+		// not be provisioned with the specified topology constraints". The
+		// request itself is valid (not INVALID_ARGUMENT, "Source incompatible
+		// or not supported", which is about the source and parameters), and
+		// this code makes external-provisioner reschedule the pod.
+		return status.Error(codes.ResourceExhausted, err.Error())
+	case errors.Is(err, cluster.ErrSourceNotReady):
+		return status.Error(codes.Unavailable, err.Error())
 	case ctx.Err() != nil:
 		return status.Error(status.FromContextError(ctx.Err()).Code(), err.Error())
 	case cluster.APIUnavailable(err):
@@ -87,11 +99,11 @@ func clusterVolume(lv *v1alpha1.LocalVolume) *csi.Volume {
 }
 
 func (c *ClusterController) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
-	if req.GetVolumeContentSource() != nil {
-		// Snapshots and clones are node-local so far (--node-deployment, issue 14).
-		return nil, invalid("volume content sources (snapshots, clones) are not supported in controller mode; deploy with --node-deployment and an lvm-thin pool")
-	}
 	pool, striping, r, err := parseCreate(req)
+	if err != nil {
+		return nil, err
+	}
+	source, err := clusterSource(req)
 	if err != nil {
 		return nil, err
 	}
@@ -117,7 +129,7 @@ func (c *ClusterController) CreateVolume(ctx context.Context, req *csi.CreateVol
 	defer unlock()
 	lv, err := c.Vols.Create(ctx, cluster.CreateRequest{Name: req.GetName(), Pool: pool, Range: r,
 		Preferred: nodesOf(topo.GetPreferred()), Requisite: nodesOf(topo.GetRequisite()), VolumeMode: mode, FSType: fs,
-		Striping: striping})
+		Striping: striping, Source: source})
 	if err != nil {
 		return nil, clusterStatus(ctx, err)
 	}
@@ -125,6 +137,8 @@ func (c *ClusterController) CreateVolume(ctx context.Context, req *csi.CreateVol
 	if d, ok := req.GetParameters()[ParamDAX]; ok {
 		vol.VolumeContext[ParamDAX] = d // the node reads it at NodeStage
 	}
+	// CSI spec, CreateVolume: a volume made from a source says so.
+	vol.ContentSource = req.GetVolumeContentSource()
 	return &csi.CreateVolumeResponse{Volume: vol}, nil
 }
 
@@ -259,6 +273,12 @@ func (c *ClusterController) ControllerGetCapabilities(context.Context, *csi.Cont
 	types := append([]csi.ControllerServiceCapability_RPC_Type{}, baseControllerCapabilities...)
 	if c.Attach {
 		types = append(types, csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME)
+	}
+	if c.Vols == nil || !c.Vols.NoSnapshotCRD {
+		// Nodes refuse them for pools other than lvm-thin (InvalidArgument
+		// naming lvm-thin, through the LocalSnapshot or LocalVolume status).
+		types = append(types, csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
+			csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS, csi.ControllerServiceCapability_RPC_CLONE_VOLUME)
 	}
 	return controllerCapabilities(types...), nil
 }

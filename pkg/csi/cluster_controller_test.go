@@ -89,9 +89,9 @@ func TestClusterController(t *testing.T) {
 		{"node refuses", &csi.CreateVolumeRequest{Name: "e", VolumeCapabilities: caps, CapacityRange: &csi.CapacityRange{RequiredBytes: 5*gib + 1},
 			AccessibilityRequirements: &csi.TopologyRequirement{Requisite: []*csi.Topology{seg("n1")}}}, codes.ResourceExhausted},
 		{"limit below required", &csi.CreateVolumeRequest{Name: "f", VolumeCapabilities: caps, CapacityRange: &csi.CapacityRange{RequiredBytes: 2, LimitBytes: 1}}, codes.OutOfRange},
-		// Snapshots and clones are node-local so far (issue 14).
-		{"content source", &csi.CreateVolumeRequest{Name: "g", VolumeCapabilities: caps, VolumeContentSource: &csi.VolumeContentSource{
-			Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: "carve-x-0123456789abcdef"}}}}, codes.InvalidArgument},
+		// A source that does not exist (TestClusterSnapshotsAndClones has the rest).
+		{"unknown content source", &csi.CreateVolumeRequest{Name: "g", VolumeCapabilities: caps, VolumeContentSource: &csi.VolumeContentSource{
+			Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: "carve-x-0123456789abcdef"}}}}, codes.NotFound},
 	} {
 		if _, err := cc.CreateVolume(ctx, tc.req); status.Code(err) != tc.code {
 			t.Errorf("%s: %v, want %s", tc.name, err, tc.code)

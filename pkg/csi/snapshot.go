@@ -32,17 +32,8 @@ func csiSnapshot(s *backend.Snapshot) *csi.Snapshot {
 // snapshot), NotFound (no such volume), AlreadyExists (the name belongs to a
 // snapshot of another volume), ResourceExhausted (the pool's budget).
 func (c *LocalController) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
-	switch {
-	case req.GetName() == "":
-		return nil, invalid("snapshot name is missing")
-	case req.GetSourceVolumeId() == "":
-		return nil, invalid("source volume id is missing")
-	}
-	for k := range req.GetParameters() {
-		// csi-snapshotter --extra-create-metadata adds csi.storage.k8s.io/volumesnapshot/... keys.
-		if !strings.HasPrefix(k, reservedPrefix) {
-			return nil, invalid("unknown snapshot parameter %q (VolumeSnapshotClass parameters: none)", k)
-		}
+	if err := checkCreateSnapshot(req); err != nil {
+		return nil, err
 	}
 	unlock, err := c.lock(ctx, names.SnapshotID(req.GetName()))
 	if err != nil {
@@ -61,6 +52,25 @@ func (c *LocalController) CreateSnapshot(ctx context.Context, req *csi.CreateSna
 	}
 	c.changed()
 	return &csi.CreateSnapshotResponse{Snapshot: csiSnapshot(s)}, nil
+}
+
+// checkCreateSnapshot validates a CreateSnapshot request (both Controller
+// services): name and source are required (InvalidArgument), and the
+// VolumeSnapshotClass takes no parameters but csi-snapshotter's metadata.
+func checkCreateSnapshot(req *csi.CreateSnapshotRequest) error {
+	switch {
+	case req.GetName() == "":
+		return invalid("snapshot name is missing")
+	case req.GetSourceVolumeId() == "":
+		return invalid("source volume id is missing")
+	}
+	for k := range req.GetParameters() {
+		// csi-snapshotter --extra-create-metadata adds csi.storage.k8s.io/volumesnapshot/... keys.
+		if !strings.HasPrefix(k, reservedPrefix) {
+			return invalid("unknown snapshot parameter %q (VolumeSnapshotClass parameters: none)", k)
+		}
+	}
+	return nil
 }
 
 // DeleteSnapshot removes a snapshot; an unknown id is success (CSI spec).
@@ -83,28 +93,49 @@ func (c *LocalController) DeleteSnapshot(ctx context.Context, req *csi.DeleteSna
 // ListSnapshots lists the node's snapshots by id, filtered by snapshot id or
 // source volume id, in pages whose token is the id to resume at.
 func (c *LocalController) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
-	if req.GetMaxEntries() < 0 {
-		return nil, invalid("max_entries must not be negative")
-	}
-	if t := req.GetStartingToken(); t != "" && !names.IsSnapshotID(t) {
-		return nil, status.Errorf(codes.Aborted, "starting token %q was not issued by this driver", t)
+	if err := checkListSnapshots(req); err != nil {
+		return nil, err
 	}
 	snaps, err := c.Vols.ListSnapshots(ctx)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	resp := &csi.ListSnapshotsResponse{}
+	out := make([]*csi.Snapshot, len(snaps))
 	for i := range snaps {
-		s := &snaps[i]
-		if id := req.GetSnapshotId(); id != "" && s.ID != id || req.GetSourceVolumeId() != "" && s.SourceID != req.GetSourceVolumeId() ||
-			s.ID < req.GetStartingToken() {
+		out[i] = csiSnapshot(&snaps[i])
+	}
+	return snapshotPage(req, out), nil
+}
+
+// checkListSnapshots validates a ListSnapshots request: max_entries not
+// negative (InvalidArgument), a starting token that is a snapshot id (the
+// only tokens issued; else Aborted, as the CSI spec says for an invalid
+// starting_token).
+func checkListSnapshots(req *csi.ListSnapshotsRequest) error {
+	if req.GetMaxEntries() < 0 {
+		return invalid("max_entries must not be negative")
+	}
+	if t := req.GetStartingToken(); t != "" && !names.IsSnapshotID(t) {
+		return status.Errorf(codes.Aborted, "starting token %q was not issued by this driver", t)
+	}
+	return nil
+}
+
+// snapshotPage filters snaps (sorted by id) by the request's snapshot id
+// and source volume id and returns the page that starts at its token (the
+// id to resume at) with at most max_entries entries (0: all).
+func snapshotPage(req *csi.ListSnapshotsRequest, snaps []*csi.Snapshot) *csi.ListSnapshotsResponse {
+	resp := &csi.ListSnapshotsResponse{}
+	for _, s := range snaps {
+		if id := req.GetSnapshotId(); id != "" && s.SnapshotId != id || req.GetSourceVolumeId() != "" && s.SourceVolumeId != req.GetSourceVolumeId() ||
+			s.SnapshotId < req.GetStartingToken() {
 			continue
 		}
 		if req.GetMaxEntries() > 0 && len(resp.Entries) == int(req.GetMaxEntries()) {
-			resp.NextToken = s.ID
+			resp.NextToken = s.SnapshotId
 			break
 		}
-		resp.Entries = append(resp.Entries, &csi.ListSnapshotsResponse_Entry{Snapshot: csiSnapshot(s)})
+		resp.Entries = append(resp.Entries, &csi.ListSnapshotsResponse_Entry{Snapshot: s})
 	}
-	return resp, nil
+	return resp
 }

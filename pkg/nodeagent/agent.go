@@ -1,7 +1,8 @@
 // Package nodeagent is the node's half of carve's controller mode. It
 // reconciles the LocalVolumes assigned to this node (creates, expands and
-// deletes their devices, guarded by the node's finalizer, and reports the
-// outcome in status) and publishes this node's NodeStorage, the capacity of
+// deletes their devices, copies of a source included, guarded by the node's
+// finalizer, and reports the outcome in status), likewise its LocalSnapshots
+// (Snapshots: thin snapshots taken and removed), and publishes this node's NodeStorage, the capacity of
 // its pools, after every change and on a slow timer. The controller reads
 // NodeStorage instead of asking the node, so no GetCapacity call costs a tool
 // run.
@@ -17,7 +18,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -105,7 +108,9 @@ func (a *Agent) debounce() time.Duration {
 }
 
 // SetupWithManager registers the LocalVolume reconciler for this node's
-// volumes and adds Run to the manager.
+// volumes and the LocalSnapshot reconciler (Snapshots) for its snapshots
+// (skipped, with an error logged, when the API server has no LocalSnapshot
+// kind), and adds Run to the manager.
 func (a *Agent) SetupWithManager(mgr ctrl.Manager) error {
 	if a.NodeName == "" || a.Vols == nil || a.Locks == nil {
 		return fmt.Errorf("nodeagent: NodeName, Vols and Locks are required")
@@ -128,6 +133,28 @@ func (a *Agent) SetupWithManager(mgr ctrl.Manager) error {
 		Complete(a)
 	if err != nil {
 		return fmt.Errorf("nodeagent: LocalVolume controller: %w", err)
+	}
+	gk := schema.GroupKind{Group: v1alpha1.GroupVersion.Group, Kind: "LocalSnapshot"}
+	if _, err := mgr.GetRESTMapper().RESTMapping(gk, v1alpha1.GroupVersion.Version); meta.IsNoMatchError(err) {
+		// CRDs older than this node (Helm never upgrades CRDs): volumes work
+		// as before; the controller refuses snapshots meanwhile.
+		klog.ErrorS(err, "The LocalSnapshot CRD is not installed: this node takes no snapshots until it is applied (deploy/helm/carve/crds/) and the node restarted")
+		return mgr.Add(publisher{a})
+	} else if err != nil {
+		// Cannot tell now (no API server yet): take the kind as installed.
+		klog.V(2).InfoS("Cannot check the LocalSnapshot kind; reconciling LocalSnapshots", "err", err)
+	}
+	mySnap := predicate.NewPredicateFuncs(func(o client.Object) bool {
+		ls, ok := o.(*v1alpha1.LocalSnapshot)
+		return ok && ls.Spec.NodeName == a.NodeName
+	})
+	err = ctrl.NewControllerManagedBy(mgr).
+		Named("localsnapshot").
+		For(&v1alpha1.LocalSnapshot{}, builder.WithPredicates(mySnap)).
+		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
+		Complete(Snapshots{A: a})
+	if err != nil {
+		return fmt.Errorf("nodeagent: LocalSnapshot controller: %w", err)
 	}
 	return mgr.Add(publisher{a})
 }

@@ -17,8 +17,8 @@ import (
 	"github.com/carve-csi/carve/pkg/apis/carve/v1alpha1"
 )
 
-// NodeLabel, set by the controller on a LocalVolume to its spec.nodeName,
-// lets a node watch only its own LocalVolumes (SelectByLabel).
+// NodeLabel, set by the controller on a LocalVolume or LocalSnapshot to its
+// spec.nodeName, lets a node watch only its own (SelectByLabel).
 const NodeLabel = "carve.csi.dev/node"
 
 // Selection is how a node limits the LocalVolumes it watches. Whatever the
@@ -100,7 +100,8 @@ func NewManager(cfg *rest.Config, o ManagerOptions) (ctrl.Manager, error) {
 	return mgr, nil
 }
 
-// cacheOptions limits the LocalVolume informer as o.Select says, and keeps
+// cacheOptions limits the LocalVolume and LocalSnapshot informers as
+// o.Select says, and keeps
 // objects without their managedFields: the agent never reads them (it writes
 // with Update and merge patches, no server-side apply, and an Update without
 // managedFields leaves the server's as they are), and they are most of a
@@ -119,6 +120,7 @@ func cacheOptions(o ManagerOptions) (cache.Options, error) {
 		return cache.Options{}, fmt.Errorf("nodeagent: unknown LocalVolume selection %q (want %q, %q or %q)",
 			o.Select, SelectAll, SelectByLabel, SelectByField)
 	}
-	opts.ByObject = map[client.Object]cache.ByObject{&v1alpha1.LocalVolume{}: lv}
+	// LocalSnapshots carry the same label and field (issue 14).
+	opts.ByObject = map[client.Object]cache.ByObject{&v1alpha1.LocalVolume{}: lv, &v1alpha1.LocalSnapshot{}: lv}
 	return opts, nil
 }

@@ -28,7 +28,7 @@ func TestNewManagerAndSetup(t *testing.T) {
 	// only its options are checked here.)
 	for sel, want := range map[Selection]string{SelectByLabel: "label carve.csi.dev/node=n", SelectByField: "field spec.nodeName=n"} {
 		co, err := cacheOptions(ManagerOptions{NodeName: "n", Select: sel})
-		if err != nil || len(co.ByObject) != 1 {
+		if err != nil || len(co.ByObject) != 2 { // LocalVolumes and LocalSnapshots
 			t.Fatalf("%q: %+v %v", sel, co, err)
 		}
 		for _, bo := range co.ByObject {

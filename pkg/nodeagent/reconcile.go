@@ -188,9 +188,14 @@ func (a *Agent) ensureDevice(ctx context.Context, lv *v1alpha1.LocalVolume) (*ba
 	}
 	r := volume.Range{RequiredBytes: spec.SizeBytes, LimitBytes: spec.LimitBytes}
 	dev, err := a.Vols.Find(ctx, id)
+	if err == nil && dev.Incomplete && spec.Source != nil {
+		// A copy whose making was cut short (never handed out): the
+		// manager's create removes it and copies again.
+		err = fmt.Errorf("%w: device %s is an unfinished copy", backend.ErrNotFound, id)
+	}
 	switch {
 	case errors.Is(err, backend.ErrNotFound):
-		if lv.Status.Phase == v1alpha1.PhaseReady || lv.Status.DevicePath != "" {
+		if (lv.Status.Phase == v1alpha1.PhaseReady || lv.Status.DevicePath != "") && dev == nil {
 			return nil, "", status.Errorf(codes.NotFound,
 				"device %s was reported at %s but is gone from the node; not re-creating an empty one (delete the volume)",
 				id, lv.Status.DevicePath)
@@ -208,7 +213,13 @@ func (a *Agent) ensureDevice(ctx context.Context, lv *v1alpha1.LocalVolume) (*ba
 		}
 		// The same create as the node-local controller's, striping included,
 		// so that both modes make the same LV and fail with the same codes.
-		dev, err = a.Vols.Create(ctx, volume.CreateRequest{Name: spec.VolumeName, Pool: spec.Pool, Range: r, Striping: striping})
+		req := volume.CreateRequest{Name: spec.VolumeName, Pool: spec.Pool, Range: r, Striping: striping}
+		if src := spec.Source; src != nil {
+			// The node-local controller's clone path: a thin snapshot of the
+			// source in its pool, grown to the size asked for.
+			req.Source, req.SourceIsSnapshot = src.ID, src.Kind == v1alpha1.SourceSnapshot
+		}
+		dev, err = a.Vols.Create(ctx, req)
 		if err != nil {
 			return nil, "", fmt.Errorf("create %d bytes in pool %s on node %s: %w", spec.SizeBytes, pool, a.NodeName, err)
 		}
@@ -222,6 +233,8 @@ func (a *Agent) ensureDevice(ctx context.Context, lv *v1alpha1.LocalVolume) (*ba
 			volume.ErrIncompatible, id, dev.Name, dev.Ephemeral, spec.VolumeName)
 	case dev.Pool != pool:
 		return nil, "", fmt.Errorf("%w: device %s is in pool %s, not %s", volume.ErrIncompatible, id, dev.Pool, pool)
+	case spec.Source != nil && dev.Source != spec.Source.ID:
+		return nil, "", fmt.Errorf("%w: device %s was created from %q, not %q", volume.ErrIncompatible, id, dev.Source, spec.Source.ID)
 	case dev.SizeBytes >= spec.SizeBytes:
 		return dev, "", nil
 	}

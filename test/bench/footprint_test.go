@@ -162,7 +162,7 @@ func startControlPlane(b testing.TB, bin string) *controlPlane {
 	run(kubectl, "--kubeconfig", cp.admin, "apply", "-f", filepath.Join(base, "namespace.yaml"), "-f", filepath.Join(base, "crds"))
 	run(kubectl, "--kubeconfig", cp.admin, "apply", "-n", "carve-system", "-f", filepath.Join(base, "rbac-node.yaml"))
 	run(kubectl, "--kubeconfig", cp.admin, "wait", "--for=condition=established", "--timeout=60s",
-		"crd/localvolumes.carve.csi.dev", "crd/nodestorages.carve.csi.dev")
+		"crd/localvolumes.carve.csi.dev", "crd/localsnapshots.carve.csi.dev", "crd/nodestorages.carve.csi.dev")
 	cp.nodeKC = filepath.Join(cp.dir, "node.kubeconfig")
 	run(sh, "sa-kubeconfig", cp.dir, "carve-system", "carve-node", cp.nodeKC)
 	cfg, err := clientcmd.BuildConfigFromFlags("", cp.admin)

@@ -26,6 +26,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/carve-csi/carve/pkg/apis/carve/v1alpha1"
+	"github.com/carve-csi/carve/pkg/backend"
 	"github.com/carve-csi/carve/pkg/backend/backendtest"
 	"github.com/carve-csi/carve/pkg/cluster"
 	carvecsi "github.com/carve-csi/carve/pkg/csi"
@@ -47,6 +48,9 @@ type burstArm struct {
 	createMed  time.Duration
 	deleteMed  time.Duration
 	throttled  int // log lines of client-go's client-side throttling (waits over 50 ms)
+	// snapshots gives every node a snapshotting in-memory pool of type
+	// lvm-thin (backendtest.Snapshots) instead of an lvm-like one.
+	snapshots bool
 }
 
 // BenchmarkControllerBurst (issue 13): 50 concurrent CreateVolume calls, then
@@ -187,7 +191,7 @@ func startControlPlane(b testing.TB, bin string) (*rest.Config, string) {
 	kubectl := filepath.Join(bin, "kubectl")
 	run(kubectl, "--kubeconfig", admin, "apply", "-f", filepath.Join(root, "deploy", "kubernetes", "base", "crds"))
 	run(kubectl, "--kubeconfig", admin, "wait", "--for=condition=established", "--timeout=60s",
-		"crd/localvolumes.carve.csi.dev", "crd/nodestorages.carve.csi.dev")
+		"crd/localvolumes.carve.csi.dev", "crd/localsnapshots.carve.csi.dev", "crd/nodestorages.carve.csi.dev")
 	for _, n := range burstNodes {
 		run(sh, "add-node", dir, n, k8srig.DriverName)
 	}
@@ -227,8 +231,15 @@ func startArm(tb testing.TB, ctx context.Context, admin *rest.Config, arm *burst
 	}
 	r := &armRig{pools: map[string]*backendtest.Memory{}}
 	for _, n := range burstNodes {
-		r.pools[n] = backendtest.NewMemory(k8srig.PoolName, nodePool, 4<<20)
-		vols, err := volume.NewManager([]volume.Pool{{Name: k8srig.PoolName, Backend: lvmLike{r.pools[n]}}}, k8srig.PoolName)
+		var b backend.Backend
+		if arm.snapshots {
+			sn := backendtest.NewSnapshots(k8srig.PoolName, nodePool, 4<<20)
+			r.pools[n], b = sn.Memory, thinLike{sn}
+		} else {
+			r.pools[n] = backendtest.NewMemory(k8srig.PoolName, nodePool, 4<<20)
+			b = lvmLike{r.pools[n]}
+		}
+		vols, err := volume.NewManager([]volume.Pool{{Name: k8srig.PoolName, Backend: b}}, k8srig.PoolName)
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -255,6 +266,9 @@ func startArm(tb testing.TB, ctx context.Context, admin *rest.Config, arm *burst
 		tb.Fatal(err)
 	}
 	if err := (&cluster.Releaser{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
+		tb.Fatal(err)
+	}
+	if err := (&cluster.SnapshotReleaser{Client: mgr.GetClient()}).SetupWithManager(mgr); err != nil {
 		tb.Fatal(err)
 	}
 	if r.direct, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
@@ -362,6 +376,11 @@ func waitNodeStorages(tb testing.TB, ctx context.Context, c client.Client) {
 type lvmLike struct{ *backendtest.Memory }
 
 func (lvmLike) Type() string { return "lvm" }
+
+// thinLike is an in-memory snapshotting pool that calls itself lvm-thin.
+type thinLike struct{ backendtest.Snapshots }
+
+func (thinLike) Type() string { return "lvm-thin" }
 
 // syncBuffer is a bytes.Buffer for concurrent writers (klog).
 type syncBuffer struct {

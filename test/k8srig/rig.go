@@ -220,7 +220,7 @@ func New(t T, cfg Config) *Rig {
 	r.KubectlRun(t, "apply", "-n", CarveNS, "-f", filepath.Join(base, "rbac-controller.yaml"),
 		"-f", filepath.Join(base, "rbac-node.yaml"))
 	r.KubectlRun(t, "wait", "--for=condition=established", "--timeout=60s",
-		"crd/localvolumes.carve.csi.dev", "crd/nodestorages.carve.csi.dev")
+		"crd/localvolumes.carve.csi.dev", "crd/localsnapshots.carve.csi.dev", "crd/nodestorages.carve.csi.dev")
 	r.CtrlKC = r.saKubeconfig(t, "carve-controller")
 	r.NodeKC = r.saKubeconfig(t, "carve-node")
 	for _, sa := range []struct{ kc, want string }{{r.CtrlKC, "carve-controller"}, {r.NodeKC, "carve-node"}} {

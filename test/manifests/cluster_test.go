@@ -157,11 +157,13 @@ var forbidden = []authzv1.ResourceAttributes{
 	{Verb: "update", Group: "coordination.k8s.io", Resource: "leases", Namespace: "kube-system"},
 }
 
-// nodeForbidden: a node writes LocalVolumes only for its finalizer and
-// status, and reads only its own Node.
+// nodeForbidden: a node writes LocalVolumes and LocalSnapshots only for its
+// finalizer and status, and reads only its own Node.
 var nodeForbidden = []authzv1.ResourceAttributes{
 	{Verb: "create", Group: "carve.csi.dev", Resource: "localvolumes"},
 	{Verb: "delete", Group: "carve.csi.dev", Resource: "localvolumes"},
+	{Verb: "create", Group: "carve.csi.dev", Resource: "localsnapshots"},
+	{Verb: "delete", Group: "carve.csi.dev", Resource: "localsnapshots"},
 	{Verb: "delete", Group: "carve.csi.dev", Resource: "nodestorages"},
 	{Verb: "list", Resource: "nodes"},
 	{Verb: "watch", Resource: "nodes"},
@@ -191,7 +193,7 @@ func TestCluster(t *testing.T) {
 	}
 	c.kubectlOK(t, crds.Bytes(), "apply", "--server-side", "--field-manager=carve-test", "-f", "-")
 	c.kubectlOK(t, nil, "wait", "--for=condition=Established", "--timeout=60s",
-		"crd/localvolumes.carve.csi.dev", "crd/nodestorages.carve.csi.dev")
+		"crd/localvolumes.carve.csi.dev", "crd/localsnapshots.carve.csi.dev", "crd/nodestorages.carve.csi.dev")
 	out := c.kubectlOK(t, base.raw, "apply", "--server-side", "--field-manager=carve-test", "-f", "-")
 	t.Logf("applied deploy/kubernetes:\n%s", out)
 	if n := strings.Count(strings.TrimSpace(out), "\n") + 1; n != len(base.list) {

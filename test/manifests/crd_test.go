@@ -57,6 +57,29 @@ func (b typed) Devices(context.Context) ([]backend.Device, error) {
 	}, nil
 }
 
+// thinTyped is the lvm-thin pool: typed, and it takes snapshots and makes
+// volumes from sources (backendtest.Snapshots over the same memory).
+type thinTyped struct {
+	typed
+	snaps backendtest.Snapshots
+}
+
+func (b thinTyped) CreateSnapshot(ctx context.Context, id, name, source string) (*backend.Snapshot, error) {
+	return b.snaps.CreateSnapshot(ctx, id, name, source)
+}
+func (b thinTyped) GetSnapshot(ctx context.Context, id string) (*backend.Snapshot, error) {
+	return b.snaps.GetSnapshot(ctx, id)
+}
+func (b thinTyped) ListSnapshots(ctx context.Context) ([]backend.Snapshot, error) {
+	return b.snaps.ListSnapshots(ctx)
+}
+func (b thinTyped) DeleteSnapshot(ctx context.Context, id string) error {
+	return b.snaps.DeleteSnapshot(ctx, id)
+}
+func (b thinTyped) CreateFrom(ctx context.Context, req backend.CreateRequest, source string) (*backend.Volume, error) {
+	return b.snaps.CreateFrom(ctx, req, source)
+}
+
 // poolTypes: every type a node can report in NodeStorage: the registry's
 // pool types, what their backends return from Type (an lvm-pmem pool is an
 // lvm pool), and the in-memory pool the unit tests publish through a fake
@@ -87,7 +110,7 @@ func TestCRDsAcceptWhatTheCodeWrites(t *testing.T) {
 	c.kubectlOK(t, nil, "apply", "--server-side", "--field-manager=carve-test", "-f",
 		filepath.Join(e.root, "deploy", "kubernetes", "base", "crds"))
 	c.kubectlOK(t, nil, "wait", "--for=condition=Established", "--timeout=60s",
-		"crd/localvolumes.carve.csi.dev", "crd/nodestorages.carve.csi.dev")
+		"crd/localvolumes.carve.csi.dev", "crd/localsnapshots.carve.csi.dev", "crd/nodestorages.carve.csi.dev")
 	const node = "schema-node"
 	if out, err := exec.Command(filepath.Join(e.root, "hack", "k8s", "cluster.sh"), "add-node", c.dir, node).CombinedOutput(); err != nil {
 		t.Fatalf("cluster.sh add-node: %v\n%s", err, out)
@@ -111,7 +134,12 @@ func TestCRDsAcceptWhatTheCodeWrites(t *testing.T) {
 	typeNames := poolTypes()
 	var pools []volume.Pool
 	for _, typ := range typeNames {
-		pools = append(pools, volume.Pool{Name: typ, Backend: typed{backendtest.NewMemory(typ, 10*gib, 4<<20), typ}})
+		b := typed{backendtest.NewMemory(typ, 10*gib, 4<<20), typ}
+		if typ == lvm.ThinType {
+			pools = append(pools, volume.Pool{Name: typ, Backend: thinTyped{b, backendtest.Snapshots{Memory: b.Memory}}})
+			continue
+		}
+		pools = append(pools, volume.Pool{Name: typ, Backend: b})
 	}
 	vols, err := volume.NewManager(pools, typeNames[0])
 	if err != nil {
@@ -191,6 +219,52 @@ func TestCRDsAcceptWhatTheCodeWrites(t *testing.T) {
 		t.Errorf("delete: %v", err)
 	}
 	stripedLocalVolumes(ctx, t, cl, cv, typeNames[0], node)
+	snapshotsAndClones(ctx, t, cl, cv, node)
+}
+
+// snapshotsAndClones: the schema takes the LocalSnapshot the controller
+// writes and the status the node agent reports (creation time, size,
+// readyToUse), and a LocalVolume whose spec.source is that snapshot or a
+// volume; spec.source cannot change once written. Everything is deleted
+// again through the node's finalizers.
+func snapshotsAndClones(ctx context.Context, t *testing.T, cl client.Client, cv *carvecluster.Volumes, node string) {
+	src := names.VolumeID("pvc-" + lvm.ThinType)
+	ls, err := cv.CreateSnapshot(ctx, "snap-schema", src)
+	if err != nil {
+		t.Fatalf("snapshot of %s: %v", src, err)
+	}
+	if ls.Status.Phase != v1alpha1.PhaseReady || !ls.Status.ReadyToUse || ls.Status.SizeBytes != 1<<30 || ls.Status.CreationTime == nil ||
+		ls.Status.SnapshotID != ls.Name {
+		t.Errorf("LocalSnapshot on the server: status %+v", ls.Status)
+	}
+	for _, s := range []*v1alpha1.VolumeSource{{Kind: v1alpha1.SourceSnapshot, ID: ls.Name}, {Kind: v1alpha1.SourceVolume, ID: src}} {
+		lv, err := cv.Create(ctx, carvecluster.CreateRequest{Name: "pvc-from-" + string(s.Kind), Range: volume.Range{RequiredBytes: 1 << 30},
+			Source: s})
+		if err != nil {
+			t.Fatalf("volume from %+v: %v", s, err)
+		}
+		if lv.Status.Phase != v1alpha1.PhaseReady || lv.Spec.Source == nil || *lv.Spec.Source != *s || lv.Spec.NodeName != node {
+			t.Errorf("LocalVolume from %+v on the server: spec %+v status %+v", s, lv.Spec, lv.Status)
+		}
+		lv.Spec.Source = &v1alpha1.VolumeSource{Kind: v1alpha1.SourceVolume, ID: names.VolumeID("other")}
+		if err := cl.Update(ctx, lv); !apierrors.IsInvalid(err) {
+			t.Errorf("changing spec.source: %v, want Invalid", err)
+		}
+		if err := cv.Delete(ctx, lv.Name); err != nil {
+			t.Errorf("delete the volume from %+v: %v", s, err)
+		}
+	}
+	bad := &v1alpha1.LocalSnapshot{ObjectMeta: metav1.ObjectMeta{Name: names.SnapshotID("snap-bad")},
+		Spec: v1alpha1.LocalSnapshotSpec{SnapshotName: "snap-bad", NodeName: "no-such-node"}}
+	if err := cl.Create(ctx, bad); !apierrors.IsInvalid(err) {
+		t.Errorf("LocalSnapshot without a source: %v, want Invalid", err)
+	}
+	if err := cv.DeleteSnapshot(ctx, ls.Name); err != nil {
+		t.Errorf("delete the snapshot: %v", err)
+	}
+	if err := cl.Get(ctx, types.NamespacedName{Name: ls.Name}, &v1alpha1.LocalSnapshot{}); !apierrors.IsNotFound(err) {
+		t.Errorf("LocalSnapshot after DeleteSnapshot: %v, want NotFound", err)
+	}
 }
 
 // stripedLocalVolumes: the schema takes the striping the controller writes

@@ -103,7 +103,7 @@ func startPlane(t testing.TB, bin, scoring, kcmArgs, logs string) *plane {
 	r.KubectlRun(t, "apply", "-n", k8srig.CarveNS, "-f", filepath.Join(base, "rbac-controller.yaml"),
 		"-f", filepath.Join(base, "rbac-node.yaml"))
 	r.KubectlRun(t, "wait", "--for=condition=established", "--timeout=60s",
-		"crd/localvolumes.carve.csi.dev", "crd/nodestorages.carve.csi.dev")
+		"crd/localvolumes.carve.csi.dev", "crd/localsnapshots.carve.csi.dev", "crd/nodestorages.carve.csi.dev")
 	for _, u := range []string{userController, userNode, userProvisioner} {
 		out := filepath.Join(dir, "sa-"+u+".kubeconfig")
 		cmd := exec.Command(sh, "sa-kubeconfig", dir, k8srig.CarveNS, u, out)

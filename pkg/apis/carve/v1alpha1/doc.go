@@ -1,6 +1,7 @@
 // Package v1alpha1 holds carve's custom resources: LocalVolume (one per volume,
-// the channel between the controller and the node that owns the device) and
-// NodeStorage (one per node, its pools' capacity).
+// the channel between the controller and the node that owns the device),
+// LocalSnapshot (one per snapshot, likewise) and NodeStorage (one per node,
+// its pools' capacity).
 // +kubebuilder:object:generate=true
 // +groupName=carve.csi.dev
 package v1alpha1

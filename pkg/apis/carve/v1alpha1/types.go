@@ -59,6 +59,32 @@ type LocalVolumeSpec struct {
 	// +kubebuilder:validation:Minimum=4096
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="stripeSizeBytes cannot change"
 	StripeSizeBytes int64 `json:"stripeSizeBytes,omitempty"`
+	// Source, if set, is what the volume is created from (CSI
+	// volume_content_source): the node makes it as a copy of that snapshot
+	// or volume, in the source's pool on this node. It never changes.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="source cannot change"
+	Source *VolumeSource `json:"source,omitempty"`
+}
+
+// SourceKind says what a VolumeSource names.
+// +kubebuilder:validation:Enum=Snapshot;Volume
+type SourceKind string
+
+const (
+	// SourceSnapshot: a snapshot id (a LocalSnapshot's name).
+	SourceSnapshot SourceKind = "Snapshot"
+	// SourceVolume: a volume id (a LocalVolume's name).
+	SourceVolume SourceKind = "Volume"
+)
+
+// VolumeSource names the snapshot or volume a volume is created from.
+type VolumeSource struct {
+	Kind SourceKind `json:"kind"`
+	// ID is the CSI snapshot id or volume id.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	ID string `json:"id"`
 }
 
 // LocalVolumeStatus is what the node reports.
@@ -107,6 +133,82 @@ type LocalVolumeList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []LocalVolume `json:"items"`
+}
+
+// LocalSnapshotSpec is what the controller asks of the node: a snapshot of
+// one of its volumes.
+type LocalSnapshotSpec struct {
+	// SnapshotName is the CSI snapshot name this snapshot was created for;
+	// the object's name is its snapshot id. It never changes.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="snapshotName cannot change"
+	SnapshotName string `json:"snapshotName"`
+	// NodeName is the node that holds the source volume, and so the snapshot.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="nodeName cannot change"
+	NodeName string `json:"nodeName"`
+	// Pool of the source volume on that node; empty means the node's default pool.
+	// +optional
+	Pool string `json:"pool,omitempty"`
+	// SourceVolumeID is the CSI volume id (a LocalVolume's name) of the source.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="sourceVolumeID cannot change"
+	SourceVolumeID string `json:"sourceVolumeID"`
+}
+
+// LocalSnapshotStatus is what the node reports.
+type LocalSnapshotStatus struct {
+	// Phase: Pending (the node has not acted), Ready (the snapshot exists)
+	// or Failed (see code and message).
+	// +optional
+	Phase LocalVolumePhase `json:"phase,omitempty"`
+	// SnapshotID is the snapshot's id on the node (the object's name).
+	// +optional
+	SnapshotID string `json:"snapshotID,omitempty"`
+	// SizeBytes is the snapshot's size: its source's size when it was taken.
+	// +optional
+	SizeBytes int64 `json:"sizeBytes,omitempty"`
+	// CreationTime is when the node took the snapshot.
+	// +optional
+	CreationTime *metav1.Time `json:"creationTime,omitempty"`
+	// ReadyToUse: volumes can be created from the snapshot.
+	// +optional
+	ReadyToUse bool `json:"readyToUse,omitempty"`
+	// Code is the gRPC code name of the last failure (e.g. NotFound).
+	// +optional
+	Code string `json:"code,omitempty"`
+	// Message explains the phase.
+	// +optional
+	Message string `json:"message,omitempty"`
+	// ObservedGeneration is the spec generation the status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+}
+
+// LocalSnapshot is one carve snapshot (an lvm-thin snapshot LV) on one node.
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,shortName=lsnap
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.spec.nodeName`
+// +kubebuilder:printcolumn:name="Source",type=string,JSONPath=`.spec.sourceVolumeID`
+// +kubebuilder:printcolumn:name="Size",type=integer,JSONPath=`.status.sizeBytes`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Snapshot",type=string,JSONPath=`.spec.snapshotName`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type LocalSnapshot struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   LocalSnapshotSpec   `json:"spec"`
+	Status LocalSnapshotStatus `json:"status,omitempty"`
+}
+
+// LocalSnapshotList is a list of LocalSnapshots.
+// +kubebuilder:object:root=true
+type LocalSnapshotList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []LocalSnapshot `json:"items"`
 }
 
 // PoolStatus is one pool's capacity.
@@ -219,5 +321,6 @@ type NodeStorageList struct {
 }
 
 func init() {
-	SchemeBuilder.Register(&LocalVolume{}, &LocalVolumeList{}, &NodeStorage{}, &NodeStorageList{})
+	SchemeBuilder.Register(&LocalVolume{}, &LocalVolumeList{}, &LocalSnapshot{}, &LocalSnapshotList{},
+		&NodeStorage{}, &NodeStorageList{})
 }
