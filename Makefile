@@ -58,9 +58,10 @@ test-disks:
 	test/disks/run-vm.sh
 
 # Crash consistency in the QEMU VM: carve-csi SIGKILLed at every step boundary,
-# restarted, the call retried, leaks and losses audited, on an LVM volume group
-# and then a PMEM region in one boot (CARVE_FAULTS_TRIALS, CARVE_FAULTS_PMEM_TRIALS,
-# CARVE_FAULTS_POOLS, CARVE_FAULTS_SEED).
+# restarted, the call retried, leaks and losses audited, on an LVM volume group,
+# then snapshots and clones on an lvm-thin pool in it, then a PMEM region, in one
+# boot (CARVE_FAULTS_TRIALS, CARVE_FAULTS_THIN_TRIALS, CARVE_FAULTS_PMEM_TRIALS,
+# CARVE_FAULTS_POOLS="lvm thin pmem", CARVE_FAULTS_SEED).
 .PHONY: test-faults
 test-faults:
 	hack/faults.sh

@@ -5,9 +5,11 @@
 # Prints "faults: N trials, L leaked, M lost" and exits non-zero on failure.
 # CARVE_FAULTS_TRIALS / CARVE_FAULTS_SEED / CARVE_FAULTS_MODES (before,after
 # by default; "during" also kills the running tool) pass through to the guest,
-# and CARVE_FAULTS_POOLS ("lvm pmem" by default: both in one boot, the LVM
-# volume group's CARVE_FAULTS_TRIALS, then CARVE_FAULTS_PMEM_TRIALS=40 on the
-# emulated NVDIMM's region; "lvm" or "pmem" runs one).
+# and CARVE_FAULTS_POOLS ("lvm thin pmem" by default: all in one boot, the LVM
+# volume group's CARVE_FAULTS_TRIALS, then CARVE_FAULTS_THIN_TRIALS=17 snapshot
+# and clone trials on a thin pool in that volume group, then
+# CARVE_FAULTS_PMEM_TRIALS=40 on the emulated NVDIMM's region; "lvm", "thin" or
+# "pmem" runs one).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -25,8 +27,9 @@ cp hack/faults-guest.sh "$SHARE/faults-guest.sh"
 # The guest gets the settings through the share (run.sh passes no environment).
 {
   echo "CARVE_FAULTS_TRIALS=${CARVE_FAULTS_TRIALS:-100}"
+  echo "CARVE_FAULTS_THIN_TRIALS=${CARVE_FAULTS_THIN_TRIALS:-17}"
   echo "CARVE_FAULTS_PMEM_TRIALS=${CARVE_FAULTS_PMEM_TRIALS:-40}"
-  echo "CARVE_FAULTS_POOLS='${CARVE_FAULTS_POOLS:-lvm pmem}'"
+  echo "CARVE_FAULTS_POOLS='${CARVE_FAULTS_POOLS:-lvm thin pmem}'"
   [ -z "${CARVE_FAULTS_SEED:-}" ] || echo "CARVE_FAULTS_SEED=$CARVE_FAULTS_SEED"
   [ -z "${CARVE_FAULTS_MODES:-}" ] || echo "CARVE_FAULTS_MODES=$CARVE_FAULTS_MODES"
 } >"$SHARE/faults.env"

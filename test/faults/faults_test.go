@@ -24,7 +24,10 @@
 // it in the QEMU VM); CARVE_FAULTS_REQUIRE=1 fails instead of skipping.
 // CARVE_FAULTS_POOL=pmem runs the same trials on a PMEM region instead
 // (CARVE_FAULTS_REGION, default region0; see pool_test.go): carve namespaces
-// instead of LVs, no expansion. Every newly published volume must come up
+// instead of LVs, no expansion. CARVE_FAULTS_POOL=thin runs snapshot and
+// clone lives on an lvm-thin pool instead (thin_test.go: CreateSnapshot,
+// volumes from a snapshot and from a volume, the deletes; CARVE_FAULTS_VG,
+// CARVE_FAULTS_THINPOOL). Every newly published volume must come up
 // empty: the lives run one after another at the same place of the pool, so a
 // volume showing the data file of an earlier one is lost (stale) data.
 // CARVE_FAULTS_TRIALS (default 100) and CARVE_FAULTS_SEED (default: the
@@ -42,6 +45,7 @@ import (
 	osexec "os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -122,6 +126,10 @@ type harness struct {
 	shimDir string
 	runner  exec.Host // the test's own lvm: PATH without the shim
 	rng     *rand.Rand
+	// ops are the operations of this pool's lives: ops, or thinOps.
+	ops []string
+	// coverAll: plan hits every boundary once before any twice (thin).
+	coverAll bool
 
 	proc     *driver.Process
 	pid      int
@@ -132,6 +140,8 @@ type harness struct {
 	done     int // trials finished
 	// abandoned counts trials whose call was not retried but torn down.
 	abandoned int
+	// pending counts trials whose kill left a copy carve.restoring=pending.
+	pending int
 
 	tCalls, tRestarts, tAudits time.Duration
 
@@ -159,6 +169,7 @@ type vol struct {
 	// still owned, and kubelet tears it down.
 	uncertain bool
 	data      []byte // written to <mount>/data after publish
+	thinVol          // the snapshot and clone lives' checks (thin_test.go)
 }
 
 // tally is what an audit found.
@@ -182,6 +193,9 @@ type trial struct {
 	// abandon: after the restart the call is not retried; the pod went away
 	// meanwhile, so kubelet tears down what may have been set up instead.
 	abandon bool
+	// pending: the kill left a copy marked carve.restoring=pending, which
+	// the retry had to remove and make again (thin lives).
+	pending bool
 }
 
 // errAbandoned is what call returns for an interrupted call that is abandoned.
@@ -199,6 +213,7 @@ type life struct {
 	tag    string
 	inline bool
 	expand bool
+	thin   bool // a snapshot and clone life (thinLife)
 	vols   []*vol
 	faults map[string]*trial // by op
 	// abandoned: a call was abandoned, the rest of the life is teardown.
@@ -245,7 +260,10 @@ func TestFaults(t *testing.T) {
 		seed, seed, trials, strings.Join(modes, "/"), pl)
 
 	h := &harness{t: t, pool: pl, kubelet: t.TempDir(), rng: rand.New(rand.NewPCG(seed, 0x636172766566)),
-		calls: map[string]int{}, labels: map[string][]string{}}
+		calls: map[string]int{}, labels: map[string][]string{}, ops: ops}
+	if pl.thin() {
+		h.ops, h.coverAll = thinOps, true
+	}
 	h.installShim()
 	if left := h.carveLVs(); len(left) > 0 {
 		t.Fatalf("%s must start without carve volumes, has %v", pl, left)
@@ -253,8 +271,11 @@ func TestFaults(t *testing.T) {
 	h.start()
 
 	// Calibration: one unfaulted life of each kind counts each op's calls.
-	for i, inline := range []bool{false, true} {
-		l := &life{tag: fmt.Sprintf("cal%d", i), inline: inline, expand: !inline && pl.canExpand()}
+	cal := []*life{{tag: "cal0", expand: pl.canExpand()}, {tag: "cal1", inline: true}}
+	if pl.thin() {
+		cal = cal[:1]
+	}
+	for _, l := range cal {
 		h.runLife(l)
 		if len(l.problems) > 0 || l.leaked > 0 || l.lost > 0 {
 			t.Fatalf("calibration (no fault) failed: %d leaked, %d lost: %s", l.leaked, l.lost, strings.Join(l.problems, "; "))
@@ -262,7 +283,7 @@ func TestFaults(t *testing.T) {
 	}
 	var bounds []boundary
 	perOp := map[string][]boundary{}
-	for _, op := range ops {
+	for _, op := range h.ops {
 		if !pl.canExpand() && (op == opControllerGrow || op == opNodeGrow) {
 			continue
 		}
@@ -270,14 +291,15 @@ func TestFaults(t *testing.T) {
 			t.Fatalf("calibration: %s ran no tool (calls: %v): the shim is not in the driver's way", op, h.calls)
 		}
 		fmt.Printf("faults: %-28s %d tool calls: %s\n", op, h.calls[op], strings.Join(h.labels[op], ", "))
-		for n := 1; n <= h.calls[op]; n++ {
-			for _, m := range modes {
-				perOp[op] = append(perOp[op], boundary{op, n, m})
-			}
-		}
+		perOp[op] = boundaries(op, h.calls[op], modes, pl.thin())
 		bounds = append(bounds, perOp[op]...)
 	}
-	lives := h.packLives(h.plan(perOp, trials), 1)
+	var lives []*life
+	if h.coverAll {
+		lives = h.packLives(h.planChangesFirst(perOp, trials), 1)
+	} else {
+		lives = h.packLives(h.plan(perOp, trials), 1)
+	}
 	fmt.Printf("faults: %d boundaries (op x tool call x %s); %d trials in %d volume lives\n",
 		len(bounds), strings.Join(modes, "/"), trials, len(lives))
 
@@ -290,7 +312,7 @@ func TestFaults(t *testing.T) {
 		// A life that was torn down early (an abandoned call) never reached
 		// the calls after it: their faults go to new lives.
 		var left []boundary
-		for _, op := range ops {
+		for _, op := range h.ops {
 			if tr := l.faults[op]; tr != nil && !tr.ran {
 				left = append(left, tr.fault)
 				delete(l.faults, op)
@@ -299,7 +321,7 @@ func TestFaults(t *testing.T) {
 		if len(left) > 0 && len(l.problems) == 0 {
 			lives = append(lives, h.packLives(left, len(lives)+1)...)
 		}
-		for _, op := range ops {
+		for _, op := range h.ops {
 			tr := l.faults[op]
 			if tr == nil {
 				continue
@@ -334,7 +356,7 @@ func TestFaults(t *testing.T) {
 		nHit += len(m)
 	}
 	fmt.Printf("faults: boundaries hit (operation | driver killed | trials): %d of %d\n", nHit, len(bounds))
-	for _, op := range ops {
+	for _, op := range h.ops {
 		var labels []string
 		for l := range hits[op] {
 			labels = append(labels, l)
@@ -352,6 +374,9 @@ func TestFaults(t *testing.T) {
 		"%d trials or lives with other problems, %.0fs (calls %.0fs, restarts %.0fs, audits %.0fs)\n",
 		fired, h.restarts, h.abandoned, bad, time.Since(start).Seconds(),
 		h.tCalls.Seconds(), h.tRestarts.Seconds(), h.tAudits.Seconds())
+	if pl.thin() {
+		fmt.Printf("faults: %d kills left a copy carve.restoring=pending, which the retry removed and made again\n", h.pending)
+	}
 	fmt.Printf("faults: %d trials, %d leaked, %d lost (%s)\n", h.done, leaked, lost, pl)
 	if h.done != trials {
 		t.Errorf("%d of the %d planned trials ran", h.done, trials)
@@ -364,18 +389,46 @@ func TestFaults(t *testing.T) {
 	}
 }
 
+// boundaries are the faults of an op that makes calls tool calls: one per
+// call and mode. With once, each boundary between two calls counts once:
+// nothing but the driver's own memory changes between the end of call n-1
+// and the start of call n (a standalone node writes nowhere else), so a kill
+// before call n leaves what a kill after call n-1 does, and when the modes
+// have "after" only call 1 gets a "before" (the thin lives, whose calls are
+// many and slow, use it).
+func boundaries(op string, calls int, modes []string, once bool) []boundary {
+	var bs []boundary
+	for n := 1; n <= calls; n++ {
+		for _, m := range modes {
+			if once && m == "before" && n > 1 && slices.Contains(modes, "after") {
+				continue
+			}
+			bs = append(bs, boundary{op, n, m})
+		}
+	}
+	return bs
+}
+
 // plan picks the trials' faults: the ops take turns (in a random order each
 // turn), so that the lives fill up, and each op walks through its own
-// boundaries in a random order, all of them before any repeats.
+// boundaries in a random order, all of them before any repeats. With
+// h.coverAll an op that has been through all its boundaries sits out its
+// turns until every other op has too, so that as many trials as there are
+// boundaries hit each of them once (the thin lives, whose default count is
+// about that).
 func (h *harness) plan(perOp map[string][]boundary, trials int) []boundary {
 	next := map[string]int{}
+	rounds := func(op string) int { return next[op] / len(perOp[op]) }
 	var plan []boundary
 	for len(plan) < trials {
-		turn := append([]string(nil), ops...)
+		turn := append([]string(nil), h.ops...)
 		h.rng.Shuffle(len(turn), func(i, j int) { turn[i], turn[j] = turn[j], turn[i] })
 		for _, op := range turn {
 			bs := perOp[op]
 			if len(plan) == trials || len(bs) == 0 {
+				continue
+			}
+			if h.coverAll && slices.ContainsFunc(h.ops, func(o string) bool { return len(perOp[o]) > 0 && rounds(o) < rounds(op) }) {
 				continue
 			}
 			if next[op]%len(bs) == 0 {
@@ -388,8 +441,50 @@ func (h *harness) plan(perOp map[string][]boundary, trials int) []boundary {
 	return plan
 }
 
+// readOnly are the calls that change nothing (their labels).
+var readOnly = map[string]bool{"lvm lvs": true, "lvm vgs": true, "blkid": true}
+
+// changes reports whether a kill at b can leave something other than a kill
+// before the op's first call does: b is that kill, or comes during or after a
+// call that writes (not after an lvs, which changes nothing).
+func changes(b boundary, labels []string) bool {
+	if b.when != "after" || b.n > len(labels) {
+		return true
+	}
+	return !readOnly[labels[b.n-1]]
+}
+
+// planChangesFirst plans as plan with h.coverAll, but first the boundaries
+// where something changed (changes), then the kills after read-only calls,
+// then repeats: trials as many as the first hit every such boundary once.
+func (h *harness) planChangesFirst(perOp map[string][]boundary, trials int) []boundary {
+	first, then := map[string][]boundary{}, map[string][]boundary{}
+	nFirst, nThen := 0, 0
+	for op, bs := range perOp {
+		for _, b := range bs {
+			if changes(b, h.labels[op]) {
+				first[op] = append(first[op], b)
+				nFirst++
+			} else {
+				then[op] = append(then[op], b)
+				nThen++
+			}
+		}
+	}
+	plan := h.plan(first, min(trials, nFirst))
+	if n := min(trials-len(plan), nThen); n > 0 {
+		plan = append(plan, h.plan(then, n)...)
+	}
+	if n := trials - len(plan); n > 0 {
+		plan = append(plan, h.plan(perOp, n)...)
+	}
+	return plan
+}
+
 func kind(l *life) string {
 	switch {
+	case l.thin:
+		return "snap+clone"
 	case l.inline:
 		return "inline"
 	case l.expand:
@@ -422,7 +517,7 @@ func (h *harness) packLives(plan []boundary, first int) []*life {
 		}
 		// Expansion is part of every fourth persistent life, and of those with a fault on it.
 		l.expand = !l.inline && (l.faults[opControllerGrow] != nil || l.faults[opNodeGrow] != nil || h.rng.IntN(4) == 0) &&
-			h.pool.kind != "pmem"
+			h.pool.canExpand() && !h.pool.thin()
 		lives = append(lives, l)
 	}
 	return lives
@@ -592,6 +687,9 @@ func (h *harness) call(l *life, op string, fn func(context.Context) error) error
 	h.restarts++
 	h.start()
 	h.tRestarts += time.Since(t1)
+	if h.pool.thin() {
+		h.notePending(tr)
+	}
 	if tr.abandon {
 		h.abandoned++
 		l.abandoned = true
@@ -618,7 +716,11 @@ func (h *harness) call(l *life, op string, fn func(context.Context) error) error
 		time.Sleep(time.Duration(attempt) * 500 * time.Millisecond)
 	}
 	h.audit(l, &tr.tally, "after the recovery of "+op)
-	h.report(l, tr, t0, fmt.Sprintf("killed %s, restarted, retried %dx", firedLabel(fired), tr.retries))
+	outcome := fmt.Sprintf("killed %s, restarted, retried %dx", firedLabel(fired), tr.retries)
+	if tr.pending {
+		outcome = fmt.Sprintf("killed %s, left a copy carve.restoring=pending, restarted, retried %dx", firedLabel(fired), tr.retries)
+	}
+	h.report(l, tr, t0, outcome)
 	return nil
 }
 
@@ -638,9 +740,13 @@ func (h *harness) report(l *life, tr *trial, t0 time.Time, outcome string) {
 // is left, and scrubs whatever is.
 func (h *harness) runLife(l *life) {
 	var err error
-	if l.inline {
+	l.thin = h.pool.thin()
+	switch {
+	case h.pool.thin():
+		err = h.thinLife(l)
+	case l.inline:
 		err = h.inlineLife(l)
-	} else {
+	default:
 		err = h.persistentLife(l)
 	}
 	if err != nil {
@@ -1035,6 +1141,9 @@ func (h *harness) audit(l *life, tr *tally, when string) (seen int) {
 			tr.problem("lost %s: volume %s: its device-mapper device is left suspended, so its I/O blocks", when, v.name)
 			continue
 		}
+		if h.pool.thin() {
+			h.checkThin(tr, v, lv, when)
+		}
 		if v.uncertain {
 			continue // owned, but whether it is mounted is not known
 		}
@@ -1105,6 +1214,9 @@ func (h *harness) dmDevices() []dmDev {
 			continue
 		}
 		d.lv = strings.ReplaceAll(strings.TrimPrefix(d.name, prefix), "--", "-")
+		if tp := h.pool.thinPool; h.pool.thin() && (d.lv == tp || strings.HasPrefix(d.lv, tp+"_") || strings.HasPrefix(d.lv, tp+"-")) {
+			continue // the thin pool's own devices (_tdata, _tmeta, -tpool), which lvs does not list
+		}
 		sus, _ := os.ReadFile(filepath.Join(filepath.Dir(f), "suspended"))
 		d.suspended = strings.TrimSpace(string(sus)) == "1"
 		out = append(out, d)

@@ -14,7 +14,7 @@ func TestPackLivesUsesEveryFaultOnceAndOneFaultPerCall(t *testing.T) {
 			plan = append(plan, boundary{op, n, "before"}, boundary{op, n, "after"})
 		}
 	}
-	h := &harness{rng: rand.New(rand.NewPCG(1, 2))}
+	h := &harness{rng: rand.New(rand.NewPCG(1, 2)), ops: ops}
 	h.rng.Shuffle(len(plan), func(i, j int) { plan[i], plan[j] = plan[j], plan[i] })
 	lives := h.packLives(plan, 1)
 	seen := map[boundary]int{}
@@ -47,6 +47,27 @@ func TestPackLivesUsesEveryFaultOnceAndOneFaultPerCall(t *testing.T) {
 	}
 }
 
+func TestBoundariesOnce(t *testing.T) {
+	all := boundaries(opSnapshot, 3, []string{"before", "after"}, false)
+	once := boundaries(opSnapshot, 3, []string{"before", "after"}, true)
+	if len(all) != 6 || len(once) != 4 {
+		t.Fatalf("3 calls: %d boundaries, %d once; want 6 and 4", len(all), len(once))
+	}
+	want := []boundary{{opSnapshot, 1, "before"}, {opSnapshot, 1, "after"}, {opSnapshot, 2, "after"}, {opSnapshot, 3, "after"}}
+	for i, b := range once {
+		if b != want[i] {
+			t.Errorf("boundary %d: %v, want %v", i, b, want[i])
+		}
+	}
+	if d := boundaries(opSnapshot, 2, []string{"before", "during", "after"}, true); len(d) != 5 {
+		t.Errorf("2 calls before/during/after once: %v", d)
+	}
+	// Without "after" every "before" stays: no other boundary stands for it.
+	if d := boundaries(opSnapshot, 2, []string{"before", "during"}, true); len(d) != 4 {
+		t.Errorf("2 calls before/during once: %v", d)
+	}
+}
+
 func TestLabels(t *testing.T) {
 	for _, c := range []struct{ line, want string }{
 		{"3 lvm lvcreate -n carve-x -L 16777216b carve !kill-after", "after #3 lvm lvcreate"},
@@ -75,7 +96,7 @@ func TestPlanTakesOpsInTurnsAndEveryBoundaryBeforeRepeats(t *testing.T) {
 			perOp[op] = append(perOp[op], boundary{op, n, "before"}, boundary{op, n, "after"})
 		}
 	}
-	h := &harness{rng: rand.New(rand.NewPCG(3, 4))}
+	h := &harness{rng: rand.New(rand.NewPCG(3, 4)), ops: ops}
 	plan := h.plan(perOp, 100)
 	if len(plan) != 100 {
 		t.Fatalf("%d trials planned", len(plan))
@@ -102,6 +123,74 @@ func TestPlanTakesOpsInTurnsAndEveryBoundaryBeforeRepeats(t *testing.T) {
 	// Every op has 10 faults: 10 persistent lives with 8, 10 inline with 2.
 	if len(lives) != 20 {
 		t.Fatalf("%d lives", len(lives))
+	}
+}
+
+// With coverAll, as many trials as boundaries hit each boundary once, even
+// when the ops have very different numbers of them.
+func TestPlanCoverAll(t *testing.T) {
+	perOp := map[string][]boundary{}
+	total := 0
+	for i, op := range thinOps {
+		perOp[op] = boundaries(op, []int{2, 5, 4, 5, 1, 1, 1}[i], []string{"before", "after"}, true)
+		total += len(perOp[op])
+	}
+	if total != 26 {
+		t.Fatalf("%d boundaries", total)
+	}
+	h := &harness{rng: rand.New(rand.NewPCG(5, 6)), ops: thinOps, coverAll: true}
+	plan := h.plan(perOp, total+3)
+	seen := map[boundary]int{}
+	for _, b := range plan[:total] {
+		seen[b]++
+	}
+	if len(seen) != total {
+		t.Fatalf("the first %d trials hit %d boundaries: %v", total, len(seen), plan)
+	}
+	lives := h.packLives(plan[:total], 1)
+	// CreateSnapshot and the clone have 6 boundaries each: 6 lives at least.
+	if len(lives) < 6 || len(lives) > 8 {
+		t.Fatalf("%d lives", len(lives))
+	}
+}
+
+// planChangesFirst: the first trials hit every boundary where something
+// changes (before the first call, after each lvcreate, lvextend, lvchange,
+// lvremove), the next ones the kills after an lvs.
+func TestPlanChangesFirst(t *testing.T) {
+	labels := map[string][]string{
+		opCreate:         {"lvm lvs", "lvm lvcreate"},
+		opSnapshot:       {"lvm lvs", "lvm lvs", "lvm lvs", "lvm lvcreate", "lvm lvs"},
+		opRestore:        {"lvm lvs", "lvm lvs", "lvm lvcreate", "lvm lvchange"},
+		opClone:          {"lvm lvs", "lvm lvs", "lvm lvcreate", "lvm lvextend", "lvm lvchange"},
+		opDeleteSource:   {"lvm lvremove"},
+		opDeleteSnapshot: {"lvm lvremove"},
+		opDeleteClone:    {"lvm lvremove"},
+	}
+	perOp := map[string][]boundary{}
+	for _, op := range thinOps {
+		perOp[op] = boundaries(op, len(labels[op]), []string{"before", "after"}, true)
+	}
+	h := &harness{rng: rand.New(rand.NewPCG(7, 8)), ops: thinOps, coverAll: true, labels: labels}
+	plan := h.planChangesFirst(perOp, 30)
+	if len(plan) != 30 {
+		t.Fatalf("%d trials", len(plan))
+	}
+	seen := map[boundary]bool{}
+	for i, b := range plan {
+		if ch := changes(b, labels[b.op]); ch != (i < 17) && i < 26 {
+			t.Errorf("trial %d: %v (changes %v)", i, b, ch)
+		}
+		if i < 26 {
+			seen[b] = true
+		}
+	}
+	if len(seen) != 26 {
+		t.Errorf("the first 26 trials hit %d boundaries", len(seen))
+	}
+	// CreateVolume(clone) has 4 boundaries that change something: 4 lives.
+	if n := len(h.packLives(h.planChangesFirst(perOp, 17), 1)); n != 4 {
+		t.Errorf("17 trials in %d lives", n)
 	}
 }
 

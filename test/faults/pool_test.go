@@ -14,19 +14,24 @@ import (
 )
 
 // The pool under test: an LVM volume group (CARVE_FAULTS_POOL=lvm, the
-// default, CARVE_FAULTS_VG) or a PMEM region (CARVE_FAULTS_POOL=pmem,
+// default, CARVE_FAULTS_VG), a PMEM region (CARVE_FAULTS_POOL=pmem,
 // CARVE_FAULTS_REGION, default region0: one fsdax namespace per volume,
-// created with ndctl; namespaces cannot grow, so those trials never expand).
-// Everything else in the trials is the same; the audit sees the pool only
-// through carveVolumes.
+// created with ndctl; namespaces cannot grow, so those trials never expand),
+// or an lvm thin pool (CARVE_FAULTS_POOL=thin, CARVE_FAULTS_VG and
+// CARVE_FAULTS_THINPOOL, default faultsthin, which must exist with zeroing
+// on: its lives are the snapshot and clone lives of thin_test.go). Everything
+// else in the trials is the same; the audit sees the pool only through
+// carveVolumes.
 type pool struct {
-	kind   string // "lvm" or "pmem"
-	vg     string // lvm
-	region string // pmem
+	kind     string // "lvm", "pmem" or "thin"
+	vg       string // lvm, thin
+	region   string // pmem
+	thinPool string // thin: the thin pool LV in vg
 }
 
 func poolFromEnv() (pool, error) {
-	p := pool{kind: os.Getenv("CARVE_FAULTS_POOL"), vg: os.Getenv("CARVE_FAULTS_VG"), region: os.Getenv("CARVE_FAULTS_REGION")}
+	p := pool{kind: os.Getenv("CARVE_FAULTS_POOL"), vg: os.Getenv("CARVE_FAULTS_VG"), region: os.Getenv("CARVE_FAULTS_REGION"),
+		thinPool: os.Getenv("CARVE_FAULTS_THINPOOL")}
 	switch p.kind {
 	case "", "lvm":
 		p.kind = "lvm"
@@ -34,25 +39,39 @@ func poolFromEnv() (pool, error) {
 		if p.region == "" {
 			p.region = "region0"
 		}
+	case "thin":
+		if p.thinPool == "" {
+			p.thinPool = "faultsthin"
+		}
 	default:
-		return p, fmt.Errorf("CARVE_FAULTS_POOL=%q: want lvm or pmem", p.kind)
+		return p, fmt.Errorf("CARVE_FAULTS_POOL=%q: want lvm, pmem or thin", p.kind)
 	}
 	return p, nil
 }
 
 func (p pool) pmem() bool { return p.kind == "pmem" }
 
+// thin: an lvm-thin pool, whose lives are snapshot and clone lives.
+func (p pool) thin() bool { return p.kind == "thin" }
+
 // flag is carve-csi's --pool for it.
 func (p pool) flag() string {
-	if p.pmem() {
+	switch {
+	case p.pmem():
 		return "--pool=default=pmem:" + p.region
+	case p.thin():
+		// overprovision=2: a snapshot counts its source's virtual size.
+		return "--pool=default=lvm-thin:" + p.vg + "/" + p.thinPool + ":overprovision=2"
 	}
 	return "--pool=default=lvm:" + p.vg
 }
 
 func (p pool) String() string {
-	if p.pmem() {
+	switch {
+	case p.pmem():
 		return "PMEM region " + p.region
+	case p.thin():
+		return "thin pool " + p.vg + "/" + p.thinPool
 	}
 	return "VG " + p.vg
 }
@@ -71,7 +90,7 @@ func (p pool) tools() []string {
 // checkEnv says why the trials cannot run on it here, or "".
 func (p pool) checkEnv() string {
 	if !p.pmem() && p.vg == "" {
-		return "CARVE_FAULTS_VG is not set; the trials need a dedicated LVM volume group with working device-mapper, or CARVE_FAULTS_POOL=pmem and a labeled PMEM region (hack/faults.sh runs them in the QEMU VM)"
+		return "CARVE_FAULTS_VG is not set; the trials need a dedicated LVM volume group with working device-mapper (and with CARVE_FAULTS_POOL=thin a thin pool in it), or CARVE_FAULTS_POOL=pmem and a labeled PMEM region (hack/faults.sh runs them in the QEMU VM)"
 	}
 	if os.Geteuid() != 0 {
 		return "not root"
@@ -92,12 +111,15 @@ func (p pool) checkEnv() string {
 	return ""
 }
 
-// carveVol is one of carve's volumes as the pool shows it.
+// carveVol is one of carve's volumes (or, in a thin pool, snapshots) as the
+// pool shows it.
 type carveVol struct {
 	name  string // the CSI name (lvm: carve.name tag), or the volume id (pmem: the namespace name)
 	obj   string // the LV name or the namespace device (namespace0.3)
 	dev   string // its block device, "" when it has none (a disabled or raw-mode namespace)
 	label string // for messages
+	size  int64  // lvm: the LV's size
+	tags  string // lvm: the LV's tags
 }
 
 // owns reports whether the held volume v is the pool's volume c.
@@ -132,7 +154,7 @@ func (h *harness) carveVolumes(ctx context.Context) (vols []carveVol, all map[st
 		if hasTag(lv.Tags, ownerTag) {
 			name := csiName(lv.Tags)
 			vols = append(vols, carveVol{name: name, obj: lv.Name, dev: "/dev/" + h.pool.vg + "/" + lv.Name,
-				label: fmt.Sprintf("LV %s (carve.name %q)", lv.Name, name)})
+				label: fmt.Sprintf("LV %s (carve.name %q)", lv.Name, name), size: lv.SizeBytes, tags: lv.Tags})
 		}
 	}
 	return vols, all, err
