@@ -67,8 +67,9 @@ test-faults:
 	hack/faults.sh
 
 # carve installed from deploy/kubernetes (test/cluster/overlay) on a real node: kubelet,
-# containerd and kube-proxy in the VM rig, the control plane on the host (hack/cluster.sh),
-# then the pod scenarios of test/cluster against it. -test.parallel=2: the independent scenarios
+# containerd and kube-proxy in the VM rig, the control plane on the host (hack/cluster.sh; with
+# the snapshot CRDs and snapshot-controller, and an lvm-thin pool on a second VM disk),
+# then the pod scenarios of test/cluster against it (snapshot-restore: issue 14 with real pods). -test.parallel=2: the independent scenarios
 # run in pairs, as in the measured passing run (more pods at once on the emulated 2-CPU node is
 # untested: pod starts took 100-260 s in pairs, against a 5 min limit).
 .PHONY: test-cluster

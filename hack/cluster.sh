@@ -5,12 +5,17 @@
 #
 # Builds what it needs (images: hack/image/build.sh; control plane, kubelet, kube-proxy:
 # hack/k8s/build.sh; containerd: hack/cluster/build-containerd.sh; the VM image: hack/vm/build.sh),
-# starts the control plane on the host (hack/k8s/cluster.sh, 127.0.0.1), boots the VM node
-# (hack/cluster/guest.sh: containerd + runc, CNI bridge, kubelet, kube-proxy; the guest reaches
-# the API server only through a QEMU guestfwd at 10.0.2.100), imports the images, installs carve
-# with `kubectl apply -k test/cluster/overlay` and waits until carve is up (both pods with every
-# container Ready, CSINode lists carve.csi.dev, CSIStorageCapacity published). Then runs CMD on
-# the host with KUBECONFIG, CARVE_GUEST_EXEC, CARVE_NODE_NAME, CARVE_VG, CARVE_STORAGECLASS,
+# starts the control plane on the host (hack/k8s/cluster.sh, 127.0.0.1) with the snapshot CRDs
+# (external-snapshotter's client module at the tag components/snapshots pins, from the Go module
+# cache) and snapshot-controller (from .cache/k8s/bin, run on the host beside
+# kube-controller-manager), boots the VM node (hack/cluster/guest.sh: containerd + runc, CNI
+# bridge, kubelet, kube-proxy; volume group carve on /dev/vda and, for the lvm-thin pool `thin`
+# that test/cluster/overlay gives carve-node, volume group carvethin on a second disk /dev/vdb;
+# the guest reaches the API server only through a QEMU guestfwd at 10.0.2.100), imports the
+# images, installs carve with `kubectl apply -k test/cluster/overlay` and waits until carve is up
+# (both pods with every container Ready, CSINode lists carve.csi.dev, CSIStorageCapacity
+# published). Then runs CMD on the host with KUBECONFIG, CARVE_GUEST_EXEC, CARVE_NODE_NAME,
+# CARVE_VG, CARVE_THIN_VG, CARVE_STORAGECLASS, CARVE_THIN_STORAGECLASS, CARVE_SNAPSHOTCLASS,
 # CARVE_WORKLOAD_IMAGE, CARVE_NAMESPACE, CARVE_RIG_LOGS and CARVE_CLUSTER=1 set, collects logs if
 # CMD failed, tears everything down and exits with CMD's exit code.
 #
@@ -25,7 +30,8 @@
 # default <repo>/.cache/cluster), CARVE_RIG_LOGS (where logs are collected; default
 # RUN/logs), CARVE_CLUSTER_TIMEOUT (seconds the VM may live, default 3600), CARVE_CLUSTER_WAIT
 # (seconds for each wait: node Ready, carve Ready; default 600), CARVE_CLUSTER_MEM (guest RAM,
-# default 4G), CARVE_CLUSTER_DISK (the VG's disk, default 16G), CARVE_CLUSTER_IMAGES (a folder of
+# default 4G), CARVE_CLUSTER_DISK (the VG's disk, default 16G), CARVE_CLUSTER_THIN_DISK (the thin
+# pool's VG's disk, default 4G), CARVE_CLUSTER_IMAGES (a folder of
 # OCI archives to import instead of running hack/image/build.sh; for testing the rig),
 # CARVE_CLUSTER_NO_CARVE=1 (boot the node only; for testing the rig).
 #
@@ -39,13 +45,19 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 NODE_NAME=carve-vm
 VG=carve
+# The lvm-thin pool `thin` (test/cluster/overlay: --pool=thin=lvm-thin:carvethin/pool:...) needs
+# a volume group of its own: a second disk.
+THIN_VG=carvethin
+THIN_DEVICE=/dev/vdb
 NAMESPACE=carve-system
 STORAGECLASS=carve-lvm
+THIN_STORAGECLASS=carve-thin
+SNAPSHOTCLASS=carve-thin
 WORKLOAD_IMAGE=carve.local/busybox:1.35.0
 APISERVER_IP=10.0.2.100
 POD_CIDR=10.244.0.0/24
 WAIT="${CARVE_CLUSTER_WAIT:-600}"
-IMAGES=(carve-csi csi-provisioner csi-resizer csi-node-driver-registrar livenessprobe pause busybox)
+IMAGES=(carve-csi csi-provisioner csi-resizer csi-snapshotter csi-node-driver-registrar livenessprobe pause busybox)
 
 E_BUILD=90 E_CP=91 E_VM=92 E_NODE=93 E_CARVE=94 E_USAGE=2
 
@@ -70,7 +82,7 @@ CP="$RUN/cp"
 LOGS="${CARVE_RIG_LOGS:-$RUN/logs}"
 mkdir -p "$SHARE"/{bin,images,conf,state,logs,exec} "$LOGS"
 LOGS="$(cd "$LOGS" && pwd)"
-VMPID="" CP_UP="" RC="" PHASE=build
+VMPID="" CP_UP="" SNAPPID="" RC="" PHASE=build
 declare -A TIMING=()
 TIMES=()
 mark() { TIMING[$1]=$(($(date +%s) - ${2:-$T0})); TIMES+=("$1"); }
@@ -85,7 +97,7 @@ collect_logs() {
 	cp -f "$SHARE"/logs/*.log "$LOGS/" 2>/dev/null
 	cp -f "$SHARE/state/progress" "$LOGS/guest-progress.log" 2>/dev/null
 	cp -f "$RUN/serial.log" "$LOGS/serial.log" 2>/dev/null
-	for c in etcd kube-apiserver kube-controller-manager kube-scheduler; do
+	for c in etcd kube-apiserver kube-controller-manager kube-scheduler snapshot-controller; do
 		cp -f "$CP/$c.log" "$LOGS/$c.log" 2>/dev/null
 	done
 	if [[ -f "$SHARE/state/started" && -n "$VMPID" ]] && kill -0 "$VMPID" 2>/dev/null; then
@@ -140,6 +152,11 @@ teardown() {
 	fi
 	[[ -n "$VMPID" ]] && wait "$VMPID" 2>/dev/null
 	VMPID=""
+	if [[ -n "$SNAPPID" ]] && kill -0 "$SNAPPID" 2>/dev/null; then
+		kill -TERM "$SNAPPID" 2>/dev/null
+		wait "$SNAPPID" 2>/dev/null
+	fi
+	SNAPPID=""
 	if [[ -n "$CP_UP" ]]; then
 		"$ROOT/hack/k8s/cluster.sh" down "$CP" >/dev/null 2>&1 || log "WARNING: stopping the control plane failed"
 		CP_UP=""
@@ -213,7 +230,7 @@ log "images: $n archives, $(du -shL "$SHARE/images" | cut -f1)"
 mark "image build"
 
 T=$(date +%s)
-K8SBIN="$("$ROOT/hack/k8s/build.sh" | tail -n1)" && [[ -x "$K8SBIN/kubelet" ]] ||
+K8SBIN="$("$ROOT/hack/k8s/build.sh" | tail -n1)" && [[ -x "$K8SBIN/kubelet" && -x "$K8SBIN/snapshot-controller" ]] ||
 	die $E_BUILD "building the Kubernetes programs failed (hack/k8s/build.sh)"
 CTRBIN="$("$HERE/cluster/build-containerd.sh" | tail -n1)" && [[ -x "$CTRBIN/containerd" ]] ||
 	die $E_BUILD "building containerd failed (hack/cluster/build-containerd.sh)"
@@ -258,6 +275,32 @@ APISERVER_PORT="$(sed -n 's/^CARVE_K8S_APISERVER_PORT=//p' "$CP/env")"
 PKI="$CP/pki"
 log "control plane up: https://127.0.0.1:$APISERVER_PORT (guest: https://$APISERVER_IP:$APISERVER_PORT)"
 
+# The snapshot API as a cluster that takes VolumeSnapshots has it (README: Snapshots): the CRDs of
+# the external-snapshotter release whose csi-snapshotter components/snapshots runs, from the Go
+# module (fetched through the module proxy where the cache lacks it; not copied into the
+# repository; test/manifests does the same), and snapshot-controller, run here on the host next
+# to kube-controller-manager as a controller of the control plane (leader election off, as theirs).
+SNAP_VERSION="$(awk '$1 == "newTag:" { print $2; exit }' "$ROOT/deploy/kubernetes/components/snapshots/kustomization.yaml")"
+[[ -n "$SNAP_VERSION" ]] || die $E_CP "no csi-snapshotter tag in deploy/kubernetes/components/snapshots/kustomization.yaml"
+SNAP_MOD="github.com/kubernetes-csi/external-snapshotter/client/v8@$SNAP_VERSION"
+SNAP_DIR="$(cd "$ROOT" && go mod download -json "$SNAP_MOD" 2>"$RUN/gomod.err" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')"
+[[ -n "$SNAP_DIR" && -d "$SNAP_DIR/config/crd" ]] ||
+	die $E_CP "go mod download $SNAP_MOD failed (the snapshot CRDs come from it): $(tail -n 3 "$RUN/gomod.err")"
+snap_crds=()
+for k in volumesnapshotclasses volumesnapshotcontents volumesnapshots; do
+	[[ -f "$SNAP_DIR/config/crd/snapshot.storage.k8s.io_$k.yaml" ]] || die $E_CP "$SNAP_MOD has no config/crd/snapshot.storage.k8s.io_$k.yaml"
+	snap_crds+=(-f "$SNAP_DIR/config/crd/snapshot.storage.k8s.io_$k.yaml")
+done
+kubectl apply --server-side --field-manager=carve-cluster "${snap_crds[@]}" >"$RUN/snapshot-crds.log" 2>&1 &&
+	kubectl wait --for=condition=Established --timeout=60s crd/volumesnapshotclasses.snapshot.storage.k8s.io \
+		crd/volumesnapshotcontents.snapshot.storage.k8s.io crd/volumesnapshots.snapshot.storage.k8s.io >>"$RUN/snapshot-crds.log" 2>&1 || {
+	cat "$RUN/snapshot-crds.log" >&2
+	die $E_CP "installing the snapshot CRDs ($SNAP_MOD) failed"
+}
+"$K8SBIN/snapshot-controller" --kubeconfig="$KUBECONFIG" --leader-election=false --v=2 >"$CP/snapshot-controller.log" 2>&1 &
+SNAPPID=$!
+log "snapshot CRDs of $SNAP_MOD established; snapshot-controller $SNAP_VERSION running on the host (log: $CP/snapshot-controller.log)"
+
 # The node's credentials: kubelet as system:node:NAME (Node authorizer), kube-proxy as
 # system:kube-proxy (bound to system:node-proxier by default RBAC).
 client_cert() { # NAME SUBJECT
@@ -296,6 +339,8 @@ APISERVER_IP=$APISERVER_IP
 APISERVER_PORT=$APISERVER_PORT
 VG=$VG
 VG_DEVICE=/dev/vda
+THIN_VG=$THIN_VG
+THIN_DEVICE=$THIN_DEVICE
 POD_CIDR=$POD_CIDR
 PAUSE_IMAGE=registry.k8s.io/pause:3.10.1
 KUBELET_PORT=$KUBELET_PORT
@@ -334,7 +379,7 @@ T=$(date +%s)
 log "booting the VM node (log: $RUN/serial.log; guest progress: $SHARE/state/progress)"
 CARVE_VM_APPEND="carve.tmpfsroot ${CARVE_VM_APPEND:-}" "$ROOT/hack/vm/run.sh" --share "$SHARE" --quiet --log "$RUN/serial.log" \
 	--timeout "${CARVE_CLUSTER_TIMEOUT:-3600}" --mem "${CARVE_CLUSTER_MEM:-4G}" \
-	--disk-size "${CARVE_CLUSTER_DISK:-16G}" --guestfwd "$APISERVER_IP:$APISERVER_PORT=$APISERVER_PORT" \
+	--disk-size "${CARVE_CLUSTER_DISK:-16G}" --disks 1 --disks-size "${CARVE_CLUSTER_THIN_DISK:-4G}" --guestfwd "$APISERVER_IP:$APISERVER_PORT=$APISERVER_PORT" \
 	--hostfwd "$KUBELET_PORT=$KUBELET_PORT" \
 	-- sh /share/guest.sh >"$RUN/vm.out" 2>&1 &
 VMPID=$!
@@ -435,8 +480,10 @@ mark "cluster ready" "$T"
 # The command.
 PHASE=cmd
 T=$(date +%s)
+kill -0 "$SNAPPID" 2>/dev/null || die $E_CP "snapshot-controller exited: $(tail -n 3 "$CP/snapshot-controller.log")"
 log "running: $*"
 export CARVE_CLUSTER=1 CARVE_GUEST_EXEC="$SHARE/guest-exec" CARVE_NODE_NAME="$NODE_NAME" CARVE_VG="$VG" \
+	CARVE_THIN_VG="$THIN_VG" CARVE_THIN_STORAGECLASS="$THIN_STORAGECLASS" CARVE_SNAPSHOTCLASS="$SNAPSHOTCLASS" \
 	CARVE_STORAGECLASS="$STORAGECLASS" CARVE_WORKLOAD_IMAGE="$WORKLOAD_IMAGE" CARVE_NAMESPACE="$NAMESPACE" \
 	CARVE_RIG_LOGS="$LOGS"
 "$@"

@@ -4,13 +4,13 @@
 #
 # Brings up, in order, writing each step to /share/state/progress: cgroup v2, modules and
 # sysctls, eth0 (QEMU user networking: the API server is at $APISERVER_IP through a guestfwd),
-# volume group $VG on /dev/vda, containerd (+ image import), kubelet, kube-proxy; then serves the
-# exec channel (/share/exec/ID.cmd -> ID.out + ID.rc) until /share/stop appears. A step that
+# volume groups $VG on /dev/vda and $THIN_VG on $THIN_DEVICE, containerd (+ image import),
+# kubelet, kube-proxy; then serves the exec channel (/share/exec/ID.cmd -> ID.out + ID.rc) until /share/stop appears. A step that
 # fails writes its reason to /share/state/failed and the script exits (the VM powers off).
 # Logs: /share/logs/{containerd,kubelet,kube-proxy}.log.
 set -u
 S=/share
-. "$S/conf/env" # NODE_NAME APISERVER_IP APISERVER_PORT VG POD_CIDR
+. "$S/conf/env" # NODE_NAME APISERVER_IP APISERVER_PORT VG VG_DEVICE THIN_VG THIN_DEVICE POD_CIDR ...
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 
@@ -105,6 +105,13 @@ mkdir -p /etc/containerd /etc/cni/net.d /opt/cni/bin /run/containerd /etc/kubern
 pvcreate -y -ff "$VG_DEVICE" >/dev/null 2>&1 && vgcreate "$VG" "$VG_DEVICE" >/dev/null 2>&1 ||
 	fail "cannot create volume group $VG on $VG_DEVICE: $(vgcreate "$VG" "$VG_DEVICE" 2>&1 | tail -n1)"
 step "volume group $VG on $VG_DEVICE: $(vgs --noheadings -o vg_size --units g "$VG" | tr -d ' ')"
+# The lvm-thin pool's own volume group (a thin pool's VG may hold no other carve pool); carve-node
+# creates the thin pool in it at start-up (test/cluster/overlay: size=90%, zeroing on).
+if [ -n "${THIN_VG:-}" ]; then
+	pvcreate -y -ff "$THIN_DEVICE" >/dev/null 2>&1 && vgcreate "$THIN_VG" "$THIN_DEVICE" >/dev/null 2>&1 ||
+		fail "cannot create volume group $THIN_VG on $THIN_DEVICE (hack/cluster.sh boots with --disks 1): $(vgcreate "$THIN_VG" "$THIN_DEVICE" 2>&1 | tail -n1)"
+	step "volume group $THIN_VG on $THIN_DEVICE: $(vgs --noheadings -o vg_size --units g "$THIN_VG" | tr -d ' ')"
+fi
 
 # Copied into the guest's RAM root, not linked: the 9p share has no page cache (cache=none), so
 # every start of a program from it (ctr once per image, a shim per pod) reads it over 9p again.

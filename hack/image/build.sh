@@ -8,7 +8,7 @@
 #   carve-csi                  ghcr.io/carve-csi/carve-csi:$CARVE_IMAGE_TAG
 #                              (debootstrap bookworm minbase + deploy/image/packages.txt, a static
 #                              carve-csi and deploy/image/lvm.conf; ENTRYPOINT as the Dockerfile)
-#   csi-provisioner, csi-resizer, csi-attacher
+#   csi-provisioner, csi-resizer, csi-attacher, csi-snapshotter
 #                              registry.k8s.io/sig-storage/NAME:<tag>, built from source at that
 #                              tag by hack/k8s/build.sh
 #   csi-node-driver-registrar, livenessprobe
@@ -17,7 +17,7 @@
 #   pause                      registry.k8s.io/pause:3.10.1 (test/standins/pause)
 #   busybox                    carve.local/busybox:<version> (Debian's busybox-static + applet links)
 # Sidecar tags come from deploy/kubernetes/base/kustomization.yaml (csi-attacher's, absent there,
-# from hack/k8s/build.sh). Archives go to _output/images/NAME.tar, and _output/images/images.txt
+# from hack/k8s/build.sh; csi-snapshotter's from deploy/kubernetes/components/snapshots). Archives go to _output/images/NAME.tar, and _output/images/images.txt
 # lists `NAME REF FILE SIZE_BYTES` per image. Every archive is read back (go-containerregistry:
 # digests, config, files; plus `skopeo inspect` when skopeo is installed) before it is used.
 #
@@ -44,7 +44,7 @@ SUITE=bookworm
 BASE_RECIPE=1
 PAUSE_REF=registry.k8s.io/pause:3.10.1
 PATH_ENV="PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-ALL=(carve-csi csi-provisioner csi-resizer csi-attacher csi-node-driver-registrar livenessprobe pause busybox)
+ALL=(carve-csi csi-provisioner csi-resizer csi-attacher csi-snapshotter csi-node-driver-registrar livenessprobe pause busybox)
 
 log() { printf '[image %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
@@ -72,16 +72,20 @@ WORK="$(mktemp -d "$CACHE/work.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 export GOTOOLCHAIN=local CGO_ENABLED=0
 
-# tag_of IMAGE: the newTag deploy/kubernetes/base/kustomization.yaml pins for IMAGE.
+# tag_of IMAGE [KUSTOMIZATION]: the newTag a kustomization (default deploy/kubernetes/base's)
+# pins for IMAGE.
 tag_of() {
 	awk -v img="$1" '$1 == "-" && $2 == "name:" { cur = $3; next }
-		$1 == "newTag:" && cur == img { print $2; exit }' "$ROOT/deploy/kubernetes/base/kustomization.yaml"
+		$1 == "newTag:" && cur == img { print $2; exit }' "${2:-$ROOT/deploy/kubernetes/base/kustomization.yaml}"
 }
 sidecar_ref() {
 	local tag
 	tag="$(tag_of "registry.k8s.io/sig-storage/$1")"
 	if [[ -z "$tag" && "$1" == csi-attacher ]]; then
 		tag="$(sed -n 's/^ATTACHER_VERSION=//p' "$ROOT/hack/k8s/build.sh")"
+	fi
+	if [[ -z "$tag" && "$1" == csi-snapshotter ]]; then
+		tag="$(tag_of "registry.k8s.io/sig-storage/$1" "$ROOT/deploy/kubernetes/components/snapshots/kustomization.yaml")"
 	fi
 	[[ -n "$tag" ]] || die "no tag for registry.k8s.io/sig-storage/$1 in deploy/kubernetes/base/kustomization.yaml"
 	echo "registry.k8s.io/sig-storage/$1:$tag"
@@ -284,6 +288,7 @@ build_sidecar() {
 stage_csi_provisioner() { stage_single "$1" "$WORK/csi-provisioner.bin" csi-provisioner; }
 stage_csi_resizer() { stage_single "$1" "$WORK/csi-resizer.bin" csi-resizer; }
 stage_csi_attacher() { stage_single "$1" "$WORK/csi-attacher.bin" csi-attacher; }
+stage_csi_snapshotter() { stage_single "$1" "$WORK/csi-snapshotter.bin" csi-snapshotter; }
 
 # carve's stand-ins, tagged with the real sidecars' names so the manifests stay as shipped.
 build_standin() {
@@ -348,7 +353,7 @@ T0=$SECONDS
 for n in "${NAMES[@]}"; do
 	case "$n" in
 	carve-csi) build_carve ;;
-	csi-provisioner | csi-resizer | csi-attacher) build_sidecar "$n" ;;
+	csi-provisioner | csi-resizer | csi-attacher | csi-snapshotter) build_sidecar "$n" ;;
 	csi-node-driver-registrar) build_standin "$n" ./test/standins/registrar ;;
 	livenessprobe) build_standin "$n" ./test/standins/livenessprobe ;;
 	pause) build_pause ;;

@@ -54,6 +54,11 @@ type Env struct {
 	Image        string // CARVE_WORKLOAD_IMAGE (busybox)
 	Namespace    string // CARVE_NAMESPACE: carve's own namespace
 	Logs         string // CARVE_RIG_LOGS (optional)
+
+	// The lvm-thin pool of the snapshot scenario (optional here; hack/cluster.sh sets them).
+	ThinVG           string // CARVE_THIN_VG: the thin pool's volume group
+	ThinStorageClass string // CARVE_THIN_STORAGECLASS: the class of that pool (carve-thin)
+	SnapshotClass    string // CARVE_SNAPSHOTCLASS: the VolumeSnapshotClass (carve-thin)
 }
 
 // EnvFromOS reads Env; the error names every missing variable.
@@ -67,6 +72,10 @@ func EnvFromOS() (Env, error) {
 		Image:        os.Getenv("CARVE_WORKLOAD_IMAGE"),
 		Namespace:    os.Getenv("CARVE_NAMESPACE"),
 		Logs:         os.Getenv("CARVE_RIG_LOGS"),
+
+		ThinVG:           os.Getenv("CARVE_THIN_VG"),
+		ThinStorageClass: os.Getenv("CARVE_THIN_STORAGECLASS"),
+		SnapshotClass:    os.Getenv("CARVE_SNAPSHOTCLASS"),
 	}
 	var missing []string
 	for _, v := range []struct{ name, val string }{
@@ -141,8 +150,12 @@ type LV struct {
 }
 
 // LVs lists the LVs in c.VG that carry carve's owner tag.
-func (c *Cluster) LVs(ctx context.Context) ([]LV, error) {
-	out, err := c.Guest(ctx, "lvs --noheadings --separator '|' --units b --nosuffix -o lv_name,lv_size,lv_tags "+c.VG)
+func (c *Cluster) LVs(ctx context.Context) ([]LV, error) { return c.LVsIn(ctx, c.VG) }
+
+// LVsIn lists the LVs in volume group vg that carry carve's owner tag (for a
+// thin pool's VG: its thin volumes and snapshots, not the pool itself).
+func (c *Cluster) LVsIn(ctx context.Context, vg string) ([]LV, error) {
+	out, err := c.Guest(ctx, "lvs --noheadings --separator '|' --units b --nosuffix -o lv_name,lv_size,lv_tags "+vg)
 	if err != nil {
 		return nil, err
 	}
@@ -664,11 +677,18 @@ type Volume struct {
 	LocalVolume string // PV volumeHandle = LocalVolume name
 	LV          string // LV name in the guest
 	SizeBytes   int64  // LV size
+	VG          string // the LV's volume group ("" = c.VG)
+	Source      string // the LV's carve.source tag: the snapshot or volume it was made from
 }
 
-// BoundVolume follows claim ns/name to its PV, LocalVolume and LV.
+// BoundVolume follows claim ns/name to its PV, LocalVolume and LV in c.VG.
 func (c *Cluster) BoundVolume(ctx context.Context, ns, name string) (Volume, error) {
-	v := Volume{Claim: ns + "/" + name}
+	return c.BoundVolumeIn(ctx, ns, name, c.VG)
+}
+
+// BoundVolumeIn follows claim ns/name to its PV, LocalVolume and LV in volume group vg.
+func (c *Cluster) BoundVolumeIn(ctx context.Context, ns, name, vg string) (Volume, error) {
+	v := Volume{Claim: ns + "/" + name, VG: vg}
 	pvc, err := c.CS.CoreV1().PersistentVolumeClaims(ns).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		return v, fmt.Errorf("PVC %s: %w", v.Claim, err)
@@ -692,17 +712,17 @@ func (c *Cluster) BoundVolume(ctx context.Context, ns, name string) (Volume, err
 	if lv.Spec.NodeName != c.Node || lv.Status.Phase != carvev1.PhaseReady {
 		return v, fmt.Errorf("LocalVolume %s: node %q phase %q, want %q Ready", lv.Name, lv.Spec.NodeName, lv.Status.Phase, c.Node)
 	}
-	lvs, err := c.LVs(ctx)
+	lvs, err := c.LVsIn(ctx, vg)
 	if err != nil {
 		return v, err
 	}
 	for _, l := range lvs {
 		if l.Tags.Name == v.PV {
-			v.LV, v.SizeBytes = l.Name, l.SizeBytes
+			v.LV, v.SizeBytes, v.Source = l.Name, l.SizeBytes, l.Tags.Source
 		}
 	}
 	if v.LV == "" {
-		return v, fmt.Errorf("no LV in %s tagged with CSI name %s", c.VG, v.PV)
+		return v, fmt.Errorf("no LV in %s tagged with CSI name %s", vg, v.PV)
 	}
 	return v, nil
 }
@@ -711,6 +731,10 @@ func (c *Cluster) BoundVolume(ctx context.Context, ns, name string) (Volume, err
 // gone; the error names what is left.
 func (c *Cluster) WaitVolumeGone(ctx context.Context, v Volume, timeout time.Duration) error {
 	ns, name, _ := strings.Cut(v.Claim, "/")
+	vg := v.VG
+	if vg == "" {
+		vg = c.VG
+	}
 	var left []string
 	err := Poll(ctx, timeout, 2*time.Second, func(ctx context.Context) (bool, error) {
 		left = left[:0]
@@ -724,13 +748,13 @@ func (c *Cluster) WaitVolumeGone(ctx context.Context, v Volume, timeout time.Dur
 		if err := c.C.Get(ctx, client.ObjectKey{Name: v.LocalVolume}, &lv); !apierrors.IsNotFound(err) {
 			left = append(left, fmt.Sprintf("LocalVolume %s (finalizers %v, phase %s)", v.LocalVolume, lv.Finalizers, lv.Status.Phase))
 		}
-		lvs, err := c.LVs(ctx)
+		lvs, err := c.LVsIn(ctx, vg)
 		if err != nil {
 			left = append(left, "lvs: "+err.Error())
 		}
 		for _, l := range lvs {
 			if l.Name == v.LV {
-				left = append(left, "LV "+c.VG+"/"+v.LV)
+				left = append(left, "LV "+vg+"/"+v.LV)
 			}
 		}
 		return len(left) == 0, nil

@@ -557,8 +557,9 @@ func allReady(p *corev1.Pod) bool {
 }
 
 // leakAudit deletes the test namespace (and with it anything a failed
-// scenario left) and then finds no carve LV, CSI mount, LocalVolume, carve
-// PV or PVC left, and the capacity back at the baseline.
+// scenario left) and then finds no carve LV (in the default pool's VG and the
+// thin pool's), CSI mount, LocalVolume, LocalSnapshot, carve PV or PVC left,
+// and the capacity back at the baseline.
 func (s *suite) leakAudit(ctx context.Context, t *testing.T) {
 	if err := s.CS.CoreV1().Namespaces().Delete(ctx, s.ns, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		t.Fatalf("delete namespace %s: %v", s.ns, err)
@@ -589,6 +590,22 @@ func (s *suite) leakAudit(ctx context.Context, t *testing.T) {
 		}
 		for _, l := range lvs {
 			problems = append(problems, fmt.Sprintf("LV %s/%s (%s, csi name %q, target %q)", s.VG, l.Name, Size(l.SizeBytes), l.Tags.Name, l.Tags.TargetPath))
+		}
+		if s.ThinVG != "" {
+			thin, err := s.LVsIn(ctx, s.ThinVG)
+			if err != nil {
+				problems = append(problems, err.Error())
+			}
+			for _, l := range thin {
+				problems = append(problems, fmt.Sprintf("LV %s/%s (%s, csi name %q, source %q)", s.ThinVG, l.Name, Size(l.SizeBytes), l.Tags.Name, l.Tags.Source))
+			}
+		}
+		var lsnaps carvev1.LocalSnapshotList
+		if err := s.C.List(ctx, &lsnaps); err != nil {
+			problems = append(problems, "list LocalSnapshots: "+err.Error())
+		}
+		for _, l := range lsnaps.Items {
+			problems = append(problems, fmt.Sprintf("LocalSnapshot %s (phase %s, finalizers %v)", l.Name, l.Status.Phase, l.Finalizers))
 		}
 		mounts, err := s.CSIMounts(ctx)
 		if err != nil {

@@ -81,3 +81,19 @@ func skipInCluster(t *testing.T) {
 		t.Skip("a unit test (make test-unit runs it); this is the cluster run")
 	}
 }
+
+// The snapshot scenario's scripts: the writer's cache has the md5 the
+// scenario computes on the host, and the reader reports it and its own file.
+func TestCacheScripts(t *testing.T) {
+	w := runScript(t, writeCacheScript("tok-5"), false)
+	if w["bytes"] != strconv.FormatInt(cacheBytes, 10) || w["sum"] != cacheSum("tok-5") {
+		t.Errorf("writer report %v, want %d bytes with md5 %s", w, cacheBytes, cacheSum("tok-5"))
+	}
+	m := runScript(t, writeCacheScript("tok-6")+"\n"+readCacheScript("reader-1"), false)
+	if m["bytes"] != strconv.FormatInt(cacheBytes, 10) || m["sum"] != cacheSum("tok-6") {
+		t.Errorf("reader report %v, want %d bytes with md5 %s", m, cacheBytes, cacheSum("tok-6"))
+	}
+	if got := strings.TrimSpace(m["files"]); got != "cache reader-1" {
+		t.Errorf("reader lists %q, want %q", got, "cache reader-1")
+	}
+}

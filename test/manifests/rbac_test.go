@@ -249,9 +249,22 @@ var carveSnapshotter = role{name: "carve-external-snapshotter", sa: "carve-contr
 		"csi-snapshotter: event recorder (client-go recordEvent: Create, or Patch of a repeated event)"},
 }}
 
+// carveProvisionerSnapshots is components/snapshots' role for the
+// external-provisioner already in the controller pod: volumes from snapshots.
+var carveProvisionerSnapshots = role{name: "carve-external-provisioner-snapshots", sa: "carve-controller", rules: []rule{
+	{"snapshot.storage.k8s.io", []string{"volumesnapshots"}, []string{"get"},
+		"external-provisioner: the claim's dataSource snapshot (controller.go getSnapshotSource) and the latest copy before a finalizer change"},
+	{"snapshot.storage.k8s.io", []string{"volumesnapshots"}, []string{"update"},
+		"external-provisioner: source-protection finalizer added while a volume is made from the snapshot and removed after (setSnapshotFinalizer, removeSnapshotFinalizer, the sweep)"},
+	{"snapshot.storage.k8s.io", []string{"volumesnapshots"}, []string{"list", "watch"},
+		"external-provisioner: SnapshotFinalizerController's informer for the sweep of orphaned finalizers (disabled without list)"},
+	{"snapshot.storage.k8s.io", []string{"volumesnapshotcontents"}, []string{"get"},
+		"external-provisioner: the bound VolumeSnapshotContent's snapshot handle (getSnapshotSource); v6.3.0 never lists contents"},
+}}
+
 // snapshotterRoles and attacherSnapshotterRoles: overlays/snapshots, and
 // overlays/attacher with components/snapshots.
 var (
-	snapshotterRoles         = append(append([]role{}, baseRoles...), carveSnapshotter)
-	attacherSnapshotterRoles = append(append([]role{}, attacherRoles...), carveSnapshotter)
+	snapshotterRoles         = append(append([]role{}, baseRoles...), carveSnapshotter, carveProvisionerSnapshots)
+	attacherSnapshotterRoles = append(append([]role{}, attacherRoles...), carveSnapshotter, carveProvisionerSnapshots)
 )

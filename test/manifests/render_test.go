@@ -199,6 +199,7 @@ var baseKeys = []string{
 // snapshotKeys is what components/snapshots adds to an install.
 var snapshotKeys = []string{
 	"ClusterRole/carve-external-snapshotter", "ClusterRoleBinding/carve-external-snapshotter",
+	"ClusterRole/carve-external-provisioner-snapshots", "ClusterRoleBinding/carve-external-provisioner-snapshots",
 	"StorageClass/carve-thin", "VolumeSnapshotClass/carve-thin",
 }
 

@@ -96,7 +96,8 @@ func (c *cluster) snapshotOverlay(t *testing.T, baseline map[string]map[atom]boo
 	}
 	tab := c.leastPrivilege(t, snapshotterRoles, "carve-controller", "carve-controller with overlays/snapshots", baseline)
 	t.Run("csi-snapshotter", func(t *testing.T) { c.liveSnapshotter(t, snap) })
-	c.kubectlOK(t, nil, "delete", "clusterrolebinding/carve-external-snapshotter", "clusterrole/carve-external-snapshotter")
+	c.kubectlOK(t, nil, "delete", "clusterrolebinding/carve-external-snapshotter", "clusterrole/carve-external-snapshotter",
+		"clusterrolebinding/carve-external-provisioner-snapshots", "clusterrole/carve-external-provisioner-snapshots")
 	return tab
 }
 
