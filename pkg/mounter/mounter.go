@@ -114,6 +114,21 @@ func MountOptions(readOnly bool, flags []string) []string {
 	return out
 }
 
+// mountFSOptions is what FormatAndMount passes to mount(8): options, then
+// "nouuid" for xfs, then "defaults" (last, as mount-utils' FormatAndMount
+// passes it). A clone or a volume restored from a snapshot is a block copy
+// with its source's filesystem UUID, and xfs refuses to mount a second
+// filesystem with the UUID of a mounted one ("Filesystem has duplicate UUID",
+// xfs(5) nouuid); ext4 does not check. Found by a newcomer's review of the
+// snapshot story (issue 14): the second of several clones could not mount.
+func mountFSOptions(fsType string, options []string) []string {
+	out := slices.Clone(options)
+	if fsType == FSTypeXFS && !slices.Contains(out, "nouuid") {
+		out = append(out, "nouuid")
+	}
+	return append(out, "defaults")
+}
+
 // FormatAndMount mounts the filesystem on device at target (a directory,
 // created 0750 if missing), first formatting the device with fsType ("" means
 // ext4) if blkid finds nothing on it. options are passed to mount(8); "ro"
@@ -212,8 +227,7 @@ func (m *Mounter) FormatAndMount(device, target, fsType string, options []string
 			return err
 		}
 	}
-	// "defaults" last, as mount-utils' FormatAndMount passes it.
-	if err := m.sfm.Mount(device, target, fsType, append(slices.Clone(options), "defaults")); err != nil {
+	if err := m.sfm.Mount(device, target, fsType, mountFSOptions(fsType, options)); err != nil {
 		return oneLine(fmt.Sprintf("mount %s at %s as %s", device, target, fsType), err)
 	}
 	if dax {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	osexec "os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -124,6 +125,38 @@ func TestFormatAndMountXFS(t *testing.T) {
 	mustEqual(t, "file after repeat", readFile(t, filepath.Join(target, "f")), []byte("x"))
 	if err := e.m.Unmount(target); err != nil {
 		t.Fatalf("Unmount: %v", err)
+	}
+}
+
+// TestFormatAndMountXFSCopies: a clone or a restored snapshot is a block
+// copy carrying its source's xfs UUID; both must mount at once (issue 14,
+// found by review: without nouuid the kernel refuses the second with
+// "Filesystem has duplicate UUID").
+func TestFormatAndMountXFSCopies(t *testing.T) {
+	e := newEnv(t)
+	src, cp := e.loop(xfsSize), e.loop(xfsSize)
+	a, b := e.path("staging", "src"), e.path("staging", "copy")
+	if err := e.m.FormatAndMount(src, a, "xfs", nil); err != nil {
+		t.Fatalf("FormatAndMount source: %v", err)
+	}
+	writeFile(t, filepath.Join(a, "cache"), []byte("warm"))
+	if err := e.m.Unmount(a); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := osexec.Command("dd", "if="+src, "of="+cp, "bs=4M", "conv=fsync").CombinedOutput(); err != nil {
+		t.Fatalf("dd: %v: %s", err, out)
+	}
+	if err := e.m.FormatAndMount(src, a, "xfs", nil); err != nil {
+		t.Fatalf("FormatAndMount source again: %v", err)
+	}
+	if err := e.m.FormatAndMount(cp, b, "xfs", nil); err != nil {
+		t.Fatalf("FormatAndMount of a copy while its source is mounted: %v", err)
+	}
+	mustEqual(t, "the copy's file", readFile(t, filepath.Join(b, "cache")), []byte("warm"))
+	for _, p := range []string{b, a} {
+		if err := e.m.Unmount(p); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

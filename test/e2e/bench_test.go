@@ -99,7 +99,7 @@ func BenchmarkInlineNodePath(b *testing.B) {
 				{"lvm", "lvcreate", "-n", lv, "-L", strconv.FormatInt(c.size, 10) + "b", "-W", "y", "-y", "--addtag", "carve.bench=" + lv, e2eVG},
 				{"blkid", "-p", "-s", "TYPE", "-s", "PTTYPE", "-o", "export", dev}, // as mount-utils probes; exit 2: nothing found
 				mkfs,
-				{"mount", "-t", c.fs, "-o", "defaults", dev, tgt},
+				{"mount", "-t", c.fs, "-o", map[string]string{"xfs": "nouuid,defaults"}[c.fs] + map[string]string{"ext4": "defaults"}[c.fs], dev, tgt}, // carve's options (mounter.mountFSOptions)
 				{"umount", tgt},
 				{"lvm", "lvremove", "-f", e2eVG + "/" + lv},
 			} {
