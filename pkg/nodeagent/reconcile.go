@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -285,24 +287,33 @@ func (a *Agent) setStatus(ctx context.Context, lv *v1alpha1.LocalVolume, st v1al
 	if equality.Semantic.DeepEqual(lv.Status, st) {
 		return reconcile.Result{}, ret
 	}
-	// The status is the operation's result: CreateVolume and
-	// ControllerExpandVolume return on it, and the provisioner reads capacity
-	// right after. NodeStorage must already hold what this result did.
-	if err := a.Publish(ctx); err != nil {
-		klog.ErrorS(err, "Cannot publish capacity before writing LocalVolume status; retrying", "localVolume", lv.Name,
-			"phase", st.Phase)
-		return reconcile.Result{}, err
-	}
 	orig := lv.DeepCopy()
 	lv.Status = st
-	if err := a.Client.Status().Patch(ctx, lv, client.MergeFrom(orig)); err != nil {
+	return a.writeStatus(ctx, "LocalVolume", lv, orig, ret, "phase", st.Phase, "code", st.Code,
+		"currentSizeBytes", st.CurrentSizeBytes, "generation", lv.Generation)
+}
+
+// writeStatus patches obj's status (already set; orig is the object before)
+// after publishing NodeStorage, for LocalVolumes and LocalSnapshots alike, and
+// returns ret as the reconcile's error (or the failure, if ret is nil). The
+// status is the operation's result: CreateVolume, ControllerExpandVolume and
+// CreateSnapshot return on it, and the provisioner reads capacity right
+// after, so NodeStorage must already hold what this result did. kv (starting
+// with "phase") is logged.
+func (a *Agent) writeStatus(ctx context.Context, kind string, obj, orig client.Object, ret error, kv ...any) (reconcile.Result, error) {
+	name := []any{strings.ToLower(kind[:1]) + kind[1:], obj.GetName()} // "localVolume", as klog keys go
+	key := append(slices.Clone(name), kv[:2]...)
+	if err := a.Publish(ctx); err != nil {
+		klog.ErrorS(err, "Cannot publish capacity before writing "+kind+" status; retrying", key...)
+		return reconcile.Result{}, err
+	}
+	if err := a.Client.Status().Patch(ctx, obj, client.MergeFrom(orig)); err != nil {
 		if ret == nil {
 			ret = client.IgnoreNotFound(err)
 		}
-		klog.ErrorS(err, "Cannot write LocalVolume status", "localVolume", lv.Name, "phase", st.Phase)
+		klog.ErrorS(err, "Cannot write "+kind+" status", key...)
 		return reconcile.Result{}, ret
 	}
-	klog.V(2).InfoS("LocalVolume status written", "localVolume", lv.Name, "phase", st.Phase, "code", st.Code,
-		"currentSizeBytes", st.CurrentSizeBytes, "generation", lv.Generation)
+	klog.V(2).InfoS(kind+" status written", append(name, kv...)...)
 	return reconcile.Result{}, ret
 }

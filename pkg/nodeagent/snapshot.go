@@ -229,21 +229,8 @@ func (s Snapshots) setStatus(ctx context.Context, ls *v1alpha1.LocalSnapshot, st
 	if equality.Semantic.DeepEqual(ls.Status, st) {
 		return reconcile.Result{}, ret
 	}
-	if err := a.Publish(ctx); err != nil {
-		klog.ErrorS(err, "Cannot publish capacity before writing LocalSnapshot status; retrying", "localSnapshot", ls.Name,
-			"phase", st.Phase)
-		return reconcile.Result{}, err
-	}
 	orig := ls.DeepCopy()
 	ls.Status = st
-	if err := a.Client.Status().Patch(ctx, ls, client.MergeFrom(orig)); err != nil {
-		if ret == nil {
-			ret = client.IgnoreNotFound(err)
-		}
-		klog.ErrorS(err, "Cannot write LocalSnapshot status", "localSnapshot", ls.Name, "phase", st.Phase)
-		return reconcile.Result{}, ret
-	}
-	klog.V(2).InfoS("LocalSnapshot status written", "localSnapshot", ls.Name, "phase", st.Phase, "code", st.Code,
+	return a.writeStatus(ctx, "LocalSnapshot", ls, orig, ret, "phase", st.Phase, "code", st.Code,
 		"sizeBytes", st.SizeBytes, "generation", ls.Generation)
-	return reconcile.Result{}, ret
 }
