@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -54,10 +55,17 @@ type Agent struct {
 	// Locks are the per-volume-id locks shared with the CSI services.
 	Locks *keylock.Locks
 	// Client reaches the API server. SetupWithManager fills it from the manager
-	// when nil. NodeStorage and Node are read with it on every publish, so a
-	// client that caches them would watch every node's objects: NewManager's
-	// client reads them directly.
+	// when nil. This node's Node is read with it as metadata
+	// (metav1.PartialObjectMetadata) before every publish and device
+	// creation: NewManager's client serves it from a watch of that one Node
+	// (issue 13: a GET each time was a third of a node's requests per
+	// volume). NodeStorage is read with it too, so a client that caches
+	// NodeStorage would watch every node's: NewManager's reads it directly.
 	Client client.Client
+	// APIReader, if set, reads the Node from the API server when Client
+	// finds none: a Node registered a moment ago may not be in a cache yet.
+	// SetupWithManager fills it from the manager when nil.
+	APIReader client.Reader
 	// Resync is the period of the slow NodeStorage publish (DefaultResync if 0).
 	Resync time.Duration
 	// Debounce is the wait after a Changed signal before publishing, so that a
@@ -68,6 +76,12 @@ type Agent struct {
 
 	once    sync.Once
 	changed chan struct{}
+	// readNext makes the next publish read NodeStorage from the API server
+	// instead of trusting last (set by Run's slow resync).
+	readNext atomic.Bool
+	// last is NodeStorage as this agent last read or wrote it, nil when
+	// unknown; only publish uses it, and publishes run one at a time.
+	last *v1alpha1.NodeStorage
 	// Publishes run one at a time; callers that arrive while one runs share
 	// the next one (pub.cond waits on pub.mu).
 	pub struct {
@@ -117,6 +131,9 @@ func (a *Agent) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	if a.Client == nil {
 		a.Client = mgr.GetClient()
+	}
+	if a.APIReader == nil {
+		a.APIReader = mgr.GetAPIReader()
 	}
 	workers := a.Workers
 	if workers <= 0 {
@@ -181,6 +198,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-timer.C:
+			// The slow resync reads NodeStorage afresh: the only way to see an
+			// object deleted or changed by someone else while the pools did not
+			// change (publishes between resyncs trust the copy last written).
+			a.readNext.Store(true)
 		case <-changed:
 			// Let a burst of changes settle; they all land in one publish.
 			// Signals that arrive after the drain below trigger the next one.
@@ -228,6 +249,13 @@ func (a *Agent) Run(ctx context.Context) error {
 // node that is gone. When the Node cannot be read, an existing object's status
 // is still updated, but none is created without its owner.
 //
+// A publish costs no read of its own: the Node comes from the client's watch
+// and NodeStorage from the copy this agent last wrote (its resourceVersion
+// makes a write fail with Conflict if anyone changed it since, and the
+// publish then reads and retries), except after Run's slow resync, which
+// reads NodeStorage from the API server (issue 13: 8 of a node's 14 requests
+// per volume on the bench-scale rig were these reads).
+//
 // Concurrent calls coalesce: a call made while a publish runs waits for the
 // next one, which starts after it and so measures what the caller changed;
 // every caller waiting then shares it and its result. Each finished volume
@@ -273,6 +301,9 @@ func (a *Agent) publish(ctx context.Context) error {
 	case owner == nil:
 		klog.V(2).InfoS("Node does not exist; not publishing NodeStorage", "node", a.NodeName)
 		return nil
+	}
+	if a.readNext.Swap(false) {
+		a.last = nil
 	}
 	st := a.measure(ctx)
 	const attempts = 5
@@ -354,16 +385,32 @@ func (a *Agent) devices(ctx context.Context, pool string, b backend.Backend) []v
 }
 
 // nodeOwner returns the owner reference to this node's Node object, or nil
-// when there is no Node (a node being removed, or never registered).
+// when there is no Node (a node being removed, or never registered). It reads
+// the Node's metadata through Client (NewManager's serves it from a watch),
+// and from APIReader when Client finds none.
 func (a *Agent) nodeOwner(ctx context.Context) (*metav1.OwnerReference, error) {
-	node := &corev1.Node{}
-	if err := a.Client.Get(ctx, types.NamespacedName{Name: a.NodeName}, node); err != nil {
+	key := types.NamespacedName{Name: a.NodeName}
+	node := nodeMeta()
+	err := a.Client.Get(ctx, key, node)
+	if apierrors.IsNotFound(err) && a.APIReader != nil {
+		node = nodeMeta()
+		err = a.APIReader.Get(ctx, key, node)
+	}
+	if err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil, nil
 		}
 		return nil, err
 	}
 	return &metav1.OwnerReference{APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID}, nil
+}
+
+// nodeMeta is an empty Node in metadata form, the form the agent reads and
+// NewManager caches.
+func nodeMeta() *metav1.PartialObjectMetadata {
+	m := &metav1.PartialObjectMetadata{}
+	m.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Node"))
+	return m
 }
 
 // withOwner sets owner as the object's only Node owner; it reports whether
@@ -394,22 +441,31 @@ func withOwner(obj *v1alpha1.NodeStorage, owner *metav1.OwnerReference) bool {
 	return true
 }
 
+// writeNodeStorage makes NodeStorage say st, starting from a.last when it is
+// known (no read) and from a read otherwise. a.last holds the object as the
+// server returned it after a successful read or write, nil after a failure,
+// so that the retry reads.
 func (a *Agent) writeNodeStorage(ctx context.Context, st v1alpha1.NodeStorageStatus, owner *metav1.OwnerReference, mayCreate bool) error {
-	ns := &v1alpha1.NodeStorage{}
-	err := a.Client.Get(ctx, types.NamespacedName{Name: a.NodeName}, ns)
-	switch {
-	case apierrors.IsNotFound(err) && !mayCreate:
-		return err
-	case apierrors.IsNotFound(err):
-		ns = &v1alpha1.NodeStorage{ObjectMeta: metav1.ObjectMeta{Name: a.NodeName}}
-		withOwner(ns, owner)
-		if err := a.Client.Create(ctx, ns); err != nil {
+	ns := a.last
+	a.last = nil
+	if ns == nil {
+		ns = &v1alpha1.NodeStorage{}
+		err := a.Client.Get(ctx, types.NamespacedName{Name: a.NodeName}, ns)
+		switch {
+		case apierrors.IsNotFound(err) && !mayCreate:
+			return err
+		case apierrors.IsNotFound(err):
+			ns = &v1alpha1.NodeStorage{ObjectMeta: metav1.ObjectMeta{Name: a.NodeName}}
+			withOwner(ns, owner)
+			if err := a.Client.Create(ctx, ns); err != nil {
+				return err
+			}
+			klog.InfoS("NodeStorage created", "node", a.NodeName, "nodeUID", owner.UID)
+		case err != nil:
 			return err
 		}
-		klog.InfoS("NodeStorage created", "node", a.NodeName, "nodeUID", owner.UID)
-	case err != nil:
-		return err
-	case withOwner(ns, owner):
+	}
+	if withOwner(ns, owner) {
 		if err := a.Client.Update(ctx, ns); err != nil {
 			return err
 		}
@@ -419,10 +475,15 @@ func (a *Agent) writeNodeStorage(ctx context.Context, st v1alpha1.NodeStorageSta
 		// Nothing changed: a write would only move updateTime, and every
 		// watcher of NodeStorage would get it (100 nodes resyncing each
 		// minute were 100 writes a minute at idle, issue 13).
+		a.last = ns
 		return nil
 	}
 	ns.Status = st
-	return a.Client.Status().Update(ctx, ns)
+	if err := a.Client.Status().Update(ctx, ns); err != nil {
+		return err
+	}
+	a.last = ns
+	return nil
 }
 
 // sameStatus reports whether the published status already says what st

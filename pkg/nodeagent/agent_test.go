@@ -37,6 +37,12 @@ const (
 type counting struct {
 	backend.Backend
 	creates, expands, deletes atomic.Int32
+	capacities                atomic.Int32 // capacity reads: one per publish
+}
+
+func (c *counting) Capacity(ctx context.Context) (backend.Capacity, error) {
+	c.capacities.Add(1)
+	return c.Backend.Capacity(ctx)
 }
 
 func (c *counting) Create(ctx context.Context, r backend.CreateRequest) (*backend.Volume, error) {
@@ -813,7 +819,7 @@ func TestConcurrentPublishesCoalesce(t *testing.T) {
 	first := make(chan error, 1)
 	go func() { first <- r.agent.Publish(ctx) }()
 	<-entered // the first publish is writing
-	reads := r.nsReads.Load()
+	measured := r.fastC.capacities.Load()
 	mustCreate("b")
 	const n = 10
 	errs := make(chan error, n)
@@ -838,7 +844,7 @@ func TestConcurrentPublishesCoalesce(t *testing.T) {
 			}
 		}
 	}
-	if got := r.nsReads.Load() - reads; got != 1 {
+	if got := r.fastC.capacities.Load() - measured; got != 1 {
 		t.Fatalf("%d publishes after the running one for %d callers that waited for it, want 1", got, n)
 	}
 	if got, want := r.nodeStorage().Status.Pools[0], wantPool(t, r.fast); !reflect.DeepEqual(got, want) {
@@ -979,7 +985,7 @@ func TestUnreadableNodeCreatesNoNodeStorage(t *testing.T) {
 	ctx := context.Background()
 	forbidden := interceptor.NewClient(r.c, interceptor.Funcs{
 		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, o client.Object, opts ...client.GetOption) error {
-			if _, ok := o.(*corev1.Node); ok {
+			if isNode(o) {
 				return apierrors.NewForbidden(corev1.Resource("nodes"), key.Name, errors.New("injected"))
 			}
 			return c.Get(ctx, key, o, opts...)
@@ -1083,5 +1089,123 @@ func TestPublishThinUsage(t *testing.T) {
 		if !reflect.DeepEqual(p.Thin, want[i]) {
 			t.Errorf("pool %s: thin %+v, want %+v", p.Name, p.Thin, want[i])
 		}
+	}
+}
+
+// isNode reports whether o is a Node, typed or as metadata.
+func isNode(o client.Object) bool {
+	if _, ok := o.(*corev1.Node); ok {
+		return true
+	}
+	m, ok := o.(*metav1.PartialObjectMetadata)
+	return ok && m.GroupVersionKind().Kind == "Node"
+}
+
+// TestPublishTrustsItsLastWrite (issue 13): a publish starts from the
+// NodeStorage it last wrote, so it costs one request (the status update) and
+// no read; when someone else changed or deleted the object meanwhile, the
+// write fails (Conflict, NotFound) and the publish reads and writes again.
+func TestPublishTrustsItsLastWrite(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	r.checkPublished() // the first: reads (nothing there), creates, writes status
+	grow := func(id string) {
+		t.Helper()
+		if _, err := r.fast.Create(ctx, backend.CreateRequest{ID: id, Name: id, SizeBytes: gib}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	grow("a")
+	reads, writes := r.nsReads.Load(), r.writes.Load()
+	r.checkPublished()
+	if got, w := r.nsReads.Load()-reads-1, r.writes.Load()-writes; got != 0 || w != 1 { // -1: checkPublished's own read
+		t.Fatalf("a publish after a change made %d NodeStorage reads and %d writes, want 0 and 1 (the status)", got, w)
+	}
+
+	// Someone else updates the object (a label): the write conflicts, the publish reads and retries.
+	ns := r.nodeStorage()
+	ns.Labels = map[string]string{"team": "storage"}
+	if err := r.c.Update(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	grow("b")
+	reads = r.nsReads.Load()
+	if got := r.checkPublished(); got.Labels["team"] != "storage" {
+		t.Fatalf("the publish dropped another writer's label: %v", got.Labels)
+	}
+	if got := r.nsReads.Load() - reads - 1; got != 1 {
+		t.Fatalf("%d NodeStorage reads after a conflict, want 1", got)
+	}
+
+	// Someone deletes it: the next publish re-creates it.
+	if err := r.c.Delete(ctx, r.nodeStorage()); err != nil {
+		t.Fatal(err)
+	}
+	grow("c")
+	if ns := r.checkPublished(); len(ns.OwnerReferences) != 1 || ns.OwnerReferences[0].UID != "uid-1" {
+		t.Fatalf("re-created NodeStorage owned by %+v", ns.OwnerReferences)
+	}
+}
+
+// TestResyncRecreatesDeletedNodeStorage: with the pools unchanged, only the
+// slow resync's read can see that the object is gone; it re-creates it.
+func TestResyncRecreatesDeletedNodeStorage(t *testing.T) {
+	r := newRig(t)
+	r.agent.Resync = 20 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- r.agent.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, "first publish", func() bool { return r.statusPub.Load() == 1 })
+	if err := r.c.Delete(context.Background(), r.nodeStorage()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "NodeStorage re-created by a resync", func() bool {
+		ns := &v1alpha1.NodeStorage{}
+		return r.c.Get(context.Background(), types.NamespacedName{Name: nodeName}, ns) == nil && len(ns.Status.Pools) == 2
+	})
+}
+
+// TestNodeReadFallsBackToAPIReader: the Node comes from Client (a cache in
+// NewManager's client); when Client has none, as a cache that has not seen a
+// Node registered a moment ago, APIReader answers.
+func TestNodeReadFallsBackToAPIReader(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	var cacheReads, apiReads atomic.Int32
+	stale := interceptor.NewClient(r.c, interceptor.Funcs{
+		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, o client.Object, opts ...client.GetOption) error {
+			if isNode(o) {
+				cacheReads.Add(1)
+				if _, typed := o.(*corev1.Node); typed {
+					t.Errorf("typed Node read: NewManager's cache would start a full-object Node watch")
+				}
+				return apierrors.NewNotFound(corev1.Resource("nodes"), key.Name)
+			}
+			return c.Get(ctx, key, o, opts...)
+		},
+	})
+	api := interceptor.NewClient(r.c, interceptor.Funcs{
+		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, o client.Object, opts ...client.GetOption) error {
+			if isNode(o) {
+				apiReads.Add(1)
+			}
+			return c.Get(ctx, key, o, opts...)
+		},
+	})
+	r.agent.Client, r.agent.APIReader = stale, api
+	if err := r.agent.Publish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ns := r.nodeStorage(); len(ns.OwnerReferences) != 1 || ns.OwnerReferences[0].UID != "uid-1" {
+		t.Fatalf("NodeStorage owned by %+v, want the Node uid-1 read through APIReader", ns.OwnerReferences)
+	}
+	if cacheReads.Load() != 1 || apiReads.Load() != 1 {
+		t.Fatalf("Node reads: %d from Client, %d from APIReader; want 1 and 1", cacheReads.Load(), apiReads.Load())
+	}
+	// A Client that has the Node answers alone.
+	r.agent.Client = r.c
+	if _, err := r.agent.nodeOwner(ctx); err != nil || apiReads.Load() != 1 {
+		t.Fatalf("nodeOwner: %v; APIReader asked %d times, want 1 (from before)", err, apiReads.Load())
 	}
 }

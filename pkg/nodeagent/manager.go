@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -64,9 +65,11 @@ func Scheme() (*runtime.Scheme, error) {
 }
 
 // NewManager returns a controller-runtime manager for the node agent: no
-// leader election (every node runs its own), a cache holding LocalVolumes
-// only, and a client that reads NodeStorage and Node straight from the API
-// server (one object each, read once a publish), so a node never lists or
+// leader election (every node runs its own), a cache holding this node's
+// LocalVolumes and LocalSnapshots (as o.Select limits them) and the metadata
+// of this node's Node only (a watch with the field selector
+// metadata.name=<node>: RBAC list and watch on nodes), and a client that
+// reads NodeStorage straight from the API server, so a node never lists or
 // watches other nodes' objects.
 func NewManager(cfg *rest.Config, o ManagerOptions) (ctrl.Manager, error) {
 	if o.NodeName == "" {
@@ -90,7 +93,10 @@ func NewManager(cfg *rest.Config, o ManagerOptions) (ctrl.Manager, error) {
 		HealthProbeBindAddress: "0",
 		Cache:                  cacheOpts,
 		Client: client.Options{
-			Cache: &client.CacheOptions{DisableFor: []client.Object{&v1alpha1.NodeStorage{}, &corev1.Node{}}},
+			// Node is not in this list: the agent reads it only as metadata,
+			// which the cache serves from its one-Node watch (a typed Node
+			// read would start a second, full-object watch of it).
+			Cache: &client.CacheOptions{DisableFor: []client.Object{&v1alpha1.NodeStorage{}}},
 		},
 		Controller: config.Controller{SkipNameValidation: &o.ManyPerProcess},
 	})
@@ -108,6 +114,11 @@ func NewManager(cfg *rest.Config, o ManagerOptions) (ctrl.Manager, error) {
 // LocalVolume's bytes once the controller and the node both wrote it.
 func cacheOptions(o ManagerOptions) (cache.Options, error) {
 	opts := cache.Options{DefaultTransform: cache.TransformStripManagedFields()}
+	// The Node, read before every publish and device creation, from a watch
+	// of this node's Node alone (issue 13: one GET each time).
+	node := &metav1.PartialObjectMetadata{}
+	node.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Node"))
+	opts.ByObject = map[client.Object]cache.ByObject{node: {Field: fields.OneTermEqualSelector("metadata.name", o.NodeName)}}
 	var lv cache.ByObject
 	switch o.Select {
 	case SelectAll:
@@ -121,6 +132,7 @@ func cacheOptions(o ManagerOptions) (cache.Options, error) {
 			o.Select, SelectAll, SelectByLabel, SelectByField)
 	}
 	// LocalSnapshots carry the same label and field (issue 14).
-	opts.ByObject = map[client.Object]cache.ByObject{&v1alpha1.LocalVolume{}: lv, &v1alpha1.LocalSnapshot{}: lv}
+	opts.ByObject[&v1alpha1.LocalVolume{}] = lv
+	opts.ByObject[&v1alpha1.LocalSnapshot{}] = lv
 	return opts, nil
 }

@@ -3,6 +3,7 @@ package nodeagent
 import (
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -26,12 +27,17 @@ func TestNewManagerAndSetup(t *testing.T) {
 	}
 	// (A selective cache asks the API server for the REST mapping at once, so
 	// only its options are checked here.)
-	for sel, want := range map[Selection]string{SelectByLabel: "label carve.csi.dev/node=n", SelectByField: "field spec.nodeName=n"} {
+	// The Node's metadata is watched by name whatever the selection (issue 13).
+	for sel, want := range map[Selection]string{SelectAll: "", SelectByLabel: "label carve.csi.dev/node=n", SelectByField: "field spec.nodeName=n"} {
 		co, err := cacheOptions(ManagerOptions{NodeName: "n", Select: sel})
-		if err != nil || len(co.ByObject) != 2 { // LocalVolumes and LocalSnapshots
+		wantLen := 3 // LocalVolumes, LocalSnapshots, the Node
+		if sel == SelectAll {
+			wantLen = 1
+		}
+		if err != nil || len(co.ByObject) != wantLen {
 			t.Fatalf("%q: %+v %v", sel, co, err)
 		}
-		for _, bo := range co.ByObject {
+		for o, bo := range co.ByObject {
 			got := ""
 			if bo.Label != nil {
 				got = "label " + bo.Label.String()
@@ -39,14 +45,19 @@ func TestNewManagerAndSetup(t *testing.T) {
 			if bo.Field != nil {
 				got = "field " + bo.Field.String()
 			}
-			if got != want {
-				t.Fatalf("%q: selector %q, want %q", sel, got, want)
+			w := want
+			if m, ok := o.(*metav1.PartialObjectMetadata); ok && m.GroupVersionKind() == corev1.SchemeGroupVersion.WithKind("Node") {
+				w = "field metadata.name=n"
+			} else if _, ok := o.(*metav1.PartialObjectMetadata); ok {
+				t.Fatalf("%q: metadata cache of %v", sel, o.GetObjectKind().GroupVersionKind())
+			}
+			if got != w {
+				t.Fatalf("%q: %T selector %q, want %q", sel, o, got, w)
 			}
 		}
 	}
-	if _, err := NewManager(cfg, ManagerOptions{NodeName: "n"}); err != nil {
-		t.Fatal(err)
-	}
+	// (Every selection now caches the Node by name, so NewManager itself
+	// needs the API server: test/integration runs it.)
 	// Controller names are unique per process; -count=N sets up again.
 	scheme, err := Scheme()
 	if err != nil {
@@ -69,8 +80,8 @@ func TestNewManagerAndSetup(t *testing.T) {
 	if err := a.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
-	if a.Client == nil {
-		t.Fatal("Client not taken from the manager")
+	if a.Client == nil || a.APIReader == nil {
+		t.Fatal("Client or APIReader not taken from the manager")
 	}
 }
 

@@ -78,12 +78,34 @@ func TestAPIServerRestartMidBurst(t *testing.T) {
 	}
 	burst := func(what string, call func(ctx context.Context, i int) error) {
 		var wg sync.WaitGroup
+		var started, finished sync.WaitGroup
+		started.Add(n)
+		finished.Add(1)
 		for i := range n {
-			wg.Go(func() { retry(what, i, func(ctx context.Context) error { return call(ctx, i) }) })
+			wg.Go(func() {
+				first := true
+				retry(what, i, func(ctx context.Context) error {
+					if first {
+						first = false
+						started.Done()
+						finished.Wait() // hold the first attempts until the kill is under way
+					}
+					return call(ctx, i)
+				})
+			})
 		}
-		time.Sleep(150 * time.Millisecond) // the burst is under way
+		// Kill the API server while every first attempt is in flight: with
+		// fast node agents a burst of 30 can finish within a fixed wait, and a
+		// restart after it tests nothing.
+		started.Wait()
+		go func() { time.Sleep(5 * time.Millisecond); finished.Done() }()
 		restartAPIServer(t, dir, admin)
 		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		if len(seen) == 1 && seen[codes.OK] > 0 {
+			t.Errorf("%s: every call succeeded at its first attempt (%v): the restart did not land mid-burst", what, seen)
+		}
 	}
 
 	ids := make([]string, n)

@@ -51,6 +51,8 @@ type burstArm struct {
 	// snapshots gives every node a snapshotting in-memory pool of type
 	// lvm-thin (backendtest.Snapshots) instead of an lvm-like one.
 	snapshots bool
+	// nodeCfg, if set, adjusts each node agent's client config (a counting transport).
+	nodeCfg func(node string, cfg *rest.Config)
 }
 
 // BenchmarkControllerBurst (issue 13): 50 concurrent CreateVolume calls, then
@@ -243,7 +245,11 @@ func startArm(tb testing.TB, ctx context.Context, admin *rest.Config, arm *burst
 		if err != nil {
 			tb.Fatal(err)
 		}
-		mgr, err := nodeagent.NewManager(withLimits(admin, arm), nodeagent.ManagerOptions{NodeName: n, Select: nodeagent.SelectByLabel, ManyPerProcess: true})
+		ncfg := withLimits(admin, arm)
+		if arm.nodeCfg != nil {
+			arm.nodeCfg(n, ncfg)
+		}
+		mgr, err := nodeagent.NewManager(ncfg, nodeagent.ManagerOptions{NodeName: n, Select: nodeagent.SelectByLabel, ManyPerProcess: true})
 		if err != nil {
 			tb.Fatal(err)
 		}

@@ -158,15 +158,17 @@ var forbidden = []authzv1.ResourceAttributes{
 }
 
 // nodeForbidden: a node writes LocalVolumes and LocalSnapshots only for its
-// finalizer and status, and reads only its own Node.
+// finalizer and status, and never writes a Node. It may list and watch Nodes
+// (issue 13: it watches its own Node's metadata, a field selector RBAC cannot
+// limit to one name per node); that grants nothing new, as carve-node runs
+// privileged with /var/lib/kubelet mounted, where the kubelet's own
+// credentials (system:node, which may list and watch every Node) live.
 var nodeForbidden = []authzv1.ResourceAttributes{
 	{Verb: "create", Group: "carve.csi.dev", Resource: "localvolumes"},
 	{Verb: "delete", Group: "carve.csi.dev", Resource: "localvolumes"},
 	{Verb: "create", Group: "carve.csi.dev", Resource: "localsnapshots"},
 	{Verb: "delete", Group: "carve.csi.dev", Resource: "localsnapshots"},
 	{Verb: "delete", Group: "carve.csi.dev", Resource: "nodestorages"},
-	{Verb: "list", Resource: "nodes"},
-	{Verb: "watch", Resource: "nodes"},
 	{Verb: "get", Resource: "persistentvolumes"},
 	{Verb: "create", Resource: "persistentvolumes"},
 }

@@ -119,8 +119,8 @@ var (
 			"pkg/nodeagent agent.go writeNodeStorage: read, create once, set the owner reference to the Node"},
 		{"carve.csi.dev", []string{"nodestorages/status"}, []string{"update"},
 			"pkg/nodeagent agent.go publishes capacity in status"},
-		{"", []string{"nodes"}, []string{"get"},
-			"pkg/nodeagent agent.go nodeOwner reads its own Node's UID for the owner reference (read-only)"},
+		{"", []string{"nodes"}, []string{"get", "list", "watch"},
+			"pkg/nodeagent agent.go nodeOwner reads its own Node's UID for the owner reference from a watch of that Node's metadata (manager.go cacheOptions; get: APIReader's fallback)"},
 	}}
 )
 

@@ -14,8 +14,9 @@ import (
 	"github.com/carve-csi/carve/test/k8srig"
 )
 
-// auditArgs writes an audit policy that records the metadata of carve's and
-// external-provisioner's requests only (one event per request, when it
+// auditArgs writes an audit policy that records the metadata of carve's,
+// external-provisioner's, kube-scheduler's and kube-controller-manager's
+// requests only (one event per request, when it
 // completes) and returns the kube-apiserver flags that use it. The audit log
 // breaks item 4's counts down by verb and resource.
 func auditArgs(tb testing.TB, dir string) (args, logFile string) {
@@ -24,6 +25,9 @@ func auditArgs(tb testing.TB, dir string) (args, logFile string) {
 	for _, u := range []string{userController, userNode, userProvisioner} {
 		users = append(users, `"system:serviceaccount:`+k8srig.CarveNS+":"+u+`"`)
 	}
+	// The scheduler and the controller-manager too: item 1 sets their
+	// requests against their client-side limits (controlPlaneFloor).
+	users = append(users, `"system:kube-scheduler"`, `"system:kube-controller-manager"`)
 	text := "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived, ResponseStarted]\nrules:\n" +
 		"- level: Metadata\n  users: [" + strings.Join(users, ", ") + "]\n- level: None\n"
 	if err := os.WriteFile(policy, []byte(text), 0o644); err != nil {
@@ -43,6 +47,7 @@ type auditEvent struct {
 		Subresource string `json:"subresource"`
 	} `json:"objectRef"`
 	RequestURI string    `json:"requestURI"`
+	UserAgent  string    `json:"userAgent"`
 	Received   time.Time `json:"requestReceivedTimestamp"`
 }
 
@@ -71,12 +76,31 @@ func auditCounts(tb testing.TB, file string, from, to time.Time) map[string]map[
 			}
 		}
 		u := strings.TrimPrefix(ev.User.Username, prefix)
+		if strings.HasPrefix(u, "system:kube-") {
+			// "kube-controller-manager/persistent-volume-binder": every
+			// controller of kube-controller-manager has a client (and
+			// client-side limiter) of its own, named in its user agent.
+			u = strings.TrimPrefix(u, "system:") + "/" + agentClient(ev.UserAgent)
+		}
 		if out[u] == nil {
 			out[u] = map[string]int{}
 		}
 		out[u][ev.Verb+" "+what]++
 	}
 	return out
+}
+
+// agentClient is the client name client-go's AddUserAgent appends to a
+// control-plane component's user agent ("kube-controller-manager/v1.37.2
+// (linux/amd64) kubernetes/abcdef0/persistent-volume-binder" ->
+// "persistent-volume-binder"), "" when there is none.
+func agentClient(ua string) string {
+	_, rest, ok := strings.Cut(ua, " kubernetes/")
+	if !ok {
+		return ""
+	}
+	_, name, _ := strings.Cut(rest, "/")
+	return name
 }
 
 // topPerVolume renders a user's counts per volume, largest first.

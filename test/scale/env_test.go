@@ -103,3 +103,27 @@ func loadSettings(tb testing.TB) settings {
 func (s settings) burstSize() int64 {
 	return s.PoolBytes * 2 / int64(2*s.BurstFit+1) &^ (4<<20 - 1)
 }
+
+// clientLimits is a control-plane client's client-side limit as this run
+// starts it: kube-scheduler's --kube-api-qps/--kube-api-burst defaults
+// (50/100), and kube-controller-manager's (20/30, each controller's client
+// has its own limiter) unless CARVE_SCALE_KCM_ARGS sets them.
+func (s settings) clientLimits(client string) clientLimit {
+	if strings.HasPrefix(client, "kube-scheduler/") {
+		return clientLimit{qps: 50, burst: 100}
+	}
+	l := clientLimit{qps: 20, burst: 30}
+	for _, f := range strings.Fields(s.KCMArgs) {
+		if v, ok := strings.CutPrefix(f, "--kube-api-qps="); ok {
+			if q, err := strconv.ParseFloat(v, 64); err == nil {
+				l.qps = q
+			}
+		}
+		if v, ok := strings.CutPrefix(f, "--kube-api-burst="); ok {
+			if b, err := strconv.Atoi(v); err == nil {
+				l.burst = b
+			}
+		}
+	}
+	return l
+}

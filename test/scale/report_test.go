@@ -2,6 +2,7 @@ package scale
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -34,6 +35,16 @@ func report(s settings, results []*result) {
 			fmt.Printf("     %s\n", l)
 		}
 		fmt.Printf("   carve's CreateVolume (controller metrics): %g calls, mean %s\n", r.createCalls, secs(r.createMean))
+		fmt.Printf("   the control plane's clients until all were done (audit log), requests per pod and the least time their client-side limits allow:\n")
+		for _, arm := range []struct {
+			name string
+			took time.Duration
+			cp   map[string]map[string]int
+		}{{"without volumes", r.plain, r.cpPlain}, {"with volumes", r.withVols, r.cpVols}} {
+			for _, l := range floorLines(arm.cp, s.Pods, arm.took, s.clientLimits) {
+				fmt.Printf("     %s: %s\n", arm.name, l)
+			}
+		}
 		cm, cp := pct(r.ctlBound, 0.5), pct(r.ctlBound, 0.99)
 		dm, dp := pct(r.distBound, 0.5), pct(r.distBound, 0.99)
 		fmt.Printf("2. pod -> claim Bound, %d pods at %g/s on %d nodes: controller mode median %s p99 %s; distributed (%d external-provisioners) median %s p99 %s\n",
@@ -61,4 +72,53 @@ func report(s settings, results []*result) {
 		slices.Sort(names)
 		fmt.Printf("   client-side throttling lines: %d (%s)\n", total, strings.Join(names, ", "))
 	}
+}
+
+// clientLimit is a client's client-side rate limit: qps requests a second
+// after a burst of burst.
+type clientLimit struct {
+	qps   float64
+	burst int
+}
+
+// floor is the least time the limiter lets n requests take.
+func (l clientLimit) floor(n int) time.Duration {
+	if n <= l.burst || l.qps <= 0 {
+		return 0
+	}
+	return time.Duration(float64(n-l.burst) / l.qps * float64(time.Second))
+}
+
+// controlPlane keeps the control-plane components' clients of an audit count.
+func controlPlane(counts map[string]map[string]int) map[string]map[string]int {
+	out := map[string]map[string]int{}
+	for u, c := range counts {
+		if strings.HasPrefix(u, "kube-scheduler/") || strings.HasPrefix(u, "kube-controller-manager/") {
+			out[u] = c
+		}
+	}
+	return out
+}
+
+// floorLines renders each control-plane client that made at least one
+// request per ten pods: its requests per pod, busiest kinds first, and the
+// least time its client-side limit allows for them against the time the
+// phase took. A floor near the phase's time says that client's limiter, not
+// the API server or carve, paced the phase.
+func floorLines(cp map[string]map[string]int, pods int, took time.Duration, limits func(client string) clientLimit) []string {
+	var out []string
+	for _, u := range slices.Sorted(maps.Keys(cp)) {
+		n := 0
+		for _, c := range cp[u] {
+			n += c
+		}
+		if float64(n) < float64(pods)/10 {
+			continue
+		}
+		l := limits(u)
+		f := l.floor(n)
+		out = append(out, fmt.Sprintf("%s %.2f per pod (%s); at %g/s, burst %d: at least %s of the %s taken (%.0f%%)",
+			u, float64(n)/float64(pods), topPerVolume(cp[u], pods), l.qps, l.burst, secs(f), secs(took), 100*ratioOf(f, took)))
+	}
+	return out
 }

@@ -37,6 +37,9 @@ type result struct {
 	createCalls     float64       // carve's CreateVolume calls so far (item 1's and the lost races)
 	createMean      time.Duration // their mean duration
 	serverTop       []string      // the API server's busiest request kinds while item 1's volumes were made
+	// control-plane clients' requests (audit log) until all pods without,
+	// then with volumes were scheduled (and bound): client -> kind -> count
+	cpPlain, cpVols map[string]map[string]int
 	// 2.
 	ctlBound, distBound []time.Duration
 	// 3.
@@ -228,6 +231,7 @@ func runPlane(b *testing.B, s settings, bin, carve, scoring, logs string, idle b
 	phase("carve controller and external-provisioner up, CSIStorageCapacity of every node published")
 
 	// 1. Without volumes, then with.
+	plainFrom := time.Now()
 	pods := createPods(b, p, st, "plain", s.Pods, 0, nil, 0)
 	res.plain = waitDone(b, st, pods, false, s.PhaseLimit)
 	phase("1. %d pods without volumes scheduled in %v", s.Pods, res.plain.Round(time.Millisecond))
@@ -268,6 +272,8 @@ func runPlane(b *testing.B, s settings, bin, carve, scoring, logs string, idle b
 	for u, counts := range auditCounts(b, p.auditLog, from, to) {
 		res.breakdown[u] = topPerVolume(counts, s.Pods)
 	}
+	res.cpPlain = controlPlane(auditCounts(b, p.auditLog, plainFrom, plainFrom.Add(res.plain)))
+	res.cpVols = controlPlane(auditCounts(b, p.auditLog, from, from.Add(res.withVols)))
 	phase("1. cleaned up; requests per volume %v", res.perVolume)
 
 	// 3. The burst that fits only if spread.
