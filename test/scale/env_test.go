@@ -106,11 +106,12 @@ func (s settings) burstSize() int64 {
 
 // clientLimits is a control-plane client's client-side limit as this run
 // starts it: kube-scheduler's --kube-api-qps/--kube-api-burst defaults
-// (50/100), and kube-controller-manager's (20/30, each controller's client
-// has its own limiter) unless CARVE_SCALE_KCM_ARGS sets them.
+// (50/100; its events go through a second client), and
+// kube-controller-manager's (20/30; each controller's client, its events
+// included, has its own limiter) unless CARVE_SCALE_KCM_ARGS sets them.
 func (s settings) clientLimits(client string) clientLimit {
 	if strings.HasPrefix(client, "kube-scheduler/") {
-		return clientLimit{qps: 50, burst: 100}
+		return clientLimit{qps: 50, burst: 100, eventsApart: true}
 	}
 	l := clientLimit{qps: 20, burst: 30}
 	for _, f := range strings.Fields(s.KCMArgs) {
