@@ -51,7 +51,7 @@ type plane struct {
 	auditLog string
 }
 
-func startPlane(t testing.TB, bin, scoring, kcmArgs, logs string) *plane {
+func startPlane(t testing.TB, bin, scoring, kcmArgs, schedArgs, logs string) *plane {
 	root := k8srig.RepoRoot()
 	dir, err := os.MkdirTemp("", "carve-scale-cluster")
 	if err != nil {
@@ -74,7 +74,7 @@ func startPlane(t testing.TB, bin, scoring, kcmArgs, logs string) *plane {
 	audit, auditLog := auditArgs(t, dir)
 	up := exec.Command(sh, "up", dir)
 	up.Env = append(os.Environ(), "CARVE_K8S_BIN="+bin, "CARVE_K8S_TIMEOUT=180", "CARVE_K8S_APISERVER_ARGS="+audit,
-		"CARVE_K8S_SCHEDULER_ARGS=--feature-gates=StorageCapacityScoring="+scoring, "CARVE_K8S_KCM_ARGS="+kcmArgs)
+		"CARVE_K8S_SCHEDULER_ARGS=--feature-gates=StorageCapacityScoring="+scoring+" "+schedArgs, "CARVE_K8S_KCM_ARGS="+kcmArgs)
 	if out, err := up.CombinedOutput(); err != nil {
 		t.Fatalf("cluster.sh up: %v\n%s", err, out)
 	}

@@ -25,6 +25,7 @@ type settings struct {
 	Idle       time.Duration // CARVE_SCALE_IDLE: idle window of item 4
 	Scoring    []string      // CARVE_SCALE_SCORING: StorageCapacityScoring values, one control plane each
 	KCMArgs    string        // CARVE_SCALE_KCM_ARGS: extra kube-controller-manager flags
+	SchedArgs  string        // CARVE_SCALE_SCHEDULER_ARGS: extra kube-scheduler flags
 	Resync     time.Duration // CARVE_SCALE_RESYNC: the node agents' --capacity-resync
 	PhaseLimit time.Duration // CARVE_SCALE_PHASE_TIMEOUT: bound of every wait for a phase to finish
 }
@@ -87,6 +88,7 @@ func loadSettings(tb testing.TB) settings {
 		}
 	}
 	s.KCMArgs = os.Getenv("CARVE_SCALE_KCM_ARGS")
+	s.SchedArgs = os.Getenv("CARVE_SCALE_SCHEDULER_ARGS")
 	s.DistNodes = min(s.DistNodes, s.Nodes)
 	if s.VolSize*int64(s.Pods) > s.PoolBytes*int64(s.Nodes)/2 {
 		tb.Fatalf("%d volumes of %d bytes need more than half of %d pools of %d bytes: item 1 must fit wherever the scheduler puts them",
@@ -106,15 +108,20 @@ func (s settings) burstSize() int64 {
 
 // clientLimits is a control-plane client's client-side limit as this run
 // starts it: kube-scheduler's --kube-api-qps/--kube-api-burst defaults
-// (50/100; its events go through a second client), and
-// kube-controller-manager's (20/30; each controller's client, its events
-// included, has its own limiter) unless CARVE_SCALE_KCM_ARGS sets them.
+// (50/100; its events go through a second client) unless
+// CARVE_SCALE_SCHEDULER_ARGS sets them, and kube-controller-manager's
+// (20/30; each controller's client, its events included, has its own
+// limiter) unless CARVE_SCALE_KCM_ARGS sets them.
 func (s settings) clientLimits(client string) clientLimit {
 	if strings.HasPrefix(client, "kube-scheduler/") {
-		return clientLimit{qps: 50, burst: 100, eventsApart: true}
+		return limitFlags(clientLimit{qps: 50, burst: 100, eventsApart: true}, s.SchedArgs)
 	}
-	l := clientLimit{qps: 20, burst: 30}
-	for _, f := range strings.Fields(s.KCMArgs) {
+	return limitFlags(clientLimit{qps: 20, burst: 30}, s.KCMArgs)
+}
+
+// limitFlags applies --kube-api-qps and --kube-api-burst of args to l.
+func limitFlags(l clientLimit, args string) clientLimit {
+	for _, f := range strings.Fields(args) {
 		if v, ok := strings.CutPrefix(f, "--kube-api-qps="); ok {
 			if q, err := strconv.ParseFloat(v, 64); err == nil {
 				l.qps = q

@@ -30,6 +30,10 @@ func TestClientLimits(t *testing.T) {
 	if l := s.clientLimits("kube-scheduler/scheduler"); l != (clientLimit{50, 100, true}) {
 		t.Errorf("scheduler %+v", l)
 	}
+	s.SchedArgs = "--feature-gates=X=true --kube-api-qps=500 --kube-api-burst=1000"
+	if l := s.clientLimits("kube-scheduler/scheduler"); l != (clientLimit{500, 1000, true}) {
+		t.Errorf("scheduler with %q: %+v", s.SchedArgs, l)
+	}
 	// 30 ride the burst, the other 4000 at 20/s.
 	if f := (clientLimit{qps: 20, burst: 30}).floor(4030); f != 200*time.Second {
 		t.Errorf("floor %v, want 200s", f)

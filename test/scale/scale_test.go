@@ -177,7 +177,7 @@ func runPlane(b *testing.B, s settings, bin, carve, scoring, logs string, idle b
 		fmt.Printf("[%6.1fs scoring=%s] %s\n", time.Since(t0).Seconds(), scoring, fmt.Sprintf(format, args...))
 	}
 	processLog(b, filepath.Join(logs, "bench-process.log"))
-	p := startPlane(b, bin, scoring, s.KCMArgs, logs)
+	p := startPlane(b, bin, scoring, s.KCMArgs, s.SchedArgs, logs)
 	ctx := context.Background()
 	if _, err := p.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: podNS}}, metav1.CreateOptions{}); err != nil {
 		b.Fatal(err)
