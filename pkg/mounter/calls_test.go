@@ -1,11 +1,16 @@
 package mounter
 
 import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
 	mount "k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 	testingexec "k8s.io/utils/exec/testing"
@@ -168,5 +173,46 @@ func TestFormatAndMountFsckRules(t *testing.T) {
 			}
 			r.want(t, "refused mount", "blkid", "fsck")
 		})
+	}
+}
+
+// On a host where systemd runs, mount-utils' New wraps every mount in
+// `systemd-run --scope` (after a probe run of it): a second process and a
+// transient unit per mount, which only keep FUSE daemons alive (issue 13).
+// carve's mounts run mount(8) directly. The fake systemd-run first on PATH
+// answers the probe and runs what it wraps, as the real one does; no mount
+// may go through it.
+func TestMountsRunWithoutSystemdScope(t *testing.T) {
+	e := newEnv(t)
+	bin := t.TempDir()
+	calls := filepath.Join(bin, "calls")
+	script := "#!/bin/sh\necho \"$*\" >>" + calls + "\n" +
+		"while [ $# -gt 0 ] && [ \"$1\" != -- ]; do shift; done\n" +
+		"[ $# -gt 0 ] || exit 0\nshift\nexec \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(bin, "systemd-run"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	m := New()
+	src, tgt := e.path("src"), e.path("tgt")
+	mountTmpfs(t, src)
+	if err := m.BindMount(src, tgt, true, nil); err != nil {
+		t.Fatalf("BindMount: %v", err)
+	}
+	if mounted, err := m.IsMountPoint(tgt); err != nil || !mounted {
+		t.Errorf("after BindMount: IsMountPoint(%s) = %v, %v; want true", tgt, mounted, err)
+	}
+	if err := m.Unmount(tgt); err != nil {
+		t.Fatalf("Unmount: %v", err)
+	}
+	if err := unix.Unmount(src, 0); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(calls)
+	switch {
+	case err == nil:
+		t.Errorf("the mounts ran through systemd-run: %q", data)
+	case !errors.Is(err, fs.ErrNotExist):
+		t.Fatal(err)
 	}
 }
