@@ -162,6 +162,23 @@ func BenchmarkInlineNodePath(b *testing.B) {
 		b.ReportMetric(float64(mc)/float64(mb), c.fs+"-ratio")
 		b.ReportMetric(paired, c.fs+"-paired-ratio")
 	}
+	keepLog(b, p.Log, "carve-inline.log")
+}
+
+// keepLog copies carve's log to $CARVE_BENCH_LOG_DIR, if set (hack/bench-vm.sh: the share), so
+// that the per-call times can be read after the VM is gone.
+func keepLog(b *testing.B, path, name string) {
+	dir := os.Getenv("CARVE_BENCH_LOG_DIR")
+	if dir == "" {
+		return
+	}
+	data, err := os.ReadFile(path)
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, name), data, 0o644)
+	}
+	if err != nil {
+		b.Errorf("keeping carve's log: %v", err)
+	}
 }
 
 var (
