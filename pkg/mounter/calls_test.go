@@ -1,16 +1,21 @@
 package mounter
 
 import (
+	"bytes"
 	"errors"
+	"flag"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 	mount "k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 	testingexec "k8s.io/utils/exec/testing"
@@ -214,5 +219,47 @@ func TestMountsRunWithoutSystemdScope(t *testing.T) {
 		t.Errorf("the mounts ran through systemd-run: %q", data)
 	case !errors.Is(err, fs.ErrNotExist):
 		t.Fatal(err)
+	}
+}
+
+// Every tool a Mounter runs is logged with its duration at --v=4: the node-path
+// benchmark (test/e2e) and operators read a call's tool times from these lines.
+func TestToolRunsAreLogged(t *testing.T) {
+	e := newEnv(t)
+	dev := e.loop(64 << 20)
+	var logs bytes.Buffer
+	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(fs)
+	for k, v := range map[string]string{"v": "4", "logtostderr": "false", "alsologtostderr": "false", "stderrthreshold": "FATAL"} {
+		if err := fs.Set(k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	klog.SetOutput(&logs)
+	t.Cleanup(func() {
+		klog.Flush()
+		klog.SetOutput(os.Stderr)
+		for k, v := range map[string]string{"v": "0", "logtostderr": "true"} {
+			_ = fs.Set(k, v)
+		}
+	})
+	target := e.path("mnt")
+	if err := e.m.FormatAndMount(dev, target, "ext4", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Unmount(target); err != nil {
+		t.Fatal(err)
+	}
+	klog.Flush()
+	line := regexp.MustCompile(`"Tool ran" cmd=\["([\w.]+)"[^\]]*\] duration="([^"]+)"`)
+	var ran []string
+	for _, m := range line.FindAllStringSubmatch(logs.String(), -1) {
+		if _, err := time.ParseDuration(m[2]); err != nil {
+			t.Errorf("%s logged with duration %q: %v", m[1], m[2], err)
+		}
+		ran = append(ran, m[1])
+	}
+	if want := []string{"blkid", "mkfs.ext4", "mount", "umount"}; !slices.Equal(ran, want) {
+		t.Errorf("logged tool runs %q, want %q; log:\n%s", ran, want, logs.String())
 	}
 }
