@@ -21,7 +21,9 @@ cp test/e2e/vm-node.sh test/pmem/vm-pmem.sh "$SHARE/" && chmod +x "$SHARE/vm-nod
 cat >"$SHARE/bench-guest.sh" <<GUEST
 #!/bin/sh
 # In the VM: the inline benchmark (vm-node.sh makes the VG), then the PMEM one (vm-pmem.sh
-# prepares the region; part "rest" with no tests runs only the benchmark).
+# prepares the region; part "rest" with no tests runs only the benchmark). The benchmarks copy
+# carve's logs to the share (carve-inline.log, carve-pmem.log).
+export CARVE_BENCH_LOG_DIR=/share
 rc=0
 case " ${PARTS} " in *" inline "*)
   CARVE_BENCH_ROUNDS=${CARVE_BENCH_ROUNDS:-30} /share/vm-node.sh -test.run XXX -test.bench InlineNodePath -test.benchtime 1x || rc=1 ;;
@@ -46,5 +48,5 @@ case " $PARTS " in *" pmem "*) wants+=('pmem create\+delete') ;; esac
 for want in "${wants[@]}"; do
   echo "$lines" | grep -q -E "^$want" || { echo "[bench-vm] FAIL: no '$want' line; see $SHARE/guest.log"; [ "$rc" != 0 ] || rc=1; }
 done
-echo "[bench-vm] exit $rc, $(( $(date +%s) - start ))s; logs in $SHARE (guest.log, pmem-suite.log, serial.log)"
+echo "[bench-vm] exit $rc, $(( $(date +%s) - start ))s; logs in $SHARE (guest.log, pmem-suite.log, serial.log, carve-inline.log, carve-pmem.log)"
 exit "$rc"

@@ -335,6 +335,7 @@ func (n *Node) publishInline(ctx context.Context, req *csi.NodePublishVolumeRequ
 		return nil, err
 	}
 	defer unlock()
+	start := time.Now()
 	v, err := n.Vols.Create(ctx, volume.CreateRequest{
 		Name: req.GetVolumeId(), Pool: ir.pool, Range: volume.Range{RequiredBytes: ir.size},
 		Ephemeral: true, TargetPath: req.GetTargetPath(),
@@ -345,7 +346,9 @@ func (n *Node) publishInline(ctx context.Context, req *csi.NodePublishVolumeRequ
 	if v.TargetPath != req.GetTargetPath() {
 		return nil, status.Errorf(codes.AlreadyExists, "inline volume %s is already published at %q", req.GetVolumeId(), v.TargetPath)
 	}
+	created := time.Now()
 	dev, err := n.Vols.Activate(ctx, v)
+	activated := time.Now()
 	if err == nil {
 		var opts []string
 		opts, err = daxOptions(v, nil, c.GetMount().GetMountFlags())
@@ -365,6 +368,10 @@ func (n *Node) publishInline(ctx context.Context, req *csi.NodePublishVolumeRequ
 		return nil, toStatus(fmt.Errorf("inline volume %s: %w", req.GetVolumeId(), err))
 	}
 	n.failed.Delete(v.ID)
+	// The steps' times (their tools are logged at --vmodule=exec=5,toollog=4):
+	// what a slow publish spent where (issue 13).
+	klog.V(4).InfoS("Inline publish steps", "volumeID", req.GetVolumeId(), "create", created.Sub(start),
+		"activate", activated.Sub(created), "formatAndMount", time.Since(activated))
 	klog.InfoS("Inline volume published", "volumeID", req.GetVolumeId(), "device", v.ID, "target", req.GetTargetPath(), "bytes", v.SizeBytes)
 	return &csi.NodePublishVolumeResponse{}, nil
 }

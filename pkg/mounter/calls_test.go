@@ -1,11 +1,21 @@
 package mounter
 
 import (
+	"bytes"
+	"errors"
+	"flag"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 	mount "k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 	testingexec "k8s.io/utils/exec/testing"
@@ -168,5 +178,88 @@ func TestFormatAndMountFsckRules(t *testing.T) {
 			}
 			r.want(t, "refused mount", "blkid", "fsck")
 		})
+	}
+}
+
+// On a host where systemd runs, mount-utils' New wraps every mount in
+// `systemd-run --scope` (after a probe run of it): a second process and a
+// transient unit per mount, which only keep FUSE daemons alive (issue 13).
+// carve's mounts run mount(8) directly. The fake systemd-run first on PATH
+// answers the probe and runs what it wraps, as the real one does; no mount
+// may go through it.
+func TestMountsRunWithoutSystemdScope(t *testing.T) {
+	e := newEnv(t)
+	bin := t.TempDir()
+	calls := filepath.Join(bin, "calls")
+	script := "#!/bin/sh\necho \"$*\" >>" + calls + "\n" +
+		"while [ $# -gt 0 ] && [ \"$1\" != -- ]; do shift; done\n" +
+		"[ $# -gt 0 ] || exit 0\nshift\nexec \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(bin, "systemd-run"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	m := New()
+	src, tgt := e.path("src"), e.path("tgt")
+	mountTmpfs(t, src)
+	if err := m.BindMount(src, tgt, true, nil); err != nil {
+		t.Fatalf("BindMount: %v", err)
+	}
+	if mounted, err := m.IsMountPoint(tgt); err != nil || !mounted {
+		t.Errorf("after BindMount: IsMountPoint(%s) = %v, %v; want true", tgt, mounted, err)
+	}
+	if err := m.Unmount(tgt); err != nil {
+		t.Fatalf("Unmount: %v", err)
+	}
+	if err := unix.Unmount(src, 0); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(calls)
+	switch {
+	case err == nil:
+		t.Errorf("the mounts ran through systemd-run: %q", data)
+	case !errors.Is(err, fs.ErrNotExist):
+		t.Fatal(err)
+	}
+}
+
+// Every tool a Mounter runs is logged with its duration at --v=4: the node-path
+// benchmark (test/e2e) and operators read a call's tool times from these lines.
+func TestToolRunsAreLogged(t *testing.T) {
+	e := newEnv(t)
+	dev := e.loop(64 << 20)
+	var logs bytes.Buffer
+	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(fs)
+	for k, v := range map[string]string{"v": "4", "logtostderr": "false", "alsologtostderr": "false", "stderrthreshold": "FATAL"} {
+		if err := fs.Set(k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	klog.SetOutput(&logs)
+	t.Cleanup(func() {
+		klog.Flush()
+		klog.SetOutput(os.Stderr)
+		for k, v := range map[string]string{"v": "0", "logtostderr": "true"} {
+			_ = fs.Set(k, v)
+		}
+	})
+	target := e.path("mnt")
+	if err := e.m.FormatAndMount(dev, target, "ext4", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Unmount(target); err != nil {
+		t.Fatal(err)
+	}
+	klog.Flush()
+	line := regexp.MustCompile(`"Tool ran" cmd=\["([\w.]+)"[^\]]*\] duration="([^"]+)"`)
+	var ran []string
+	for _, m := range line.FindAllStringSubmatch(logs.String(), -1) {
+		if _, err := time.ParseDuration(m[2]); err != nil {
+			t.Errorf("%s logged with duration %q: %v", m[1], m[2], err)
+		}
+		ran = append(ran, m[1])
+	}
+	if want := []string{"blkid", "mkfs.ext4", "mount", "umount"}; !slices.Equal(ran, want) {
+		t.Errorf("logged tool runs %q, want %q; log:\n%s", ran, want, logs.String())
 	}
 }

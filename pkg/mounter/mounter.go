@@ -75,14 +75,22 @@ type Mounter struct {
 
 // New returns a Mounter that runs the host's mount, umount, blkid, mkfs.*,
 // fsck, resize2fs and xfs_growfs.
+//
+// mount and umount run directly, never wrapped in `systemd-run --scope`
+// (mount-utils' New does that on a host where systemd runs): the scope only
+// keeps a FUSE daemon alive when kubelet restarts, and carve mounts ext4, xfs
+// and binds, which have none. On such a host it cost a probe run and then a
+// second process and a transient systemd unit for every mount (issue 13).
 func New() *Mounter {
-	return NewWith(utilexec.New(), mount.New(""))
+	return NewWith(utilexec.New(), mount.NewWithoutSystemd(""))
 }
 
 // NewWith returns a Mounter that runs blkid, mkfs.*, fsck, resize2fs and
 // xfs_growfs through e and mounts and unmounts through mi (tests count the
-// tools a CSI call runs this way).
+// tools a CSI call runs this way). Every tool run is logged with its
+// duration at --v=4 (toollog.go).
 func NewWith(e utilexec.Interface, mi mount.Interface) *Mounter {
+	e, mi = timedExec{e}, timedMount{mi}
 	return &Mounter{
 		sfm:      &mount.SafeFormatAndMount{Interface: mi, Exec: e},
 		resizer:  mount.NewResizeFs(e),

@@ -262,9 +262,12 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 	if err != nil {
 		return nil, fmt.Errorf("pmem: create %s: %w", req.ID, err)
 	}
+	t0 := time.Now()
 	if err := b.idx.put(req.ID, record{Name: req.Name, TargetPath: req.TargetPath, Pending: true}); err != nil {
 		return nil, err
 	}
+	t1 := time.Now()
+	var t2, t3 time.Time
 	out, err := ndctl(ctx, b.runner, "create-namespace", "-r", region, "-m", "fsdax", "-M", "dev", "-a", "2M",
 		"-s", strconv.FormatInt(raw, 10), "-n", req.ID, "-u", uuid)
 	var ns *nsJSON
@@ -273,9 +276,11 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 		if err == nil {
 			err = checkCreated(ns, req, raw)
 		}
+		t2 = time.Now()
 		if err == nil {
 			err = b.wipe("/dev/"+ns.Blockdev, ns.Size)
 		}
+		t3 = time.Now()
 		if err == nil {
 			// Only now is the volume finished and may be handed out.
 			err = b.idx.put(req.ID, record{Name: req.Name, TargetPath: req.TargetPath})
@@ -295,6 +300,9 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 		}
 		return nil, err
 	}
+	// Where a slow create spent its time (issue 13); ndctl's run is also logged by pkg/exec at --v=5.
+	klog.V(4).InfoS("PMEM create steps", "id", req.ID, "pendingRecord", t1.Sub(t0), "createNamespace", t2.Sub(t1),
+		"wipe", t3.Sub(t2), "finalRecord", time.Since(t3))
 	return &backend.Volume{
 		ID:         req.ID,
 		Name:       req.Name,
