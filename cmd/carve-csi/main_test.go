@@ -14,8 +14,8 @@ func TestParseFlags(t *testing.T) {
 	if o.defaultPool != "a" || len(o.pools) != 2 || o.nodeID != "n1" {
 		t.Fatalf("options %+v", o)
 	}
-	if o.kubeAPIQPS != 50 || o.kubeAPIBurst != 100 {
-		t.Errorf("client rate limits %g/%d by default, want 50/100 as documented", o.kubeAPIQPS, o.kubeAPIBurst)
+	if o.kubeAPIQPS != 200 || o.kubeAPIBurst != 400 {
+		t.Errorf("client rate limits %g/%d by default, want 200/400 as documented", o.kubeAPIQPS, o.kubeAPIBurst)
 	}
 	if o, err := parseFlags([]string{"--mode=controller", "--kube-api-qps=7.5", "--kube-api-burst=15"}); err != nil || o.kubeAPIQPS != 7.5 || o.kubeAPIBurst != 15 {
 		t.Errorf("--kube-api-qps=7.5 --kube-api-burst=15: %+v, %v", o, err)
@@ -32,7 +32,7 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"--mode=node", "--nodeid=n1", "--pool=a=lvm:vg", "--kubelet-dir=/nonexistent/kubelet"}, "is not a directory"},
 		{[]string{"--mode=node", "--bogus"}, "flag provided but not defined"},
 		{[]string{"--mode=node", "extra"}, "unexpected arguments"},
-		{[]string{"--mode=controller", "--kube-api-qps=0"}, "--kube-api-qps (0) and --kube-api-burst (100) must be positive"},
+		{[]string{"--mode=controller", "--kube-api-qps=0"}, "--kube-api-qps (0) and --kube-api-burst (400) must be positive"},
 		{[]string{"--mode=controller", "--kube-api-burst=-1"}, "must be positive"},
 		{[]string{"--mode=controller", "--pprof"}, "--pprof needs --metrics-address"},
 	} {
