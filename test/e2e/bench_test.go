@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/carve-csi/carve/test/benchstat"
 	"github.com/carve-csi/carve/test/driver"
 )
 
@@ -139,27 +139,27 @@ func BenchmarkInlineNodePath(b *testing.B) {
 				bare, carve = append(bare, bareOnce(i)), append(carve, carveOnce(i))
 			}
 		}
-		mc, mb := benchMedian(carve), benchMedian(bare)
-		paired := pairedRatio(carve, bare)
+		mc, mb := benchstat.Median(carve), benchstat.Median(bare)
+		paired := benchstat.PairedRatio(carve, bare)
 		fmt.Printf("inline %s %d MiB publish+unpublish: carve median %v, bare tools median %v, ratio %.2f (goal <= 1.05), "+
 			"median of the rounds' carve/bare ratios %.2f; %d rounds\n",
 			c.fs, c.size/mib, mc.Round(time.Millisecond), mb.Round(time.Millisecond), float64(mc)/float64(mb), paired, rounds)
 		var per []string
 		for _, n := range stepNames {
-			per = append(per, fmt.Sprintf("%s %v", n, benchMedian(steps[n]).Round(time.Millisecond)))
+			per = append(per, fmt.Sprintf("%s %v", n, benchstat.Median(steps[n]).Round(time.Millisecond)))
 		}
 		fmt.Printf("inline %s bare steps, medians: %s\n", c.fs, strings.Join(per, ", "))
 		logged := carveTimes(b, p.Log, logFrom)
 		var side []string
 		for _, n := range append(stepNames, "lvchange", "lvs") {
 			if len(logged[n]) > 0 {
-				side = append(side, fmt.Sprintf("%s %v (%d runs)", n, benchMedian(logged[n]).Round(time.Millisecond), len(logged[n])))
+				side = append(side, fmt.Sprintf("%s %v (%d runs)", n, benchstat.Median(logged[n]).Round(time.Millisecond), len(logged[n])))
 			}
 		}
 		for _, n := range []string{"NodePublishVolume", "NodeUnpublishVolume"} {
 			if len(logged[n]) > 0 {
-				side = append(side, fmt.Sprintf("%s %v (own work %v)", n, benchMedian(logged[n]).Round(time.Millisecond),
-					benchMedian(logged[n+" own"]).Round(time.Millisecond)))
+				side = append(side, fmt.Sprintf("%s %v (own work %v)", n, benchstat.Median(logged[n]).Round(time.Millisecond),
+					benchstat.Median(logged[n+" own"]).Round(time.Millisecond)))
 			}
 		}
 		fmt.Printf("inline %s carve's side, medians, as carve logged them: %s\n", c.fs, strings.Join(side, ", "))
@@ -236,28 +236,4 @@ func carveTimes(tb testing.TB, path string, from int64) map[string][]time.Durati
 		}
 	}
 	return out
-}
-
-// pairedRatio is the median of the per-round ratios carve[i]/bare[i]: both arms of a round run
-// back to back, so a slow spell of the emulated machine stretches both sides of the same ratio
-// instead of whichever arm's median it lands in.
-func pairedRatio(carve, bare []time.Duration) float64 {
-	r := make([]float64, len(carve))
-	for i := range carve {
-		r[i] = float64(carve[i]) / float64(bare[i])
-	}
-	slices.Sort(r)
-	if len(r)%2 == 1 {
-		return r[len(r)/2]
-	}
-	return (r[len(r)/2-1] + r[len(r)/2]) / 2
-}
-
-func benchMedian(d []time.Duration) time.Duration {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

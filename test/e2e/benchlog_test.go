@@ -49,15 +49,3 @@ I1130 10:00:02.000000  1 server.go:76] "GRPC call" method="/csi.v1.Node/NodeUnpu
 		}
 	}
 }
-
-func TestPairedRatio(t *testing.T) {
-	s := time.Second
-	// Round 2 ran while the machine was slow: it moves both medians, not the rounds' ratios.
-	carve, bare := []time.Duration{2 * s, 6 * s, 2 * s}, []time.Duration{2 * s, 3 * s, 2 * s}
-	if got := pairedRatio(carve, bare); got != 1 {
-		t.Errorf("pairedRatio = %v, want 1", got)
-	}
-	if got := pairedRatio(append(carve, 3*s), append(bare, 2*s)); got != 1.25 {
-		t.Errorf("pairedRatio of 4 rounds (1, 2, 1, 1.5) = %v, want 1.25 (mean of the middle two)", got)
-	}
-}

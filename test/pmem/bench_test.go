@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"github.com/carve-csi/carve/pkg/backend/pmem"
 	"github.com/carve-csi/carve/pkg/exec"
 	"github.com/carve-csi/carve/pkg/names"
+	"github.com/carve-csi/carve/test/benchstat"
 )
 
 // benchSamples and benchSize are the benchmark's rounds and volume size (make bench-nodepath);
@@ -142,14 +142,14 @@ func BenchmarkPMEMCreateDelete(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	mc, mb, ms := median(carve), median(bare), median(viaCSI)
+	mc, mb, ms := benchstat.Median(carve), benchstat.Median(bare), benchstat.Median(viaCSI)
 	fmt.Printf("pmem create+delete (%d MiB): carve backend median %v, bare ndctl+wipe median %v, ratio %.2f (goal <= 1.05), "+
 		"median of the samples' carve/bare ratios %.2f; CSI CreateVolume+DeleteVolume median %v, ratio %.2f, "+
 		"median of the samples' CSI/bare ratios %.2f; %d samples each\n", size>>20,
-		mc.Round(time.Millisecond), mb.Round(time.Millisecond), float64(mc)/float64(mb), pairedRatio(carve, bare),
-		ms.Round(time.Millisecond), float64(ms)/float64(mb), pairedRatio(viaCSI, bare), samples)
+		mc.Round(time.Millisecond), mb.Round(time.Millisecond), float64(mc)/float64(mb), benchstat.PairedRatio(carve, bare),
+		ms.Round(time.Millisecond), float64(ms)/float64(mb), benchstat.PairedRatio(viaCSI, bare), samples)
 	fmt.Printf("pmem bare steps, medians: ndctl create-namespace %v, wipe %v, ndctl destroy-namespace %v\n",
-		median(stepCreate).Round(time.Millisecond), median(stepWipe).Round(time.Millisecond), median(stepDestroy).Round(time.Millisecond))
+		benchstat.Median(stepCreate).Round(time.Millisecond), benchstat.Median(stepWipe).Round(time.Millisecond), benchstat.Median(stepDestroy).Round(time.Millisecond))
 	if dir := os.Getenv("CARVE_BENCH_LOG_DIR"); dir != "" { // hack/bench-vm.sh: the share
 		if err := os.WriteFile(filepath.Join(dir, "carve-pmem.log"), logData(), 0o644); err != nil {
 			b.Errorf("keeping carve's log: %v", err)
@@ -158,14 +158,14 @@ func BenchmarkPMEMCreateDelete(b *testing.B) {
 	steps := logSteps(logData())
 	fmt.Printf("pmem CSI arm, carve's side, medians: CreateVolume %v (ndctl create-namespace %v, wipe %v, index records %v + %v), "+
 		"DeleteVolume %v (ndctl destroy-namespace %v), as the node logged them\n",
-		median(steps["CreateVolume"]).Round(time.Millisecond), median(steps["create-namespace"]).Round(time.Millisecond),
-		median(steps["wipe"]).Round(time.Millisecond), median(steps["pendingRecord"]).Round(time.Millisecond),
-		median(steps["finalRecord"]).Round(time.Millisecond),
-		median(steps["DeleteVolume"]).Round(time.Millisecond), median(steps["destroy-namespace"]).Round(time.Millisecond))
+		benchstat.Median(steps["CreateVolume"]).Round(time.Millisecond), benchstat.Median(steps["create-namespace"]).Round(time.Millisecond),
+		benchstat.Median(steps["wipe"]).Round(time.Millisecond), benchstat.Median(steps["pendingRecord"]).Round(time.Millisecond),
+		benchstat.Median(steps["finalRecord"]).Round(time.Millisecond),
+		benchstat.Median(steps["DeleteVolume"]).Round(time.Millisecond), benchstat.Median(steps["destroy-namespace"]).Round(time.Millisecond))
 	b.ReportMetric(float64(mc)/float64(mb), "ratio")
 	b.ReportMetric(float64(ms)/float64(mb), "csi-ratio")
-	b.ReportMetric(pairedRatio(carve, bare), "paired-ratio")
-	b.ReportMetric(pairedRatio(viaCSI, bare), "csi-paired-ratio")
+	b.ReportMetric(benchstat.PairedRatio(carve, bare), "paired-ratio")
+	b.ReportMetric(benchstat.PairedRatio(viaCSI, bare), "csi-paired-ratio")
 	b.ReportMetric(float64(mc)/1e6, "carve-ms")
 	b.ReportMetric(float64(mb)/1e6, "bare-ms")
 }
@@ -204,28 +204,4 @@ func logSteps(data []byte) map[string][]time.Duration {
 // benchUUID is a fixed uuid per bare round: carve's command line carries one (-u).
 func benchUUID(i int) string {
 	return fmt.Sprintf("b0000000-0000-4000-8000-%012d", i+1)
-}
-
-func median(d []time.Duration) time.Duration {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-// pairedRatio is the median of the per-sample ratios arm[i]/bare[i]: the arms of one sample run
-// back to back, so a slow spell of the emulated machine stretches both sides of the same ratio
-// instead of whichever arm's median it lands in (as test/e2e's, which this package cannot import).
-func pairedRatio(arm, bare []time.Duration) float64 {
-	r := make([]float64, len(arm))
-	for i := range arm {
-		r[i] = float64(arm[i]) / float64(bare[i])
-	}
-	slices.Sort(r)
-	if len(r)%2 == 1 {
-		return r[len(r)/2]
-	}
-	return (r[len(r)/2-1] + r[len(r)/2]) / 2
 }
