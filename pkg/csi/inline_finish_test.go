@@ -119,6 +119,19 @@ func TestInlinePublishFinishFails(t *testing.T) {
 	}
 	wantBefore(t, log.take(), "blkdiscard", "lvm lvchange")
 
+	// A retry whose zeroing fails fails too: the volume is not handed out
+	// (it was, as "found again", when the create's error still said exists).
+	a.answer("lvcreate", existsResponse(id))
+	a.answer("lvs", exectest.Response{Stdout: inlineLVs(t, req.TargetPath, lvm.TagZeroing)})
+	a.answer("blkdiscard", exectest.Response{ExitCode: 1, Stderr: "blkdiscard: BLKZEROOUT ioctl failed: Input/output error"})
+	if _, err := n.NodePublishVolume(ctx, req); err == nil {
+		t.Fatal("a retry whose zeroing failed succeeded")
+	}
+	log.want(t, "the retry whose zeroing failed", "lvm lvcreate", "lvm lvs", "blkdiscard")
+	if ok, _ := fm.IsMountPoint(req.TargetPath); ok {
+		t.Error("a retry whose zeroing failed mounted the target")
+	}
+
 	// The retry: lvcreate finds the LV, its tag is still there (lvs), so it
 	// is zeroed and the tag dropped before the volume is looked at and mounted.
 	a.answer("lvcreate", existsResponse(id))

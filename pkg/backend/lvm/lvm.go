@@ -195,7 +195,10 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 			// A retry: finish an earlier create's zeroing before the
 			// caller looks at the LV and hands it out.
 			if zerr := b.finishZeroing(ctx, req.ID, req.Name); zerr != nil {
-				return nil, errors.Join(err, zerr)
+				// Not ErrExists: callers take that for "found again" and
+				// hand the volume out, still unzeroed and still tagged (a
+				// later retry would zero what its user wrote).
+				return nil, fmt.Errorf("lvm: create %s/%s: it exists, and finishing its zeroing failed: %w", b.vg, req.ID, zerr)
 			}
 		}
 		if errors.Is(err, backend.ErrExists) || errors.Is(err, backend.ErrNoSpace) || errors.Is(err, backend.ErrDegraded) ||

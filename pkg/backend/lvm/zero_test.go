@@ -110,9 +110,17 @@ func TestRealZeroing(t *testing.T) {
 	if _, err := b.Create(ctx, k); err == nil {
 		t.Fatal("create whose zeroing failed returned a volume")
 	}
-	z.fail = false
 	if tg := tags(k.ID); !strings.Contains(tg, TagZeroing) {
 		t.Fatalf("tags after a failed zeroing: %s, want %s", tg, TagZeroing)
+	}
+	// A retry whose zeroing fails again: an error, but not ErrExists, which
+	// callers take for "found again" and hand the volume out unzeroed.
+	if _, err := b.Create(ctx, k); err == nil || errors.Is(err, backend.ErrExists) {
+		t.Fatalf("retry whose zeroing failed: %v, want an error that is not ErrExists", err)
+	}
+	z.fail = false
+	if tg := tags(k.ID); !strings.Contains(tg, TagZeroing) {
+		t.Fatalf("tags after a retry whose zeroing failed: %s, want %s", tg, TagZeroing)
 	}
 	// The retry zeroes it before the caller sees it.
 	if _, err := b.Create(ctx, k); !errors.Is(err, backend.ErrExists) {
