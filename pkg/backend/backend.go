@@ -75,7 +75,31 @@ type Volume struct {
 	// Incomplete: a CreateFrom of it died before it finished (lvm:
 	// carve.restoring=pending); it is never handed out as made.
 	Incomplete bool `json:",omitempty"`
+	// Unzeroed: Create's zeroing of it has not finished (lvm:
+	// carve.zeroing=pending), so the next Create of it zeroes it again. No
+	// caller hands such a volume out, nor keeps it mounted.
+	Unzeroed bool `json:",omitempty"`
+	// Finish, when not nil, is the rest of a Create that the caller asked to
+	// defer (CreateRequest.DeferFinish): the caller must call it, and see it
+	// succeed, before it hands the volume out. It may run concurrently with
+	// the caller's own writes to the device (it touches only the pool's
+	// metadata). Until it succeeded the volume counts as Unzeroed: if it
+	// fails or never runs, the next Create of the volume redoes the work.
+	// Only Create sets it. (A pointer, so that Volume stays comparable.)
+	Finish *Finisher `json:"-"`
 }
+
+// Finisher is the deferred rest of a Create (Volume.Finish).
+type Finisher struct {
+	run func(ctx context.Context) error
+}
+
+// NewFinisher returns a Finisher that runs f.
+func NewFinisher(f func(ctx context.Context) error) *Finisher { return &Finisher{run: f} }
+
+// Run runs the rest of the Create; its error is the backend's, as Create's
+// would have been.
+func (f *Finisher) Run(ctx context.Context) error { return f.run(ctx) }
 
 // CreateRequest asks for a new volume. SizeBytes is already aligned by the caller
 // (see Capacity.AlignBytes). The created volume is never smaller, but may be
@@ -94,6 +118,13 @@ type CreateRequest struct {
 	Stripes int
 	// StripeSizeBytes is the stripe size (a power of two); 0: the tool's default.
 	StripeSizeBytes int64
+	// DeferFinish lets Create return before a last step that only records
+	// in the pool's metadata that the volume is ready (lvm with zeroing:
+	// the lvchange that drops carve.zeroing=pending), as Volume.Finish, so
+	// that the caller can run it alongside its own first use of the device
+	// (issue 13: an inline publish formats and mounts meanwhile). Backends
+	// without such a step ignore it and return a nil Finish.
+	DeferFinish bool
 }
 
 // Capacity of a pool.

@@ -335,15 +335,25 @@ func (n *Node) publishInline(ctx context.Context, req *csi.NodePublishVolumeRequ
 		return nil, err
 	}
 	defer unlock()
+	if err := n.unmountUnzeroed(ctx, id, req); err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	v, err := n.Vols.Create(ctx, volume.CreateRequest{
 		Name: req.GetVolumeId(), Pool: ir.pool, Range: volume.Range{RequiredBytes: ir.size},
-		Ephemeral: true, TargetPath: req.GetTargetPath(),
+		Ephemeral: true, TargetPath: req.GetTargetPath(), DeferFinish: true,
 	})
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("inline volume %s: %w", req.GetVolumeId(), err))
 	}
+	// The rest of the create (lvm with zeroing: the lvchange that drops
+	// carve.zeroing=pending, about 300 ms under emulation: issue 13) runs
+	// while the device is formatted and mounted; it changes only the pool's
+	// metadata. Every return below waits for it: the publish succeeds only
+	// after it did, and nothing outlives the volume's lock.
+	finished := startFinish(ctx, v)
 	if v.TargetPath != req.GetTargetPath() {
+		<-finished // a volume found again has nothing left to finish
 		return nil, status.Errorf(codes.AlreadyExists, "inline volume %s is already published at %q", req.GetVolumeId(), v.TargetPath)
 	}
 	created := time.Now()
@@ -359,6 +369,8 @@ func (n *Node) publishInline(ctx context.Context, req *csi.NodePublishVolumeRequ
 			err = n.Mount.FormatAndMount(dev, req.GetTargetPath(), ir.fsType, opts)
 		}
 	}
+	mounted := time.Now()
+	err = n.finishPublish(v, req.GetTargetPath(), err, <-finished)
 	n.changed() // created, or found again: capacity follows either way
 	if err != nil {
 		// The device stays for kubelet's retry: deleting it here made every
@@ -371,9 +383,72 @@ func (n *Node) publishInline(ctx context.Context, req *csi.NodePublishVolumeRequ
 	// The steps' times (their tools are logged at --vmodule=exec=5,toollog=4):
 	// what a slow publish spent where (issue 13).
 	klog.V(4).InfoS("Inline publish steps", "volumeID", req.GetVolumeId(), "create", created.Sub(start),
-		"activate", activated.Sub(created), "formatAndMount", time.Since(activated))
+		"activate", activated.Sub(created), "formatAndMount", mounted.Sub(activated), "finishWait", time.Since(mounted))
 	klog.InfoS("Inline volume published", "volumeID", req.GetVolumeId(), "device", v.ID, "target", req.GetTargetPath(), "bytes", v.SizeBytes)
 	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// startFinish runs v.Finish (backend.Volume) in the background; the channel
+// gets its result, nil at once when there is nothing to finish.
+func startFinish(ctx context.Context, v *backend.Volume) <-chan error {
+	done := make(chan error, 1)
+	if v.Finish == nil {
+		done <- nil
+		return done
+	}
+	go func() { done <- v.Finish.Run(ctx) }()
+	return done
+}
+
+// finishPublish combines the outcome of an inline publish's format and mount
+// (err) with that of the volume's Finish (ferr). A volume whose Finish
+// failed still needs zeroing (carve.zeroing=pending stayed), so the publish
+// fails and whatever it mounted at target is unmounted: a retry's Create
+// zeroes the volume again, which must never happen to a volume a successful
+// publish handed out, nor under a mount.
+func (n *Node) finishPublish(v *backend.Volume, target string, err, ferr error) error {
+	switch {
+	case ferr == nil:
+		return err
+	case err != nil:
+		return errors.Join(err, ferr)
+	}
+	err = fmt.Errorf("finish creating volume %s: %w", v.ID, ferr)
+	if uerr := n.Mount.Unmount(target); uerr != nil {
+		// The retry unmounts it first (unmountUnzeroed).
+		klog.ErrorS(uerr, "Cannot unmount an inline volume whose create did not finish", "device", v.ID, "target", target)
+		return errors.Join(err, uerr)
+	}
+	return err
+}
+
+// unmountUnzeroed undoes what a publish killed between its mount and its
+// volume's Finish left behind: the target mounted on a volume that still
+// needs zeroing (backend.Volume.Unzeroed). That publish never succeeded, so
+// no container uses the mount; this publish's Create zeroes the volume
+// again, which must not happen under a mounted filesystem (blkdiscard
+// would fail at every retry, or wipe a live filesystem). Only a retry finds
+// its target mounted, so a first publish runs no tool for this.
+func (n *Node) unmountUnzeroed(ctx context.Context, id string, req *csi.NodePublishVolumeRequest) error {
+	target := req.GetTargetPath()
+	if mounted, err := n.Mount.IsMountPoint(target); err != nil || !mounted {
+		return nil // missing, not mounted, or stale: FormatAndMount deals with it
+	}
+	v, err := n.Vols.Find(ctx, id)
+	if errors.Is(err, backend.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return toStatus(fmt.Errorf("inline volume %s: %w", req.GetVolumeId(), err))
+	}
+	if !v.Unzeroed || !v.Ephemeral || v.Name != req.GetVolumeId() || v.TargetPath != target {
+		return nil
+	}
+	klog.InfoS("Unmounting an inline volume whose last publish did not finish, before it is zeroed again", "volumeID", req.GetVolumeId(), "device", v.ID, "target", target)
+	if err := n.Mount.Unmount(target); err != nil {
+		return toStatus(fmt.Errorf("inline volume %s: unmount the unfinished publish at %s: %w", req.GetVolumeId(), target, err))
+	}
+	return nil
 }
 
 // removeInline unmounts and deletes an inline volume, logging what it cannot do.

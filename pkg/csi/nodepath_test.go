@@ -2,13 +2,16 @@ package csi
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
@@ -272,7 +275,12 @@ func TestInlineNodePathToolCalls(t *testing.T) {
 // tenant's data"), an inline publish also zeroes the new LV and then drops its
 // carve.zeroing=pending tag: 8 tools for publish + unpublish. The zeroing is a
 // correctness step; the lvchange is what lets a retry after a crash tell a
-// zeroed LV from one that is not (issue 13 measured it at 300-380 ms under TCG).
+// zeroed LV from one that is not. Issue 13 measured the lvchange at 300-380 ms
+// under TCG, run before blkid: it now runs alongside blkid, mkfs and mount
+// (it writes only the VG's metadata), and the publish returns only after it.
+// The order that matters: lvcreate < blkdiscard < {lvchange, blkid < mkfs <
+// mount}. Here the lvchange holds on until the target is mounted, so the
+// publish passes only if the two overlap and it waits for the lvchange.
 func TestInlineNodePathToolCallsZeroing(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("skipping: mounting needs root")
@@ -290,13 +298,33 @@ func TestInlineNodePathToolCallsZeroing(t *testing.T) {
 	id := names.VolumeID(handle)
 	req := podInline(t, kubelet, "0f3c9a52", handle, map[string]string{"size": "32Mi"})
 
+	var tagDropped atomic.Bool
 	a.answer("lvcreate", exectest.Response{Stdout: captured(t, "create-ephemeral", 0)})
 	a.answer("blkdiscard", exectest.Response{})
-	a.answer("lvchange", exectest.Response{Stdout: "  Logical volume " + pathVG + "/" + id + " changed.\n"})
+	a.answer("lvchange", exectest.Response{Stdout: "  Logical volume " + pathVG + "/" + id + " changed.\n",
+		Hook: func(ctx context.Context) error {
+			// Still running when the filesystem is mounted.
+			if err := waitFor(ctx, 10*time.Second, func() bool { ok, _ := m.IsMountPoint(req.TargetPath); return ok }); err != nil {
+				return fmt.Errorf("the target was not mounted while lvchange ran: %w", err)
+			}
+			time.Sleep(50 * time.Millisecond) // the publish must wait for this
+			tagDropped.Store(true)
+			return nil
+		}})
 	if _, err := n.NodePublishVolume(ctx, req); err != nil {
 		t.Fatalf("publish: %v", err)
 	}
-	log.want(t, "NodePublishVolume", "lvm lvcreate", "blkdiscard", "lvm lvchange", "blkid", "mkfs.ext4", "mount")
+	if !tagDropped.Load() {
+		t.Error("publish returned before the lvchange that drops carve.zeroing=pending finished")
+	}
+	calls := log.take()
+	wantBefore(t, calls, "lvm lvcreate", "blkdiscard", "lvm lvchange", "blkid", "mkfs.ext4", "mount")
+	wantBefore(t, calls, "blkdiscard", "blkid", "mkfs.ext4", "mount")
+	wantBefore(t, calls, "blkid", "mkfs.ext4", "mount")
+	wantBefore(t, calls, "mkfs.ext4", "mount")
+	if got, want := slices.Sorted(slices.Values(calls)), []string{"blkdiscard", "blkid", "lvm lvchange", "lvm lvcreate", "mkfs.ext4", "mount"}; !slices.Equal(got, want) {
+		t.Errorf("NodePublishVolume ran %q, want each of %q once", calls, want)
+	}
 	if got, want := a.argv[1], []string{"blkdiscard", "-z", "/dev/" + pathVG + "/" + id}; !slices.Equal(got, want) {
 		t.Errorf("zeroing argv %q, want %q", got, want)
 	}
@@ -308,6 +336,36 @@ func TestInlineNodePathToolCallsZeroing(t *testing.T) {
 		t.Fatalf("unpublish: %v", err)
 	}
 	log.want(t, "NodeUnpublishVolume", "umount", "lvm lvremove")
+}
+
+// wantBefore checks that calls holds first and then each of later, each
+// once, and every later one after first.
+func wantBefore(t *testing.T, calls []string, first string, later ...string) {
+	t.Helper()
+	i := slices.Index(calls, first)
+	if i < 0 {
+		t.Errorf("%q never ran (ran %q)", first, calls)
+		return
+	}
+	for _, l := range later {
+		if j := slices.Index(calls, l); j < i {
+			t.Errorf("%q ran before %q or not at all (ran %q)", l, first, calls)
+		}
+	}
+}
+
+// waitFor polls cond until it holds, ctx ends or d passes.
+func waitFor(ctx context.Context, d time.Duration, cond func() bool) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 // Staging a persistent volume runs lvs (it exists, is carve's, and its DAX

@@ -127,6 +127,11 @@ type CreateRequest struct {
 	// SourceIsSnapshot: Source names a snapshot, else a volume; an id of
 	// the other kind is not found.
 	SourceIsSnapshot bool
+	// DeferFinish is backend.CreateRequest.DeferFinish: a new volume may
+	// come back with a Finish that the caller must run, and see succeed,
+	// before it hands the volume out. Volumes made from a Source and
+	// volumes found again (a retry) never have one.
+	DeferFinish bool
 }
 
 // Striping asks for a volume striped over several devices of its pool.
@@ -237,7 +242,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (*backend.Volum
 	}
 	vol, err := p.Backend.Create(ctx, backend.CreateRequest{
 		ID: id, Name: req.Name, SizeBytes: size, Ephemeral: req.Ephemeral, TargetPath: req.TargetPath,
-		Stripes: stripes, StripeSizeBytes: req.Striping.StripeSizeBytes,
+		Stripes: stripes, StripeSizeBytes: req.Striping.StripeSizeBytes, DeferFinish: req.DeferFinish,
 	})
 	if err == nil {
 		klog.InfoS("Volume created", "name", req.Name, "id", id, "pool", p.Name, "bytes", size, "ephemeral", req.Ephemeral, "stripes", stripes)

@@ -103,8 +103,10 @@ type Backend struct {
 // can, the kernel writes zeroes where it cannot) between an lvcreate that
 // tags the LV TagZeroing and an lvchange that removes the tag; a create
 // killed in between leaves the tag, and the retry (lvcreate: exists) zeroes
-// again before the volume is handed out. It needs the LV active with its
-// device node (lvm's default; not with activation = 0).
+// again before the volume is handed out. With CreateRequest.DeferFinish,
+// Create returns after the zeroing with the lvchange as Volume.Finish. It
+// needs the LV active with its device node (lvm's default; not with
+// activation = 0).
 func (b *Backend) EnableZeroing() { b.zero = true }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -193,7 +195,10 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 			// A retry: finish an earlier create's zeroing before the
 			// caller looks at the LV and hands it out.
 			if zerr := b.finishZeroing(ctx, req.ID, req.Name); zerr != nil {
-				return nil, errors.Join(err, zerr)
+				// Not ErrExists: callers take that for "found again" and
+				// hand the volume out, still unzeroed and still tagged (a
+				// later retry would zero what its user wrote).
+				return nil, fmt.Errorf("lvm: create %s/%s: it exists, and finishing its zeroing failed: %w", b.vg, req.ID, zerr)
 			}
 		}
 		if errors.Is(err, backend.ErrExists) || errors.Is(err, backend.ErrNoSpace) || errors.Is(err, backend.ErrDegraded) ||
@@ -210,14 +215,7 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 		}
 		return nil, err
 	}
-	if b.zero {
-		if err := b.zeroLV(ctx, req.ID); err != nil {
-			// Not handed out; a retry finds the tag and zeroes again, a
-			// delete removes it.
-			return nil, err
-		}
-	}
-	return &backend.Volume{
+	vol := &backend.Volume{
 		ID:         req.ID,
 		Name:       req.Name,
 		Pool:       b.pool,
@@ -225,7 +223,24 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 		DevicePath: b.devicePath(req.ID),
 		Ephemeral:  req.Ephemeral,
 		TargetPath: req.TargetPath,
-	}, nil
+	}
+	if b.zero {
+		// Not handed out until the tag is gone; a retry finds the tag and
+		// zeroes again, a delete removes it.
+		if err := b.zeroDevice(ctx, req.ID); err != nil {
+			return nil, err
+		}
+		if req.DeferFinish {
+			id := req.ID
+			vol.Unzeroed = true
+			vol.Finish = backend.NewFinisher(func(ctx context.Context) error { return b.dropZeroingTag(ctx, id) })
+			return vol, nil
+		}
+		if err := b.dropZeroingTag(ctx, req.ID); err != nil {
+			return nil, err
+		}
+	}
+	return vol, nil
 }
 
 // MinStripeBytes is the smallest stripe size lvm takes (lvcreate(8): 4 KiB
@@ -302,10 +317,28 @@ func (b *Backend) Devices(ctx context.Context) ([]backend.Device, error) {
 
 // zeroLV zeroes LV id and then drops its TagZeroing.
 func (b *Backend) zeroLV(ctx context.Context, id string) error {
+	if err := b.zeroDevice(ctx, id); err != nil {
+		return err
+	}
+	return b.dropZeroingTag(ctx, id)
+}
+
+// zeroDevice zeroes LV id (blkdiscard -z: BLKZEROOUT on its device).
+func (b *Backend) zeroDevice(ctx context.Context, id string) error {
 	dev := b.devicePath(id)
 	if _, err := b.runner.Run(ctx, "blkdiscard", "-z", dev); err != nil {
 		return fmt.Errorf("lvm: create %s/%s: zeroing %s: %w", b.vg, id, dev, err)
 	}
+	return nil
+}
+
+// dropZeroingTag removes TagZeroing from LV id once it reads as zeros. It
+// changes only the VG's metadata: lvchange --deltag commits the metadata
+// without suspending or reloading the LV's device-mapper table (lvm2's
+// tools/lvchange.c: a tag change asks for MR_COMMIT, "No need to suspend LV
+// for this change"), so it can run while the device is being formatted and
+// mounted (Volume.Finish).
+func (b *Backend) dropZeroingTag(ctx context.Context, id string) error {
 	if _, err := b.runner.Run(ctx, "lvm", "lvchange", "--deltag", TagZeroing, b.vg+"/"+id); err != nil {
 		return b.mapError("create", id, err)
 	}
@@ -772,6 +805,7 @@ func (b *Backend) volume(r lvRow) (*backend.Volume, error) {
 		TargetPath: info.TargetPath,
 		Source:     info.Source,
 		Incomplete: hasTag(r.Tags, TagRestoring),
+		Unzeroed:   hasTag(r.Tags, TagZeroing),
 	}
 	if r.Health != "" {
 		vol.Condition = fmt.Sprintf("lvm reports logical volume %s/%s as %q", r.VG, r.Name, r.Health)
