@@ -56,8 +56,8 @@ type Agent struct {
 	Locks *keylock.Locks
 	// Client reaches the API server. SetupWithManager fills it from the manager
 	// when nil. This node's Node is read with it as metadata
-	// (metav1.PartialObjectMetadata) before every publish and device
-	// creation: NewManager's client serves it from a watch of that one Node
+	// (metav1.PartialObjectMetadata) before every publish, device creation
+	// and snapshot: NewManager's client serves it from a watch of that one Node
 	// (issue 13: a GET each time was a third of a node's requests per
 	// volume). NodeStorage is read with it too, so a client that caches
 	// NodeStorage would watch every node's: NewManager's reads it directly.
@@ -249,12 +249,16 @@ func (a *Agent) Run(ctx context.Context) error {
 // node that is gone. When the Node cannot be read, an existing object's status
 // is still updated, but none is created without its owner.
 //
-// A publish costs no read of its own: the Node comes from the client's watch
-// and NodeStorage from the copy this agent last wrote (its resourceVersion
-// makes a write fail with Conflict if anyone changed it since, and the
-// publish then reads and retries), except after Run's slow resync, which
-// reads NodeStorage from the API server (issue 13: 8 of a node's 14 requests
-// per volume on the bench-scale rig were these reads).
+// A publish costs no read of its own (issue 13: 8 of a node's 14 requests
+// per volume on the bench-scale rig were these reads). The Node comes from
+// Client (NewManager's serves it from a watch of that one Node), and from
+// APIReader only while Client has none. NodeStorage comes from the copy this
+// agent last wrote: its resourceVersion makes a write fail with Conflict if
+// anyone changed the object since, or NotFound if anyone deleted it, and the
+// publish then reads and writes again. It is read from the API server by the
+// first publish, by the one after a failed write, and after each of Run's
+// slow resyncs (the only publish that sees a deleted object while nothing
+// else changes).
 //
 // Concurrent calls coalesce: a call made while a publish runs waits for the
 // next one, which starts after it and so measures what the caller changed;

@@ -65,12 +65,14 @@ func Scheme() (*runtime.Scheme, error) {
 }
 
 // NewManager returns a controller-runtime manager for the node agent: no
-// leader election (every node runs its own), a cache holding this node's
-// LocalVolumes and LocalSnapshots (as o.Select limits them) and the metadata
-// of this node's Node only (a watch with the field selector
+// leader election (every node runs its own), a cache holding the
+// LocalVolumes and LocalSnapshots o.Select lets through (SelectAll, the zero
+// value, watches every node's; carve-csi passes SelectByLabel) and the
+// metadata of this node's Node only (a watch with the field selector
 // metadata.name=<node>: RBAC list and watch on nodes), and a client that
-// reads NodeStorage straight from the API server, so a node never lists or
-// watches other nodes' objects.
+// never caches NodeStorage (the agent writes from its own copy). With
+// SelectByLabel or SelectByField a node lists and watches no other node's
+// objects.
 func NewManager(cfg *rest.Config, o ManagerOptions) (ctrl.Manager, error) {
 	if o.NodeName == "" {
 		return nil, fmt.Errorf("nodeagent: node name is required")

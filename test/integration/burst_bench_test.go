@@ -221,6 +221,9 @@ type armRig struct {
 // startArm starts the node agents and the controller as arm says; they stop
 // at cleanup (or when ctx ends).
 func startArm(tb testing.TB, ctx context.Context, admin *rest.Config, arm *burstArm) *armRig {
+	// controller-runtime logs through klog (else it prints a "log.SetLogger
+	// was never called" stack once, which reads like a failure).
+	crlog.SetLogger(klog.NewKlogr())
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	tb.Cleanup(func() { cancel(); wg.Wait() })
