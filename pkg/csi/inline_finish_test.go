@@ -80,18 +80,26 @@ func waitChan(ctx context.Context, c <-chan struct{}, d time.Duration, what stri
 	}
 }
 
-// The lvchange fails: the publish fails with lvm's code and hands nothing
-// out (the target, mounted meanwhile, is unmounted; the tag stays), and the
-// retry zeroes the volume again, formats and mounts it.
-func TestInlinePublishFinishFails(t *testing.T) {
+// finishRig is a node with zeroing on, a fake mounter that signals its
+// format, and an inline publish request of finishHandle (32 MiB).
+func finishRig(t *testing.T) (*toolLog, *lvmAnswers, *signalMounter, *Node, *csi.NodePublishVolumeRequest) {
+	t.Helper()
 	log := &toolLog{}
 	a := &lvmAnswers{log: log, queue: map[string][]exectest.Response{}}
 	kubelet := t.TempDir()
 	fm := &signalMounter{fakeMounter: newFakeMounter(), formatting: make(chan struct{})}
 	n := pathNode(t, a, fm, "/dev/loop-fake", kubelet, (*lvm.Backend).EnableZeroing)
+	req := podInline(t, kubelet, "0f3c9a52", finishHandle, map[string]string{"size": "32Mi"})
+	return log, a, fm, n, req
+}
+
+// The lvchange fails: the publish fails with lvm's code and hands nothing
+// out (the target, mounted meanwhile, is unmounted; the tag stays), and the
+// retry zeroes the volume again, formats and mounts it.
+func TestInlinePublishFinishFails(t *testing.T) {
+	log, a, fm, n, req := finishRig(t)
 	ctx := context.Background()
 	id := names.VolumeID(finishHandle)
-	req := podInline(t, kubelet, "0f3c9a52", finishHandle, map[string]string{"size": "32Mi"})
 
 	a.answer("lvcreate", exectest.Response{Stdout: captured(t, "create-ephemeral", 0)})
 	a.answer("blkdiscard", exectest.Response{})
@@ -155,14 +163,9 @@ func TestInlinePublishFinishFails(t *testing.T) {
 // mount before (the publish fails with the mount's error, the device stays
 // for the retry, zeroed and untagged), and the retry does not zero it again.
 func TestInlinePublishFormatFailsFinishSucceeds(t *testing.T) {
-	log := &toolLog{}
-	a := &lvmAnswers{log: log, queue: map[string][]exectest.Response{}}
-	kubelet := t.TempDir()
-	fm := &signalMounter{fakeMounter: newFakeMounter(), formatting: make(chan struct{})}
-	n := pathNode(t, a, fm, "/dev/loop-fake", kubelet, (*lvm.Backend).EnableZeroing)
+	log, a, fm, n, req := finishRig(t)
 	ctx := context.Background()
 	id := names.VolumeID(finishHandle)
-	req := podInline(t, kubelet, "0f3c9a52", finishHandle, map[string]string{"size": "32Mi"})
 
 	finished := make(chan struct{})
 	a.answer("lvcreate", exectest.Response{Stdout: captured(t, "create-ephemeral", 0)})
