@@ -95,7 +95,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
 	fs.StringVar(&o.metricsAddr, "metrics-address", "", `address to serve Prometheus metrics on at /metrics, e.g. ":8080" (default "": none)`)
 	fs.BoolVar(&o.pprof, "pprof", false, "also serve Go's runtime profiles (heap, goroutines, CPU) at /debug/pprof/ on --metrics-address")
-	fs.DurationVar(&o.startupTimeout, "startup-timeout", time.Minute, "limit for reading the pools at start-up")
+	fs.DurationVar(&o.startupTimeout, "startup-timeout", defaultStartupTimeout, "node mode: limit for reading (or creating) the pools and cleaning up orphans at start-up; keep it under what the startup probe allows")
 	fs.DurationVar(&o.resync, "capacity-resync", time.Minute, "node mode: period of the NodeStorage refresh besides every change")
 	fs.DurationVar(&o.inlineCleanup, "inline-cleanup-period", time.Minute, "node mode: period of the sweep that removes inline volumes whose pod is gone (unmounted target, pod directory gone); 0: only at start-up")
 	fs.Float64Var(&o.kubeAPIQPS, "kube-api-qps", kubeclient.DefaultQPS, "queries per second to the Kubernetes API server (client-side limit; the server's priority and fairness still applies)")
@@ -162,6 +162,15 @@ func startMetrics(o *options) (grpcMetrics *metrics.GRPC, reg *prometheus.Regist
 	return grpcMetrics, reg, ms, nil
 }
 
+// defaultStartupTimeout bounds carve-node's start-up: reading every pool,
+// creating a thin pool that is missing (lvcreate --type thin-pool) and the
+// orphan cleanup. On a busy node each lvm call can take tens of seconds: the
+// real-node rig with a slow VM saw lvcreate of the thin pool killed by the
+// old 1-minute limit, carve-node exit and restart twice, while the DaemonSet's
+// startup probe allows 300 s (60 x 5 s). It stays under that, so that a start
+// that really hangs ends with this error, not a probe's kill.
+const defaultStartupTimeout = 270 * time.Second
+
 // nodeGCPercent is carve-node's GOGC unless $GOGC is set: the GC runs when
 // the heap has grown by half its live size instead of doubled. carve-node's
 // live heap is small (about 4.5 MiB with 100 volumes, most of it the API
@@ -190,6 +199,9 @@ func runNode(ctx context.Context, o *options) error {
 	for _, p := range o.pools {
 		b, err := registry.New(startCtx, env, p)
 		if err != nil {
+			if errors.Is(startCtx.Err(), context.DeadlineExceeded) {
+				return fmt.Errorf("pool %q: not ready within --startup-timeout=%v: %w", p.Name, o.startupTimeout, err)
+			}
 			return fmt.Errorf("pool %q: %w", p.Name, err)
 		}
 		pools = append(pools, volume.Pool{Name: p.Name, Backend: b})

@@ -21,10 +21,18 @@ var results struct {
 	started        bool // the suite ran (was not skipped)
 	passed, failed int
 	failedNames    []string
+	failedTests    []string // full test names (TestRealNode/...), for their output's tail
 }
 
 func TestMain(m *testing.M) {
+	tails := newTestTails(tailLines)
+	restore, err := captureStdout(tails)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "capturing test output: %v\n", err)
+		os.Exit(2)
+	}
 	code := m.Run()
+	restore()
 	results.Lock()
 	if results.started && results.passed+results.failed == 0 {
 		fmt.Println("0 passed, 0 failed: the suite stopped before its first scenario (see above)")
@@ -33,6 +41,7 @@ func TestMain(m *testing.M) {
 		fmt.Printf("%d passed, %d failed\n", results.passed, results.failed)
 		if results.failed > 0 {
 			fmt.Printf("failed: %s\n", strings.Join(results.failedNames, ", "))
+			printTails(os.Stdout, tails, results.failedTests)
 		}
 	}
 	results.Unlock()
@@ -56,6 +65,7 @@ func scenario(t *testing.T, name string, parallel bool, fn func(t *testing.T)) {
 				verdict = "FAIL"
 				results.failed++
 				results.failedNames = append(results.failedNames, name)
+				results.failedTests = append(results.failedTests, t.Name())
 			} else {
 				results.passed++
 			}

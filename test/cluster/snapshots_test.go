@@ -455,6 +455,9 @@ func (s *suite) snapshotRestore(ctx context.Context, t *testing.T) {
 		for _, l := range ls.Items {
 			left = append(left, fmt.Sprintf("LocalSnapshot %s (phase %s, finalizers %v)", l.Name, l.Status.Phase, l.Finalizers))
 		}
+		if len(left) > 0 {
+			return false, nil // lvs (in the emulated guest) only once the objects are gone
+		}
 		lvs, err := s.LVsIn(ctx, s.ThinVG)
 		if err != nil {
 			left = append(left, err.Error())

@@ -186,7 +186,7 @@ func TestHelmValues(t *testing.T) {
 		{node, "spec.template.spec.nodeSelector", map[string]any{"carve": "yes"}, "node.nodeSelector"},
 		{node, "spec.template.spec.containers[0].args", []any{"--mode=node", "--endpoint=unix:///csi/csi.sock",
 			"--nodeid=$(NODE_NAME)", "--pool=lvm=lvm:vg0", "--pool=fast=lvm-pmem:all:50%", "--kubelet-dir=/data/kubelet",
-			"--exec-prefix=nsenter -t 1 -m -u -i -n -p", "--metrics-address=:8081", "--v=5", "--drivername=scratch.example.com"},
+			"--exec-prefix=nsenter -t 1 -m -u -i -n -p", "--startup-timeout=270s", "--metrics-address=:8081", "--v=5", "--drivername=scratch.example.com"},
 			"node.pools, node.kubeletDir"},
 		{node, "spec.template.spec.containers[1].args", []any{"--csi-address=/csi/csi.sock",
 			"--kubelet-registration-path=/data/kubelet/plugins/scratch.example.com/csi.sock"}, "node.kubeletDir, driverName"},

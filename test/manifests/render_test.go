@@ -11,9 +11,11 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -314,10 +316,47 @@ func checkPodSpec(t *testing.T, s objects, what string, spec corev1.PodSpec) {
 			}
 		}
 	}
+	for _, c := range spec.Containers {
+		checkStartupBudget(t, what, c)
+	}
 	if spec.ServiceAccountName == "" {
 		t.Errorf("%s: no serviceAccountName", what)
 	} else {
 		s.get(t, "ServiceAccount", carveNS, spec.ServiceAccountName)
+	}
+}
+
+// checkStartupBudget: a carve-csi node container with a startup probe gives
+// itself as long to start as the probe allows, less a margin for its own
+// error to show first. carve-csi's --startup-timeout used to default to 1
+// minute while the probe allowed 300 s, and on a busy node the start-up's
+// lvcreate of the thin pool was killed at 60 s and carve-node restarted twice
+// (the real-node rig with its VM slowed down).
+func checkStartupBudget(t *testing.T, what string, c corev1.Container) {
+	t.Helper()
+	if c.StartupProbe == nil || !slices.Contains(c.Args, "--mode=node") {
+		return
+	}
+	p := c.StartupProbe
+	budget := time.Duration(p.InitialDelaySeconds+p.PeriodSeconds*p.FailureThreshold) * time.Second
+	var timeout time.Duration
+	for _, a := range c.Args {
+		if v, ok := strings.CutPrefix(a, "--startup-timeout="); ok {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				t.Errorf("%s: container %s: %s: %v", what, c.Name, a, err)
+				return
+			}
+			timeout = d
+		}
+	}
+	if timeout == 0 {
+		t.Errorf("%s: container %s: no --startup-timeout, while its startup probe allows %v (set it just under that)", what, c.Name, budget)
+		return
+	}
+	if timeout >= budget || timeout < budget-time.Minute {
+		t.Errorf("%s: container %s: --startup-timeout=%v, its startup probe allows %v: want at most a minute less, and less",
+			what, c.Name, timeout, budget)
 	}
 }
 
