@@ -127,10 +127,10 @@ func Connect(env Env) (*Cluster, error) {
 }
 
 // Guest runs a shell command in the guest (as root) and returns its combined
-// output; a non-zero exit is an error carrying the output. At most 2 min
+// output; a non-zero exit is an error carrying the output. At most 4 min
 // (the rig's exec channel polls a shared folder; a slow guest answers late).
 func (c *Cluster) Guest(ctx context.Context, cmd string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
 	x := exec.CommandContext(ctx, c.GuestExec, cmd)

@@ -377,7 +377,7 @@ func (s *suite) rwop(ctx context.Context, t *testing.T) {
 // with a message containing want, and returns that message.
 func (s *suite) waitUnschedulable(ctx context.Context, name, want string) (string, error) {
 	var msg string
-	err := Poll(ctx, 2*time.Minute, time.Second, func(ctx context.Context) (bool, error) {
+	err := Poll(ctx, 4*time.Minute, time.Second, func(ctx context.Context) (bool, error) {
 		p, err := s.CS.CoreV1().Pods(s.ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, nil

@@ -33,12 +33,12 @@ var (
 
 const (
 	cacheBytes   = 20 * MiB         // what the writer pod puts into its volume
-	snapReady    = 3 * time.Minute  // VolumeSnapshot readyToUse after its creation
-	restoreStart = 8 * time.Minute  // three pods started at once, each with a volume made from the snapshot
+	snapReady    = 6 * time.Minute  // VolumeSnapshot readyToUse after its creation
+	restoreStart = 16 * time.Minute // three pods started at once, each with a volume made from the snapshot
 	restores     = 3                // pods restoring the snapshot
 	cacheSize    = 64 * MiB         // the source claim and each restored volume
 	thinFigures  = 2 * time.Second  // poll interval for capacity
-	snapGone     = 3 * time.Minute  // VolumeSnapshot, its content, LocalSnapshot and LV after the delete
+	snapGone     = 6 * time.Minute  // VolumeSnapshot, its content, LocalSnapshot and LV after the delete
 	writerDone   = podStart         // the writer pod: started, 20 MiB written, exited
 	cacheLineFmt = "carve-cache %s" // the line the writer repeats (yes), token in it
 )
@@ -267,7 +267,7 @@ func (s *suite) snapshotRestore(ctx context.Context, t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before, err := s.waitThinCapacity(ctx, pool, 2*time.Minute, func(c thinCapacity) bool { return c.CSICapacity > 0 })
+	before, err := s.waitThinCapacity(ctx, pool, capacityBack, func(c thinCapacity) bool { return c.CSICapacity > 0 })
 	if err != nil {
 		t.Fatalf("no capacity published for class %s, pool %s on %s: %v (last %v)", s.ThinStorageClass, pool, s.Node, err, before)
 	}
