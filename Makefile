@@ -71,7 +71,7 @@ test-faults:
 # the snapshot CRDs and snapshot-controller, and an lvm-thin pool on a second VM disk),
 # then the pod scenarios of test/cluster against it (snapshot-restore: issue 14 with real pods). -test.parallel=2: the independent scenarios
 # run in pairs, as in the measured passing run (more pods at once on the emulated 2-CPU node is
-# untested: pod starts took 100-260 s in pairs, against a 5 min limit).
+# untested: pod starts took 100-260 s in pairs on a slow CI host, against a 10 min limit).
 .PHONY: test-cluster
 test-cluster:
 	CGO_ENABLED=0 $(GO) test -c -o _output/cluster.test ./test/cluster/
