@@ -75,7 +75,7 @@ test-faults:
 .PHONY: test-cluster
 test-cluster:
 	CGO_ENABLED=0 $(GO) test -c -o _output/cluster.test ./test/cluster/
-	hack/cluster.sh -- _output/cluster.test -test.v -test.count=1 -test.timeout=60m -test.parallel=2
+	hack/cluster.sh -- _output/cluster.test -test.v -test.count=1 -test.timeout=65m -test.parallel=2
 
 # LVM create+delete against the bare tools and carve-node's memory footprint (test/bench;
 # the footprint needs the control-plane binaries, CARVE_K8S_BIN or CARVE_K8S_CACHE), the

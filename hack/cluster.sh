@@ -28,7 +28,7 @@
 #
 # Environment: CARVE_K8S_CACHE, CARVE_VM_CACHE (shared caches), CARVE_CLUSTER_CACHE (containerd,
 # default <repo>/.cache/cluster), CARVE_RIG_LOGS (where logs are collected; default
-# RUN/logs), CARVE_CLUSTER_TIMEOUT (seconds the VM may live, default 3600), CARVE_CLUSTER_WAIT
+# RUN/logs), CARVE_CLUSTER_TIMEOUT (seconds the VM may live, default 4800: the suite itself stops at 55 min, and CI hosts boot slowly), CARVE_CLUSTER_WAIT
 # (seconds for each wait: node Ready, carve Ready; default 600), CARVE_CLUSTER_MEM (guest RAM,
 # default 4G), CARVE_CLUSTER_DISK (the VG's disk, default 16G), CARVE_CLUSTER_THIN_DISK (the thin
 # pool's VG's disk, default 4G), CARVE_CLUSTER_IMAGES (a folder of
@@ -378,7 +378,7 @@ PHASE=boot
 T=$(date +%s)
 log "booting the VM node (log: $RUN/serial.log; guest progress: $SHARE/state/progress)"
 CARVE_VM_APPEND="carve.tmpfsroot ${CARVE_VM_APPEND:-}" "$ROOT/hack/vm/run.sh" --share "$SHARE" --quiet --log "$RUN/serial.log" \
-	--timeout "${CARVE_CLUSTER_TIMEOUT:-3600}" --mem "${CARVE_CLUSTER_MEM:-4G}" \
+	--timeout "${CARVE_CLUSTER_TIMEOUT:-4800}" --mem "${CARVE_CLUSTER_MEM:-4G}" \
 	--disk-size "${CARVE_CLUSTER_DISK:-16G}" --disks 1 --disks-size "${CARVE_CLUSTER_THIN_DISK:-4G}" --guestfwd "$APISERVER_IP:$APISERVER_PORT=$APISERVER_PORT" \
 	--hostfwd "$KUBELET_PORT=$KUBELET_PORT" \
 	-- sh /share/guest.sh >"$RUN/vm.out" 2>&1 &

@@ -3,12 +3,12 @@
 # crash-consistency trials (test/faults) on real device-mapper: carve-csi is
 # SIGKILLed at a step boundary, restarted, the call retried, the node audited.
 # Prints "faults: N trials, L leaked, M lost" and exits non-zero on failure.
-# CARVE_FAULTS_TRIALS / CARVE_FAULTS_SEED / CARVE_FAULTS_MODES (before,after
+# CARVE_FAULTS_TRIALS (100; "all": each boundary once) / CARVE_FAULTS_SEED / CARVE_FAULTS_MODES (before,after
 # by default; "during" also kills the running tool) pass through to the guest,
 # and CARVE_FAULTS_POOLS ("lvm thin pmem" by default: all in one boot, the LVM
 # volume group's CARVE_FAULTS_TRIALS, then CARVE_FAULTS_THIN_TRIALS=17 snapshot
 # and clone trials on a thin pool in that volume group, then
-# CARVE_FAULTS_PMEM_TRIALS=all (each boundary once) on the emulated NVDIMM's region; "lvm", "thin" or
+# CARVE_FAULTS_PMEM_TRIALS=40 on the emulated NVDIMM's region; "lvm", "thin" or
 # "pmem" runs one).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,9 +26,9 @@ go test -c -o "$SHARE/faults.test" ./test/faults || { echo "[faults] FAIL: build
 cp hack/faults-guest.sh "$SHARE/faults-guest.sh"
 # The guest gets the settings through the share (run.sh passes no environment).
 {
-  echo "CARVE_FAULTS_TRIALS=${CARVE_FAULTS_TRIALS:-all}"
+  echo "CARVE_FAULTS_TRIALS=${CARVE_FAULTS_TRIALS:-100}"
   echo "CARVE_FAULTS_THIN_TRIALS=${CARVE_FAULTS_THIN_TRIALS:-17}"
-  echo "CARVE_FAULTS_PMEM_TRIALS=${CARVE_FAULTS_PMEM_TRIALS:-all}"
+  echo "CARVE_FAULTS_PMEM_TRIALS=${CARVE_FAULTS_PMEM_TRIALS:-40}"
   echo "CARVE_FAULTS_POOLS='${CARVE_FAULTS_POOLS:-lvm thin pmem}'"
   [ -z "${CARVE_FAULTS_SEED:-}" ] || echo "CARVE_FAULTS_SEED=$CARVE_FAULTS_SEED"
   [ -z "${CARVE_FAULTS_MODES:-}" ] || echo "CARVE_FAULTS_MODES=$CARVE_FAULTS_MODES"

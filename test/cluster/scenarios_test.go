@@ -49,10 +49,10 @@ echo "bytes=$(wc -c < ` + DevicePath + `)"
 } > /dev/termination-log`
 }
 
-// growScript waits (at most 3 min) until df shows more than beforeKiB and
-// reports the size and the token.
+// growScript waits (at most 6 min, as ephemeralRun) until df shows more than
+// beforeKiB and reports the size and the token.
 func growScript(beforeKiB int64) string {
-	return fmt.Sprintf(`for i in $(seq 90); do k=$(df -Pk /data | awk 'NR==2{print $2}'); [ "$k" -gt %d ] && break; sleep 2; done
+	return fmt.Sprintf(`for i in $(seq 180); do k=$(df -Pk /data | awk 'NR==2{print $2}'); [ "$k" -gt %d ] && break; sleep 2; done
 { echo "dfk=$k"; echo "token=$(cat /data/token)"; } > /dev/termination-log`, beforeKiB)
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -17,6 +18,10 @@ import (
 // of it behind the other scenarios' output (the stop-20 CI run showed only
 // "failed: snapshot-restore").
 const tailLines = 60
+
+// verdict is the testing package's result line of a test (indented for
+// subtests); a scenario's own output may hold other lines that start "--- ".
+var verdict = regexp.MustCompile(`^\s*--- (PASS|FAIL|SKIP): `)
 
 // testTails keeps the last lines of each test's `-test.v` output. It follows
 // the markers the testing package prints when output switches between tests
@@ -43,7 +48,7 @@ func (t *testTails) add(line string) {
 			return
 		}
 	}
-	if strings.HasPrefix(strings.TrimSpace(line), "--- ") {
+	if verdict.MatchString(line) {
 		// The verdicts; what follows them (FAIL, ok) belongs to no scenario.
 		t.current = ""
 		return
@@ -110,12 +115,14 @@ func printTails(w io.Writer, tails *testTails, failed []string) {
 
 // TestTestTails feeds testTails the -test.v output of go1.26 for a failing
 // subtest and two parallel ones (copied from a real run): each test keeps only
-// its own lines, the summary lines go nowhere, and the cap keeps the last ones.
+// its own lines, the summary lines go nowhere, and the cap keeps the last ones;
+// a line of a test's message that starts "--- " is not a verdict.
 func TestTestTails(t *testing.T) {
 	const out = `=== RUN   TestRealNode
 === RUN   TestRealNode/first
     x_test.go:4: alone
     x_test.go:4: broke:
+        --- a line of the message, not a verdict
         second line
 === RUN   TestRealNode/together
 === RUN   TestRealNode/together/a
@@ -141,7 +148,7 @@ FAIL`
 		tails.add(l)
 	}
 	for name, want := range map[string][]string{
-		"TestRealNode/first":        {"    x_test.go:4: broke:", "        second line"},
+		"TestRealNode/first":        {"        --- a line of the message, not a verdict", "        second line"},
 		"TestRealNode/together/a":   {"    x_test.go:6: a1", "    x_test.go:6: a2"},
 		"TestRealNode/together/b":   {"    x_test.go:7: b1", "    x_test.go:7: b failed"},
 		"TestRealNode/together":     nil,

@@ -30,7 +30,7 @@
 // CARVE_FAULTS_THINPOOL). Every newly published volume must come up
 // empty: the lives run one after another at the same place of the pool, so a
 // volume showing the data file of an earlier one is lost (stale) data.
-// CARVE_FAULTS_TRIALS (default all: each boundary once) and
+// CARVE_FAULTS_TRIALS (default 100; all: each boundary once) and
 // CARVE_FAULTS_SEED (default: the clock; always printed) pick the trials.
 package faults
 
@@ -128,7 +128,7 @@ type harness struct {
 	rng     *rand.Rand
 	// ops are the operations of this pool's lives: ops, or thinOps.
 	ops []string
-	// coverAll: plan hits every boundary once before any twice (thin).
+	// coverAll: plan hits every boundary once before any twice (every pool).
 	coverAll bool
 
 	proc     *driver.Process
@@ -231,8 +231,10 @@ func TestFaults(t *testing.T) {
 		}
 		t.Skipf("skipping the fault trials: %s", reason)
 	}
-	trials := 0 // every boundary once
-	if s := os.Getenv("CARVE_FAULTS_TRIALS"); s != "" && s != "all" {
+	trials := 100
+	if s := os.Getenv("CARVE_FAULTS_TRIALS"); s == "all" {
+		trials = 0 // each boundary once
+	} else if s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
 			t.Fatalf("CARVE_FAULTS_TRIALS=%q: want a positive number or all", s)
@@ -265,8 +267,12 @@ func TestFaults(t *testing.T) {
 
 	h := &harness{t: t, pool: pl, kubelet: t.TempDir(), rng: rand.New(rand.NewPCG(seed, 0x636172766566)),
 		calls: map[string]int{}, labels: map[string][]string{}, ops: ops}
+	// Every pool plans with coverAll: each op's boundaries all before any
+	// op repeats one. Without it, 40 trials on a PMEM region hit 27 of its 34
+	// boundaries (ops with many boundaries took turns with ops done long ago).
+	h.coverAll = true
 	if pl.thin() {
-		h.ops, h.coverAll = thinOps, true
+		h.ops = thinOps
 	}
 	h.installShim()
 	if left := h.carveLVs(); len(left) > 0 {
@@ -299,10 +305,7 @@ func TestFaults(t *testing.T) {
 		bounds = append(bounds, perOp[op]...)
 	}
 	if trials == 0 {
-		// Each boundary once: with coverAll the plan takes every op's
-		// boundaries before any op repeats one (100 random trials hit 54 of 54
-		// on a VG, but only 27 of 34 on a PMEM region with 40).
-		trials, h.coverAll = len(bounds), true
+		trials = len(bounds)
 	}
 	var lives []*life
 	if h.coverAll {
@@ -366,9 +369,6 @@ func TestFaults(t *testing.T) {
 		nHit += len(m)
 	}
 	fmt.Printf("faults: boundaries hit (operation | driver killed | trials): %d of %d\n", nHit, len(bounds))
-	if trials >= len(bounds) && h.coverAll && nHit < len(bounds) {
-		t.Errorf("%d trials planned to cover the %d boundaries hit only %d", trials, len(bounds), nHit)
-	}
 	for _, op := range h.ops {
 		var labels []string
 		for l := range hits[op] {
@@ -427,8 +427,7 @@ func boundaries(op string, calls int, modes []string, once bool) []boundary {
 // boundaries in a random order, all of them before any repeats. With
 // h.coverAll an op that has been through all its boundaries sits out its
 // turns until every other op has too, so that as many trials as there are
-// boundaries hit each of them once (the thin lives, whose default count is
-// about that).
+// boundaries hit each of them once.
 func (h *harness) plan(perOp map[string][]boundary, trials int) []boundary {
 	next := map[string]int{}
 	rounds := func(op string) int { return next[op] / len(perOp[op]) }
