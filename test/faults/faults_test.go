@@ -307,12 +307,7 @@ func TestFaults(t *testing.T) {
 	if trials == 0 {
 		trials = len(bounds)
 	}
-	var lives []*life
-	if h.coverAll {
-		lives = h.packLives(h.planChangesFirst(perOp, trials), 1)
-	} else {
-		lives = h.packLives(h.plan(perOp, trials), 1)
-	}
+	lives := h.packLives(h.planChangesFirst(perOp, trials), 1)
 	fmt.Printf("faults: %d boundaries (op x tool call x %s); %d trials in %d volume lives\n",
 		len(bounds), strings.Join(modes, "/"), trials, len(lives))
 

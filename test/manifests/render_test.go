@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
-	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -334,7 +333,7 @@ func checkPodSpec(t *testing.T, s objects, what string, spec corev1.PodSpec) {
 // (the real-node rig with its VM slowed down).
 func checkStartupBudget(t *testing.T, what string, c corev1.Container) {
 	t.Helper()
-	if c.StartupProbe == nil || !slices.Contains(c.Args, "--mode=node") {
+	if c.StartupProbe == nil || !contains(c.Args, "--mode=node") {
 		return
 	}
 	p := c.StartupProbe
