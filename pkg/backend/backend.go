@@ -76,30 +76,16 @@ type Volume struct {
 	// carve.restoring=pending); it is never handed out as made.
 	Incomplete bool `json:",omitempty"`
 	// Unzeroed: Create's zeroing of it has not finished (lvm:
-	// carve.zeroing=pending), so the next Create of it zeroes it again. No
-	// caller hands such a volume out, nor keeps it mounted.
+	// carve.zeroing=pending without a FormatUUID), so the next Create of it
+	// zeroes it again. No caller hands such a volume out, nor keeps it
+	// mounted. A volume with a FormatUUID is never Unzeroed here: whether its
+	// zeroing finished is on its device (CreateRequest.FormatUUID).
 	Unzeroed bool `json:",omitempty"`
-	// Finish, when not nil, is the rest of a Create that the caller asked to
-	// defer (CreateRequest.DeferFinish): the caller must call it, and see it
-	// succeed, before it hands the volume out. It may run concurrently with
-	// the caller's own writes to the device (it touches only the pool's
-	// metadata). Until it succeeded the volume counts as Unzeroed: if it
-	// fails or never runs, the next Create of the volume redoes the work.
-	// Only Create sets it. (A pointer, so that Volume stays comparable.)
-	Finish *Finisher `json:"-"`
+	// FormatUUID is the UUID its filesystem is (to be) made with, when it was
+	// created with CreateRequest.FormatUUID: for a volume found again, the
+	// one recorded at its first Create, not the retry's.
+	FormatUUID string `json:",omitempty"`
 }
-
-// Finisher is the deferred rest of a Create (Volume.Finish).
-type Finisher struct {
-	run func(ctx context.Context) error
-}
-
-// NewFinisher returns a Finisher that runs f.
-func NewFinisher(f func(ctx context.Context) error) *Finisher { return &Finisher{run: f} }
-
-// Run runs the rest of the Create; its error is the backend's, as Create's
-// would have been.
-func (f *Finisher) Run(ctx context.Context) error { return f.run(ctx) }
 
 // CreateRequest asks for a new volume. SizeBytes is already aligned by the caller
 // (see Capacity.AlignBytes). The created volume is never smaller, but may be
@@ -118,13 +104,19 @@ type CreateRequest struct {
 	Stripes int
 	// StripeSizeBytes is the stripe size (a power of two); 0: the tool's default.
 	StripeSizeBytes int64
-	// DeferFinish lets Create return before a last step that only records
-	// in the pool's metadata that the volume is ready (lvm with zeroing:
-	// the lvchange that drops carve.zeroing=pending), as Volume.Finish, so
-	// that the caller can run it alongside its own first use of the device
-	// (issue 13: an inline publish formats and mounts meanwhile). Backends
-	// without such a step ignore it and return a nil Finish.
-	DeferFinish bool
+	// FormatUUID, when not empty (a canonical lowercase UUID), says that the
+	// caller formats the new volume itself, right after Create, with a
+	// filesystem of that UUID (mkfs.ext4 -U, mkfs.xfs -m uuid=), and hands it
+	// out only once that filesystem is mounted. A backend whose Create zeroes
+	// the volume and then records that in its metadata (lvm: the lvchange
+	// that drops carve.zeroing=pending, 300-500 ms under emulation: issue 13)
+	// may record the UUID at creation instead and take a filesystem with it
+	// on the device as the proof that the zeroing finished: mkfs only runs
+	// after Create returned. A retried Create then zeroes the volume again
+	// only when the device holds no such filesystem. The returned
+	// Volume.FormatUUID is the UUID to format with; backends without zeroing
+	// ignore it (and return it empty).
+	FormatUUID string
 }
 
 // Capacity of a pool.

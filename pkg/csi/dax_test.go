@@ -51,7 +51,7 @@ type optsMounter struct {
 	err  error
 }
 
-func (m *optsMounter) FormatAndMount(device, target, fsType string, options []string) error {
+func (m *optsMounter) FormatAndMountUUID(device, target, fsType, uuid string, options []string) error {
 	m.opts = append(m.opts, slices.Clone(options))
 	return m.err
 }

@@ -57,7 +57,7 @@ func (f *fakeMounter) mount(src, target string, dir bool) error {
 	return nil
 }
 
-func (f *fakeMounter) FormatAndMount(device, target, fsType string, options []string) error {
+func (f *fakeMounter) FormatAndMountUUID(device, target, fsType, uuid string, options []string) error {
 	return f.mount(device, target, true)
 }
 func (f *fakeMounter) BindMount(source, target string, readOnly bool, options []string) error {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
@@ -33,7 +34,9 @@ const (
 
 // Mounter is what the node needs from the filesystem (see pkg/mounter).
 type Mounter interface {
-	FormatAndMount(device, target, fsType string, options []string) error
+	// FormatAndMountUUID formats device if blank (with filesystem UUID
+	// uuid; "" lets mkfs pick) and mounts it at target.
+	FormatAndMountUUID(device, target, fsType, uuid string, options []string) error
 	BindMount(source, target string, readOnly bool, options []string) error
 	BindBlock(device, target string, readOnly bool) error
 	Unmount(target string) error
@@ -170,7 +173,7 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 	if err != nil {
 		return nil, err
 	}
-	if err := n.Mount.FormatAndMount(dev, req.GetStagingTargetPath(), fsTypeOf(c), opts); err != nil {
+	if err := n.Mount.FormatAndMountUUID(dev, req.GetStagingTargetPath(), fsTypeOf(c), "", opts); err != nil {
 		return nil, toStatus(fmt.Errorf("stage volume %s: %w", req.GetVolumeId(), err))
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
@@ -339,21 +342,18 @@ func (n *Node) publishInline(ctx context.Context, req *csi.NodePublishVolumeRequ
 		return nil, err
 	}
 	start := time.Now()
+	// The filesystem's UUID is the proof that the volume's zeroing finished
+	// (backend.CreateRequest.FormatUUID): lvm then records the zeroing
+	// without a second metadata commit (an lvchange, 300-500 ms under
+	// emulation: issue 13).
 	v, err := n.Vols.Create(ctx, volume.CreateRequest{
 		Name: req.GetVolumeId(), Pool: ir.pool, Range: volume.Range{RequiredBytes: ir.size},
-		Ephemeral: true, TargetPath: req.GetTargetPath(), DeferFinish: true,
+		Ephemeral: true, TargetPath: req.GetTargetPath(), FormatUUID: uuid.NewString(),
 	})
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("inline volume %s: %w", req.GetVolumeId(), err))
 	}
-	// The rest of the create (lvm with zeroing: the lvchange that drops
-	// carve.zeroing=pending, about 300 ms under emulation: issue 13) runs
-	// while the device is formatted and mounted; it changes only the pool's
-	// metadata. Every return below waits for it: the publish succeeds only
-	// after it did, and nothing outlives the volume's lock.
-	finished := startFinish(ctx, v)
 	if v.TargetPath != req.GetTargetPath() {
-		<-finished // a volume found again has nothing left to finish
 		return nil, status.Errorf(codes.AlreadyExists, "inline volume %s is already published at %q", req.GetVolumeId(), v.TargetPath)
 	}
 	created := time.Now()
@@ -366,11 +366,9 @@ func (n *Node) publishInline(ctx context.Context, req *csi.NodePublishVolumeRequ
 			opts = append(opts, "ro")
 		}
 		if err == nil {
-			err = n.Mount.FormatAndMount(dev, req.GetTargetPath(), ir.fsType, opts)
+			err = n.Mount.FormatAndMountUUID(dev, req.GetTargetPath(), ir.fsType, v.FormatUUID, opts)
 		}
 	}
-	mounted := time.Now()
-	err = n.finishPublish(v, req.GetTargetPath(), err, <-finished)
 	n.changed() // created, or found again: capacity follows either way
 	if err != nil {
 		// The device stays for kubelet's retry: deleting it here made every
@@ -383,52 +381,21 @@ func (n *Node) publishInline(ctx context.Context, req *csi.NodePublishVolumeRequ
 	// The steps' times (their tools are logged at --vmodule=exec=5,toollog=4):
 	// what a slow publish spent where (issue 13).
 	klog.V(4).InfoS("Inline publish steps", "volumeID", req.GetVolumeId(), "create", created.Sub(start),
-		"activate", activated.Sub(created), "formatAndMount", mounted.Sub(activated), "finishWait", time.Since(mounted))
+		"activate", activated.Sub(created), "formatAndMount", time.Since(activated))
 	klog.InfoS("Inline volume published", "volumeID", req.GetVolumeId(), "device", v.ID, "target", req.GetTargetPath(), "bytes", v.SizeBytes)
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 
-// startFinish runs v.Finish (backend.Volume) in the background; the channel
-// gets its result, nil at once when there is nothing to finish.
-func startFinish(ctx context.Context, v *backend.Volume) <-chan error {
-	done := make(chan error, 1)
-	if v.Finish == nil {
-		done <- nil
-		return done
-	}
-	go func() { done <- v.Finish.Run(ctx) }()
-	return done
-}
-
-// finishPublish combines the outcome of an inline publish's format and mount
-// (err) with that of the volume's Finish (ferr). A volume whose Finish
-// failed still needs zeroing (carve.zeroing=pending stayed), so the publish
-// fails and whatever it mounted at target is unmounted: a retry's Create
-// zeroes the volume again, which must never happen to a volume a successful
-// publish handed out, nor under a mount.
-func (n *Node) finishPublish(v *backend.Volume, target string, err, ferr error) error {
-	switch {
-	case ferr == nil:
-		return err
-	case err != nil:
-		return errors.Join(err, ferr)
-	}
-	err = fmt.Errorf("finish creating volume %s: %w", v.ID, ferr)
-	if uerr := n.Mount.Unmount(target); uerr != nil {
-		// The retry unmounts it first (unmountUnzeroed).
-		klog.ErrorS(uerr, "Cannot unmount an inline volume whose create did not finish", "device", v.ID, "target", target)
-		return errors.Join(err, uerr)
-	}
-	return err
-}
-
-// unmountUnzeroed undoes what a publish killed between its mount and its
-// volume's Finish left behind: the target mounted on a volume that still
-// needs zeroing (backend.Volume.Unzeroed). That publish never succeeded, so
-// no container uses the mount; this publish's Create zeroes the volume
-// again, which must not happen under a mounted filesystem (blkdiscard
-// would fail at every retry, or wipe a live filesystem). Only a retry finds
-// its target mounted, so a first publish runs no tool for this.
+// unmountUnzeroed undoes what a publish of an earlier carve build, killed
+// between its mount and the lvchange that dropped carve.zeroing=pending, left
+// behind: the target mounted on a volume that still needs zeroing
+// (backend.Volume.Unzeroed; inline volumes made since carry a format UUID
+// and are never Unzeroed, as their filesystem proves the zeroing). That
+// publish never succeeded, so no container uses the mount; this publish's
+// Create zeroes the volume again, which must not happen under a mounted
+// filesystem (blkdiscard would fail at every retry, or wipe a live
+// filesystem). Only a retry finds its target mounted, so a first publish
+// runs no tool for this.
 func (n *Node) unmountUnzeroed(ctx context.Context, id string, req *csi.NodePublishVolumeRequest) error {
 	target := req.GetTargetPath()
 	if mounted, err := n.Mount.IsMountPoint(target); err != nil || !mounted {

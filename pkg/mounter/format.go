@@ -70,6 +70,18 @@ func (m *Mounter) format(device, fsType string, formatOptions []string) error {
 	return nil
 }
 
+// uuidFormatOptions are the mkfs options that give the new filesystem UUID
+// uuid (mke2fs(8) -U, mkfs.xfs(8) -m uuid=).
+func uuidFormatOptions(fsType, uuid string) []string {
+	switch fsType {
+	case FSTypeExt4:
+		return []string{"-U", uuid}
+	case FSTypeXFS:
+		return []string{"-m", "uuid=" + uuid}
+	}
+	return nil
+}
+
 // fsck(8) exit codes that mount-utils acts on.
 const (
 	fsckCorrected   = 1

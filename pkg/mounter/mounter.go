@@ -154,6 +154,15 @@ func mountFSOptions(fsType string, options []string) []string {
 // "dax" among the options asks for a DAX mount (see dax.go): a device that
 // cannot do DAX, or a mount that comes up without it, is ErrDAXUnsupported.
 func (m *Mounter) FormatAndMount(device, target, fsType string, options []string) error {
+	return m.FormatAndMountUUID(device, target, fsType, "", options)
+}
+
+// FormatAndMountUUID is FormatAndMount, but a filesystem it makes gets UUID
+// uuid (mkfs.ext4 -U, mkfs.xfs -m uuid=; "" lets mkfs pick one): the proof
+// an inline volume's zeroing finished (backend.CreateRequest.FormatUUID).
+// An existing filesystem is mounted whatever its UUID: the backend checked
+// it before the device reached here.
+func (m *Mounter) FormatAndMountUUID(device, target, fsType, uuid string, options []string) error {
 	fsType, err := normalizeFSType(fsType)
 	if err != nil {
 		return err
@@ -224,6 +233,9 @@ func (m *Mounter) FormatAndMount(device, target, fsType string, options []string
 		var formatOptions []string
 		if dax {
 			formatOptions = daxFormatOptions(fsType)
+		}
+		if uuid != "" {
+			formatOptions = append(formatOptions, uuidFormatOptions(fsType, uuid)...)
 		}
 		if err := m.format(device, fsType, formatOptions); err != nil {
 			return err

@@ -127,11 +127,11 @@ type CreateRequest struct {
 	// SourceIsSnapshot: Source names a snapshot, else a volume; an id of
 	// the other kind is not found.
 	SourceIsSnapshot bool
-	// DeferFinish is backend.CreateRequest.DeferFinish: a new volume may
-	// come back with a Finish that the caller must run, and see succeed,
-	// before it hands the volume out. Volumes made from a Source and
-	// volumes found again (a retry) never have one.
-	DeferFinish bool
+	// FormatUUID is backend.CreateRequest.FormatUUID: the caller formats
+	// the new volume with a filesystem of this UUID before it hands it out
+	// (use the returned Volume.FormatUUID: a volume found again keeps its
+	// first one).
+	FormatUUID string
 }
 
 // Striping asks for a volume striped over several devices of its pool.
@@ -242,7 +242,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (*backend.Volum
 	}
 	vol, err := p.Backend.Create(ctx, backend.CreateRequest{
 		ID: id, Name: req.Name, SizeBytes: size, Ephemeral: req.Ephemeral, TargetPath: req.TargetPath,
-		Stripes: stripes, StripeSizeBytes: req.Striping.StripeSizeBytes, DeferFinish: req.DeferFinish,
+		Stripes: stripes, StripeSizeBytes: req.Striping.StripeSizeBytes, FormatUUID: req.FormatUUID,
 	})
 	if err == nil {
 		klog.InfoS("Volume created", "name", req.Name, "id", id, "pool", p.Name, "bytes", size, "ephemeral", req.Ephemeral, "stripes", stripes)

@@ -108,8 +108,9 @@ func BenchmarkInlineNodePath(b *testing.B) {
 			for k, argv := range [][]string{
 				{"lvm", "lvcreate", "-n", lv, "-L", strconv.FormatInt(c.size, 10) + "b", "-W", "y", "-y", "--addtag", "carve.bench=" + lv, e2eVG},
 				// carve zeroes every new LV (README, "No previous tenant's data"): a correctness
-				// step, counted on both sides as PMEM's wipe is. The lvchange that then drops
-				// carve.zeroing=pending (what makes a retry after a crash zero again) stays carve's.
+				// step, counted on both sides as PMEM's wipe is. carve's lvcreate also records the
+				// filesystem UUID its mkfs then uses (the proof of the zeroing after a crash: no
+				// lvchange since issue 13); the bare mkfs picks its own, at the same cost.
 				{"blkdiscard", "-z", dev},
 				{"blkid", "-p", "-s", "TYPE", "-s", "PTTYPE", "-o", "export", dev}, // as mount-utils probes; exit 2: nothing found
 				mkfs,

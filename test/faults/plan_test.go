@@ -196,9 +196,9 @@ func TestPlanChangesFirst(t *testing.T) {
 
 // The plan on a VG with coverAll (every pool's now): as many trials as
 // boundaries (CARVE_FAULTS_TRIALS=all) hit each boundary exactly once, all
-// packed into lives. The calls are those of a calibration on the VM rig (54
-// boundaries: 27 calls, before and after each); inline publish runs lvchange
-// alongside blkid, so their order varies from run to run.
+// packed into lives. The calls are those of a calibration on the VM rig (52
+// boundaries: 26 calls, before and after each; an inline publish has no
+// lvchange since its filesystem's UUID proves its zeroing, issue 13).
 func TestPlanEachBoundaryOnce(t *testing.T) {
 	labels := map[string][]string{
 		opCreate:          {"lvm lvcreate", "blkdiscard", "lvm lvchange"},
@@ -209,7 +209,7 @@ func TestPlanEachBoundaryOnce(t *testing.T) {
 		opUnpublish:       {"umount"},
 		opUnstage:         {"umount"},
 		opDelete:          {"lvm lvremove"},
-		opInlinePublish:   {"lvm lvcreate", "blkdiscard", "blkid", "lvm lvchange", "mkfs.ext4", "mount"},
+		opInlinePublish:   {"lvm lvcreate", "blkdiscard", "blkid", "mkfs.ext4", "mount"},
 		opInlineUnpublish: {"umount", "lvm lvremove"},
 	}
 	perOp := map[string][]boundary{}
@@ -218,8 +218,8 @@ func TestPlanEachBoundaryOnce(t *testing.T) {
 		perOp[op] = boundaries(op, len(labels[op]), []string{"before", "after"}, false)
 		total += len(perOp[op])
 	}
-	if total != 54 {
-		t.Fatalf("%d boundaries, want 54", total)
+	if total != 52 {
+		t.Fatalf("%d boundaries, want 52", total)
 	}
 	h := &harness{rng: rand.New(rand.NewPCG(9, 10)), ops: ops, coverAll: true, labels: labels}
 	plan := h.planChangesFirst(perOp, total)

@@ -53,6 +53,12 @@ const (
 	// TagZeroing marks an LV whose zeroing has not finished (see
 	// EnableZeroing): Create removes it only after the LV reads as zeros.
 	TagZeroing = "carve.zeroing=pending"
+	// TagFormatUUID=<uuid> records CreateRequest.FormatUUID: on an LV that
+	// also carries TagZeroing, a filesystem with this UUID on its device is
+	// the proof that its zeroing finished (the caller's mkfs ran after it),
+	// and the tag TagZeroing stays until the LV is removed (issue 13: one
+	// lvm metadata commit less per inline publish).
+	TagFormatUUID = "carve.fsuuid"
 
 	// MaxTagLen is LVM's documented limit on one tag (lvm(8), "Tags").
 	MaxTagLen = 1024
@@ -103,9 +109,10 @@ type Backend struct {
 // can, the kernel writes zeroes where it cannot) between an lvcreate that
 // tags the LV TagZeroing and an lvchange that removes the tag; a create
 // killed in between leaves the tag, and the retry (lvcreate: exists) zeroes
-// again before the volume is handed out. With CreateRequest.DeferFinish,
-// Create returns after the zeroing with the lvchange as Volume.Finish. It
-// needs the LV active with its device node (lvm's default; not with
+// again before the volume is handed out. With CreateRequest.FormatUUID the
+// lvcreate also tags the LV TagFormatUUID and there is no lvchange: the
+// caller's filesystem of that UUID tells a finished zeroing (finishZeroing).
+// It needs the LV active with its device node (lvm's default; not with
 // activation = 0).
 func (b *Backend) EnableZeroing() { b.zero = true }
 
@@ -175,8 +182,16 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 	}
 	size := backend.AlignUp(req.SizeBytes, align)
 	tags := Tags(b.owner, req.Name, req.Ephemeral, req.TargetPath)
+	formatUUID := ""
 	if b.zero {
 		tags = append(tags, TagZeroing)
+		if req.FormatUUID != "" {
+			if !uuidPattern.MatchString(req.FormatUUID) {
+				return nil, fmt.Errorf("lvm: create %s: format UUID %q is not a canonical lowercase UUID", req.ID, req.FormatUUID)
+			}
+			formatUUID = req.FormatUUID
+			tags = append(tags, TagFormatUUID+"="+formatUUID)
+		}
 	}
 	args := []string{"lvcreate", "-n", req.ID, "-L", strconv.FormatInt(size, 10) + "b", "-W", "y", "-y"}
 	if req.Stripes > 1 {
@@ -225,15 +240,14 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 		TargetPath: req.TargetPath,
 	}
 	if b.zero {
-		// Not handed out until the tag is gone; a retry finds the tag and
+		// Not handed out until the tag is gone (or, with a format UUID,
+		// until the caller's filesystem is on it); a retry finds the tag and
 		// zeroes again, a delete removes it.
 		if err := b.zeroDevice(ctx, req.ID); err != nil {
 			return nil, err
 		}
-		if req.DeferFinish {
-			id := req.ID
-			vol.Unzeroed = true
-			vol.Finish = backend.NewFinisher(func(ctx context.Context) error { return b.dropZeroingTag(ctx, id) })
+		if formatUUID != "" {
+			vol.FormatUUID = formatUUID
 			return vol, nil
 		}
 		if err := b.dropZeroingTag(ctx, req.ID); err != nil {
@@ -242,6 +256,10 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 	}
 	return vol, nil
 }
+
+// uuidPattern is a canonical lowercase UUID (RFC 9562 text form), what
+// mkfs.ext4 -U and mkfs.xfs -m uuid= take and blkid prints; tag-safe.
+var uuidPattern = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
 
 // MinStripeBytes is the smallest stripe size lvm takes (lvcreate(8): 4 KiB
 // up to the extent size, a power of two).
@@ -337,7 +355,7 @@ func (b *Backend) zeroDevice(ctx context.Context, id string) error {
 // without suspending or reloading the LV's device-mapper table (lvm2's
 // tools/lvchange.c: a tag change asks for MR_COMMIT, "No need to suspend LV
 // for this change"), so it can run while the device is being formatted and
-// mounted (Volume.Finish).
+// mounted.
 func (b *Backend) dropZeroingTag(ctx context.Context, id string) error {
 	if _, err := b.runner.Run(ctx, "lvm", "lvchange", "--deltag", TagZeroing, b.vg+"/"+id); err != nil {
 		return b.mapError("create", id, err)
@@ -346,7 +364,10 @@ func (b *Backend) dropZeroingTag(ctx context.Context, id string) error {
 }
 
 // finishZeroing zeroes LV id if it is carve's volume of CSI name and still
-// carries TagZeroing (an earlier create died before it was zeroed).
+// carries TagZeroing (an earlier create died before it was zeroed). An LV
+// tagged TagFormatUUID keeps TagZeroing: it is zeroed again (and only the
+// device written) unless its device holds a filesystem of that UUID
+// (formatted).
 func (b *Backend) finishZeroing(ctx context.Context, id, name string) error {
 	args := append([]string{"lvs", "-o", lvColumns}, reportArgs...)
 	out, err := b.runner.Run(ctx, "lvm", append(args, "-S", "lv_name="+id+" && lv_tags={"+b.owner+","+TagZeroing+"}", b.vg)...)
@@ -358,12 +379,40 @@ func (b *Backend) finishZeroing(ctx context.Context, id, name string) error {
 		return fmt.Errorf("lvm: create %s/%s: %w", b.vg, id, err)
 	}
 	for _, r := range rows {
-		if info, _ := ParseTags(r.Tags); r.Name == id && r.VG == b.vg && info.Name == name {
+		info, _ := ParseTags(r.Tags)
+		if r.Name != id || r.VG != b.vg || info.Name != name {
+			continue
+		}
+		if info.FormatUUID == "" {
 			klog.InfoS("Zeroing a volume an earlier create left unzeroed", "vg", b.vg, "lv", id)
 			return b.zeroLV(ctx, id)
 		}
+		done, err := b.formatted(ctx, id, info.FormatUUID)
+		if err != nil || done {
+			return err
+		}
+		klog.InfoS("Zeroing a volume an earlier create left unformatted", "vg", b.vg, "lv", id, "formatUUID", info.FormatUUID)
+		return b.zeroDevice(ctx, id)
 	}
 	return nil
+}
+
+// formatted reports whether LV id's device holds a filesystem with UUID
+// uuid: `blkid -p -s UUID -o value <device>` (blkid(8): exit 2 when it finds
+// nothing). Any other failure is an error, never "not formatted": zeroing a
+// volume whose filesystem a pod uses would destroy its data.
+func (b *Backend) formatted(ctx context.Context, id, uuid string) (bool, error) {
+	// blkid exits 2 for a missing device too; the zeroing that follows then
+	// fails on it, with nothing written.
+	dev := b.devicePath(id)
+	out, err := b.runner.Run(ctx, "blkid", "-p", "-s", "UUID", "-o", "value", dev)
+	switch {
+	case exec.ExitCode(err) == 2:
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("lvm: create %s/%s: probing %s for its filesystem: %w", b.vg, id, dev, err)
+	}
+	return strings.TrimSpace(string(out)) == uuid, nil
 }
 
 func (b *Backend) removeHalfMade(ctx context.Context, id string, tags []string) error {
@@ -704,6 +753,7 @@ type TagInfo struct {
 	Ephemeral  bool
 	TargetPath string
 	Source     string // carve.source=, "" when absent
+	FormatUUID string // carve.fsuuid=, "" when absent
 }
 
 // ParseTags decodes a comma-separated lv_tags field (commas cannot occur in
@@ -725,6 +775,8 @@ func ParseTags(lvTags string) (TagInfo, error) {
 			info.Ephemeral = v == "true"
 		case TagSource:
 			info.Source = v
+		case TagFormatUUID:
+			info.FormatUUID = v
 		case TagName, TagTarget:
 			whole[k] = v
 		default:
@@ -805,7 +857,8 @@ func (b *Backend) volume(r lvRow) (*backend.Volume, error) {
 		TargetPath: info.TargetPath,
 		Source:     info.Source,
 		Incomplete: hasTag(r.Tags, TagRestoring),
-		Unzeroed:   hasTag(r.Tags, TagZeroing),
+		Unzeroed:   hasTag(r.Tags, TagZeroing) && info.FormatUUID == "",
+		FormatUUID: info.FormatUUID,
 	}
 	if r.Health != "" {
 		vol.Condition = fmt.Sprintf("lvm reports logical volume %s/%s as %q", r.VG, r.Name, r.Health)

@@ -21,18 +21,60 @@ type zeroRunner struct {
 	mu     sync.Mutex
 	zeroed []string
 	fail   bool
-	// failDeltag fails the lvchange that drops TagZeroing (lvm's exit code 5).
-	failDeltag bool
+	// probes answers blkid for a device: its stdout, or its error when
+	// ExitCode is not 0 (the filesystem a caller made, or none).
+	probes map[string]probe
+	// counts counts lvm subcommands and other tools by name.
+	counts map[string]int
+}
+
+type probe struct {
+	err exec.Error
+	out string
+}
+
+func (z *zeroRunner) setProbe(dev string, err exec.Error, out string) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	if z.probes == nil {
+		z.probes = map[string]probe{}
+	}
+	z.probes[dev] = probe{err, out}
+}
+
+func (z *zeroRunner) calls(name string) int {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	return z.counts[name]
 }
 
 func (z *zeroRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	if name == "lvm" && len(args) > 2 && args[0] == "lvchange" && args[1] == "--deltag" && args[2] == TagZeroing {
+	z.mu.Lock()
+	if z.counts == nil {
+		z.counts = map[string]int{}
+	}
+	if name == "lvm" && len(args) > 0 {
+		z.counts[args[0]]++
+	} else {
+		z.counts[name]++
+	}
+	z.mu.Unlock()
+	if name == "blkid" {
 		z.mu.Lock()
-		fail := z.failDeltag
+		p, ok := z.probes[args[len(args)-1]]
 		z.mu.Unlock()
-		if fail {
-			return nil, &exec.Error{Cmd: append([]string{name}, args...), ExitCode: 5, Stderr: "  Failed to write VG carve.", Err: errors.New("exit status 5")}
+		switch {
+		case !ok:
+			return nil, errors.New("zeroRunner: no blkid answer for " + args[len(args)-1])
+		case p.err.ExitCode != 0:
+			e := p.err
+			e.Cmd = append([]string{name}, args...)
+			if e.Err == nil {
+				e.Err = errors.New("exit status")
+			}
+			return nil, &e
 		}
+		return []byte(p.out), nil
 	}
 	if name != "blkdiscard" {
 		return z.Runner.Run(ctx, name, args...)
@@ -143,13 +185,14 @@ func TestRealZeroing(t *testing.T) {
 	}
 }
 
-// TestRealZeroingDeferred: with CreateRequest.DeferFinish, Create returns
-// after the zeroing with the tag still on the LV (Unzeroed) and the lvchange
-// as Volume.Finish; Finish drops the tag. A Finish that fails leaves the
-// tag, and the next Create zeroes the LV again (issue 13: an inline publish
-// runs the lvchange alongside mkfs and mount). Without DeferFinish, Create
-// drops the tag itself and returns no Finish.
-func TestRealZeroingDeferred(t *testing.T) {
+// TestRealZeroingFormatUUID: with CreateRequest.FormatUUID, Create zeroes
+// the new LV and returns with its tags TagZeroing and carve.fsuuid=<uuid>
+// and no lvchange (issue 13: one lvm metadata commit less per inline
+// publish). A retry zeroes the LV again unless its device holds a filesystem
+// of that UUID (blkid); a probe that fails otherwise is an error, with
+// nothing zeroed: the filesystem may be a pod's. The UUID is the first
+// create's, whatever a retry asks. Without FormatUUID, Create drops the tag.
+func TestRealZeroingFormatUUID(t *testing.T) {
 	v := lvmtest.NewVGInfo(t, 256<<20, "")
 	ctx := context.Background()
 	z := &zeroRunner{Runner: v.Runner}
@@ -158,79 +201,99 @@ func TestRealZeroingDeferred(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.EnableZeroing()
-	unzeroed := func(id string) bool {
+	tags := func(id string) string {
 		t.Helper()
-		vol, err := b.Get(ctx, id)
-		if err != nil {
-			t.Fatal(err)
-		}
 		out, err := v.Runner.Run(ctx, "lvm", "lvs", "--noheadings", "-o", "lv_tags", v.Name+"/"+id)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if tagged := strings.Contains(string(out), TagZeroing); tagged != vol.Unzeroed {
-			t.Fatalf("Get(%s).Unzeroed = %v, but its tags are %s", id, vol.Unzeroed, out)
-		}
-		return vol.Unzeroed
+		return strings.TrimSpace(string(out))
 	}
-	req := func(name string) backend.CreateRequest {
-		return backend.CreateRequest{ID: names.VolumeID(name), Name: name, SizeBytes: 8 << 20, DeferFinish: true}
+	const u1, u2, old = "0b7c9d2e-1111-4222-8333-444455556666", "5f0e6a1c-2222-4333-9444-555566667777", "9a8b7c6d-3333-4444-a555-666677778888"
+	req := func(name, uuid string) backend.CreateRequest {
+		return backend.CreateRequest{ID: names.VolumeID(name), Name: name, SizeBytes: 8 << 20, Ephemeral: true,
+			TargetPath: "/var/lib/kubelet/pods/p/volumes/kubernetes.io~csi/v/mount", FormatUUID: uuid}
 	}
+	dev := func(r backend.CreateRequest) string { return "/dev/" + v.Name + "/" + r.ID }
 
-	a := req("inline-a")
+	a := req("csi-a", u1)
 	vol, err := b.Create(ctx, a)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := z.take(); len(got) != 1 || got[0] != "-z /dev/"+v.Name+"/"+a.ID {
+	if got := z.take(); len(got) != 1 || got[0] != "-z "+dev(a) {
 		t.Fatalf("zeroed %q, want the new LV", got)
 	}
-	if vol.Finish == nil || !vol.Unzeroed {
-		t.Fatalf("deferred create returned Finish %v, Unzeroed %v; want a Finish and Unzeroed", vol.Finish, vol.Unzeroed)
+	if got := z.calls("lvchange"); got != 0 {
+		t.Fatalf("create with a format UUID ran lvchange %d times, want 0", got)
 	}
-	if !unzeroed(a.ID) {
-		t.Fatal("deferred create dropped the zeroing tag before Finish")
+	if tg := tags(a.ID); !strings.Contains(tg, TagZeroing) || !strings.Contains(tg, TagFormatUUID+"="+u1) {
+		t.Fatalf("tags after create: %s, want %s and %s=%s", tg, TagZeroing, TagFormatUUID, u1)
 	}
-	if err := vol.Finish.Run(ctx); err != nil {
-		t.Fatalf("Finish: %v", err)
+	if vol.FormatUUID != u1 || vol.Unzeroed {
+		t.Fatalf("create returned FormatUUID %q, Unzeroed %v; want %q, false", vol.FormatUUID, vol.Unzeroed, u1)
 	}
-	if unzeroed(a.ID) {
-		t.Fatal("Finish left the zeroing tag")
+	if got, err := b.Get(ctx, a.ID); err != nil || got.FormatUUID != u1 || got.Unzeroed {
+		t.Fatalf("Get: %+v, %v; want FormatUUID %q and not Unzeroed", got, err, u1)
 	}
 
-	// Finish fails: the tag stays, and the retry zeroes the LV again.
-	k := req("inline-finish-fails")
-	vol, err = b.Create(ctx, k)
-	if err != nil || vol.Finish == nil {
-		t.Fatalf("create: %v, %+v", err, vol)
-	}
-	z.take()
-	z.failDeltag = true
-	if err := vol.Finish.Run(ctx); err == nil {
-		t.Fatal("Finish whose lvchange failed returned nil")
-	}
-	z.failDeltag = false
-	if !unzeroed(k.ID) {
-		t.Fatal("a failed Finish dropped the zeroing tag")
-	}
-	if _, err := b.Create(ctx, k); !errors.Is(err, backend.ErrExists) {
+	// Killed before its mkfs: no filesystem (blkid exit 2), zeroed again;
+	// the UUID stays the first create's.
+	z.setProbe(dev(a), exec.Error{ExitCode: 2}, "")
+	if _, err := b.Create(ctx, req("csi-a", u2)); !errors.Is(err, backend.ErrExists) {
 		t.Fatalf("retry: %v, want ErrExists", err)
 	}
-	if got := z.take(); len(got) != 1 || got[0] != "-z /dev/"+v.Name+"/"+k.ID {
-		t.Fatalf("retry zeroed %q, want the LV whose Finish failed", got)
+	if got := z.take(); len(got) != 1 || got[0] != "-z "+dev(a) {
+		t.Fatalf("retry of an unformatted LV zeroed %q, want it", got)
 	}
-	if unzeroed(k.ID) {
-		t.Fatal("the retry left the zeroing tag")
+	if tg := tags(a.ID); !strings.Contains(tg, TagFormatUUID+"="+u1) || strings.Contains(tg, u2) || !strings.Contains(tg, TagZeroing) {
+		t.Fatalf("tags after the retry: %s, want %s=%s and %s", tg, TagFormatUUID, u1, TagZeroing)
+	}
+	// An old tenant's filesystem (lvcreate killed before its signature
+	// wipe): another UUID, zeroed.
+	z.setProbe(dev(a), exec.Error{}, old+"\n")
+	if _, err := b.Create(ctx, req("csi-a", u2)); !errors.Is(err, backend.ErrExists) {
+		t.Fatalf("retry: %v, want ErrExists", err)
+	}
+	if got := z.take(); len(got) != 1 {
+		t.Fatalf("retry over another filesystem zeroed %q, want the LV", got)
+	}
+	// Formatted (kubelet publishes again): nothing zeroed.
+	z.setProbe(dev(a), exec.Error{}, u1+"\n")
+	if _, err := b.Create(ctx, req("csi-a", u2)); !errors.Is(err, backend.ErrExists) {
+		t.Fatalf("retry: %v, want ErrExists", err)
+	}
+	if got := z.take(); len(got) != 0 {
+		t.Fatalf("a retry of a formatted LV zeroed %q", got)
+	}
+	// The probe fails (killed, or blkid's "ambivalent result" 8): an error
+	// that is not ErrExists, and nothing zeroed.
+	for _, pe := range []exec.Error{{ExitCode: -1, Err: errors.New("signal: killed")}, {ExitCode: 8, Stderr: "ambivalent result"}} {
+		z.setProbe(dev(a), pe, "")
+		if _, err := b.Create(ctx, req("csi-a", u2)); err == nil || errors.Is(err, backend.ErrExists) {
+			t.Fatalf("retry whose probe failed (%d): %v, want an error that is not ErrExists", pe.ExitCode, err)
+		}
+		if got := z.take(); len(got) != 0 {
+			t.Fatalf("a retry whose probe failed zeroed %q", got)
+		}
 	}
 
-	// Not asked for: no Finish, the tag is gone when Create returns.
-	s := req("pvc-sync")
-	s.DeferFinish = false
+	// Not a UUID: refused before lvcreate.
+	if _, err := b.Create(ctx, req("csi-bad", "0B7C9D2E-1111-4222-8333-444455556666")); err == nil {
+		t.Fatal("create with an uppercase format UUID succeeded")
+	}
+	if _, err := b.Get(ctx, names.VolumeID("csi-bad")); !errors.Is(err, backend.ErrNotFound) {
+		t.Fatalf("a refused format UUID left an LV: %v", err)
+	}
+
+	// Not asked for: the tag is gone when Create returns.
+	s := req("pvc-sync", "")
+	s.Ephemeral, s.TargetPath = false, ""
 	vol, err = b.Create(ctx, s)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if vol.Finish != nil || vol.Unzeroed || unzeroed(s.ID) {
-		t.Fatalf("create without DeferFinish: Finish %v, Unzeroed %v", vol.Finish, vol.Unzeroed)
+	if tg := tags(s.ID); strings.Contains(tg, "carve.zeroing") || strings.Contains(tg, TagFormatUUID) || vol.FormatUUID != "" {
+		t.Fatalf("create without a format UUID: tags %s, FormatUUID %q", tg, vol.FormatUUID)
 	}
 }
