@@ -76,10 +76,10 @@ type Volume struct {
 	// carve.restoring=pending); it is never handed out as made.
 	Incomplete bool `json:",omitempty"`
 	// Unzeroed: Create's zeroing of it has not finished (lvm:
-	// carve.zeroing=pending without a FormatUUID), so the next Create of it
-	// zeroes it again. No caller hands such a volume out, nor keeps it
-	// mounted. A volume with a FormatUUID is never Unzeroed here: whether its
-	// zeroing finished is on its device (CreateRequest.FormatUUID).
+	// carve.zeroing=pending), so the next Create of it zeroes it again. No
+	// caller hands such a volume out, nor keeps it mounted. A volume with a
+	// FormatUUID is never Unzeroed here: whether its zeroing finished is on
+	// its device (CreateRequest.FormatUUID).
 	Unzeroed bool `json:",omitempty"`
 	// FormatUUID is the UUID its filesystem is (to be) made with, when it was
 	// created with CreateRequest.FormatUUID: for a volume found again, the
@@ -110,10 +110,11 @@ type CreateRequest struct {
 	// out only once that filesystem is mounted. A backend whose Create zeroes
 	// the volume and then records that in its metadata (lvm: the lvchange
 	// that drops carve.zeroing=pending, 300-500 ms under emulation: issue 13)
-	// may record the UUID at creation instead and take a filesystem with it
-	// on the device as the proof that the zeroing finished: mkfs only runs
-	// after Create returned. A retried Create then zeroes the volume again
-	// only when the device holds no such filesystem. The returned
+	// may record the UUID at creation instead and take a complete
+	// filesystem with it on the device as the proof that the zeroing
+	// finished: mkfs only runs after Create returned. A retried Create then
+	// zeroes the volume again only when the device holds no such filesystem
+	// (and fails, zeroing nothing, when it cannot read the device). The returned
 	// Volume.FormatUUID is the UUID to format with; backends without zeroing
 	// ignore it (and return it empty).
 	FormatUUID string

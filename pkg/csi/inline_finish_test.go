@@ -20,7 +20,7 @@ import (
 )
 
 // An inline publish on an lvm pool with zeroing records the filesystem UUID
-// it formats with in lvcreate's tags (carve.fsuuid=<uuid>, beside
+// it formats with in lvcreate's tags (carve.fsuuid=<uuid>, in place of
 // carve.zeroing=pending), and that filesystem is the proof that the zeroing
 // finished: no lvchange (issue 13). These tests drive NodePublishVolume over
 // lvm's recorded answers and a fake mounter through the retries that proof
@@ -55,11 +55,19 @@ func existsResponse(id string) exectest.Response {
 }
 
 // uuidMounter is fakeMounter that records the filesystem UUIDs it was asked
-// to format with.
+// to format with, and counts unmounts.
 type uuidMounter struct {
 	*fakeMounter
-	mu    sync.Mutex
-	uuids []string
+	mu       sync.Mutex
+	uuids    []string
+	unmounts int
+}
+
+func (m *uuidMounter) Unmount(target string) error {
+	m.mu.Lock()
+	m.unmounts++
+	m.mu.Unlock()
+	return m.fakeMounter.Unmount(target)
 }
 
 func (m *uuidMounter) FormatAndMountUUID(device, target, fsType, uuid string, options []string) error {
@@ -78,41 +86,81 @@ func (m *uuidMounter) last() string {
 	return m.uuids[len(m.uuids)-1]
 }
 
-// finishRig is a node with zeroing on, a fake mounter that records UUIDs,
-// and an inline publish request of finishHandle (32 MiB).
-func finishRig(t *testing.T) (*toolLog, *lvmAnswers, *uuidMounter, *Node, *csi.NodePublishVolumeRequest) {
-	t.Helper()
-	log := &toolLog{}
-	a := &lvmAnswers{log: log, queue: map[string][]exectest.Response{}}
-	kubelet := t.TempDir()
-	fm := &uuidMounter{fakeMounter: newFakeMounter()}
-	n := pathNode(t, a, fm, "/dev/loop-fake", kubelet, (*lvm.Backend).EnableZeroing)
-	req := podInline(t, kubelet, "0f3c9a52", finishHandle, map[string]string{"size": "32Mi"})
-	return log, a, fm, n, req
+// superblocks answers the lvm backend's reads of a device's filesystem
+// UUIDs (Backend.SetSuperblockReader) from a queue, logged as "superblock".
+type superblocks struct {
+	log *toolLog
+	mu  sync.Mutex
+	q   []superblockAnswer
 }
 
-// recordedUUID is the carve.fsuuid tag of an lvcreate argv, or "".
-func recordedUUID(argv []string) string {
-	for _, arg := range argv {
-		if u, ok := strings.CutPrefix(arg, lvm.TagFormatUUID+"="); ok {
-			return u
+type superblockAnswer struct {
+	uuids []string
+	err   error
+}
+
+func (s *superblocks) answer(uuids []string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.q = append(s.q, superblockAnswer{uuids, err})
+}
+
+func (s *superblocks) read(string) ([]string, error) {
+	s.log.add("superblock")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.q) == 0 {
+		return nil, errors.New("no superblock answer queued")
+	}
+	a := s.q[0]
+	s.q = s.q[1:]
+	return a.uuids, a.err
+}
+
+// finishRig is a node with zeroing on, a fake mounter that records UUIDs,
+// its superblock reads answered by sb, and an inline publish request of
+// finishHandle (32 MiB).
+func finishRig(t *testing.T) (log *toolLog, a *lvmAnswers, sb *superblocks, fm *uuidMounter, n *Node, req *csi.NodePublishVolumeRequest) {
+	t.Helper()
+	log = &toolLog{}
+	a = &lvmAnswers{log: log, queue: map[string][]exectest.Response{}}
+	kubelet := t.TempDir()
+	fm = &uuidMounter{fakeMounter: newFakeMounter()}
+	sb = &superblocks{log: log}
+	t.Cleanup(func() {
+		if len(sb.q) > 0 {
+			t.Errorf("%d superblock answers queued but never read", len(sb.q))
+		}
+	})
+	n = pathNode(t, a, fm, "/dev/loop-fake", kubelet, (*lvm.Backend).EnableZeroing,
+		func(b *lvm.Backend) { b.SetSuperblockReader(sb.read) })
+	req = podInline(t, kubelet, "0f3c9a52", finishHandle, map[string]string{"size": "32Mi"})
+	return log, a, sb, fm, n, req
+}
+
+// recordedUUID is the carve.fsuuid tag of the last lvcreate a ran, or "".
+func recordedUUID(a *lvmAnswers) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for i := len(a.argv) - 1; i >= 0; i-- {
+		if argv := a.argv[i]; len(argv) > 1 && argv[1] == "lvcreate" {
+			for _, arg := range argv {
+				if u, ok := strings.CutPrefix(arg, lvm.TagFormatUUID+"="); ok {
+					return u
+				}
+			}
+			return ""
 		}
 	}
 	return ""
 }
-
-// blkidUUID answers blkid -p -s UUID -o value with uuid.
-func blkidUUID(uuid string) exectest.Response { return exectest.Response{Stdout: uuid + "\n"} }
-
-// blkidNothing is blkid's answer for a device without a filesystem (exit 2).
-var blkidNothing = exectest.Response{ExitCode: 2}
 
 // The format fails (as a publish killed before its mkfs leaves things): the
 // publish fails and keeps the device for kubelet's retry. The retry finds
 // the LV, its device holds no filesystem, so it is zeroed again and then
 // formatted with the UUID the first lvcreate recorded, not a new one.
 func TestInlinePublishRetryZeroesUnformatted(t *testing.T) {
-	log, a, fm, n, req := finishRig(t)
+	log, a, sb, fm, n, req := finishRig(t)
 	ctx := context.Background()
 	id := names.VolumeID(finishHandle)
 
@@ -124,7 +172,7 @@ func TestInlinePublishRetryZeroesUnformatted(t *testing.T) {
 		t.Fatalf("publish with a failing format: %v, want Internal with the format's error", err)
 	}
 	log.want(t, "NodePublishVolume", "lvm lvcreate", "blkdiscard")
-	uuid := recordedUUID(a.argv[0])
+	uuid := recordedUUID(a)
 	if uuid == "" || fm.last() != uuid {
 		t.Fatalf("lvcreate recorded UUID %q, the format was asked for %q; want the same UUID", uuid, fm.last())
 	}
@@ -132,17 +180,17 @@ func TestInlinePublishRetryZeroesUnformatted(t *testing.T) {
 		t.Error("the failed publish's device is not kept for kubelet's retry")
 	}
 
-	tagged := inlineLVs(t, req.TargetPath, lvm.TagZeroing, lvm.TagFormatUUID+"="+uuid)
+	tagged := inlineLVs(t, req.TargetPath, lvm.TagFormatUUID+"="+uuid)
 	a.answer("lvcreate", existsResponse(id))
 	a.answer("lvs", exectest.Response{Stdout: tagged}) // finishZeroing's selection
-	a.answer("blkid", blkidNothing)
+	sb.answer(nil, nil)                                // no filesystem
 	a.answer("blkdiscard", exectest.Response{})
 	a.answer("lvs", exectest.Response{Stdout: tagged}) // the volume found again
 	if _, err := n.NodePublishVolume(ctx, req); err != nil {
 		t.Fatalf("retry: %v", err)
 	}
-	log.want(t, "the retry", "lvm lvcreate", "lvm lvs", "blkid", "blkdiscard", "lvm lvs")
-	if got := recordedUUID(a.argv[len(a.argv)-5]); got == "" || got == uuid {
+	log.want(t, "the retry", "lvm lvcreate", "lvm lvs", "superblock", "blkdiscard", "lvm lvs")
+	if got := recordedUUID(a); got == "" || got == uuid {
 		t.Errorf("the retry's lvcreate asked for UUID %q; want a new one (lvm keeps the first)", got)
 	}
 	if fm.last() != uuid {
@@ -158,10 +206,10 @@ func TestInlinePublishRetryZeroesUnformatted(t *testing.T) {
 
 // kubelet publishes a published inline volume again (it does after a
 // restart): its device holds the recorded filesystem, so nothing is zeroed
-// and the mount stays. A probe that fails otherwise (killed) fails the
-// publish and zeroes nothing either: the filesystem may be the pod's.
+// and the mount stays. A device that cannot be read fails the publish and
+// zeroes nothing either: the filesystem may be the pod's.
 func TestInlinePublishRetryKeepsFormatted(t *testing.T) {
-	log, a, fm, n, req := finishRig(t)
+	log, a, sb, fm, n, req := finishRig(t)
 	ctx := context.Background()
 	id := names.VolumeID(finishHandle)
 	const uuid = "0b7c9d2e-1111-4222-8333-444455556666"
@@ -169,31 +217,31 @@ func TestInlinePublishRetryKeepsFormatted(t *testing.T) {
 		t.Fatal(err)
 	}
 	log.take()
-	tagged := inlineLVs(t, req.TargetPath, lvm.TagZeroing, lvm.TagFormatUUID+"="+uuid)
+	tagged := inlineLVs(t, req.TargetPath, lvm.TagFormatUUID+"="+uuid)
 
 	a.answer("lvs", exectest.Response{Stdout: tagged}) // unmountUnzeroed: not Unzeroed, mount kept
 	a.answer("lvcreate", existsResponse(id))
 	a.answer("lvs", exectest.Response{Stdout: tagged})
-	a.answer("blkid", blkidUUID(uuid))
+	sb.answer([]string{uuid}, nil)
 	a.answer("lvs", exectest.Response{Stdout: tagged})
 	if _, err := n.NodePublishVolume(ctx, req); err != nil {
 		t.Fatalf("publish of a published volume: %v", err)
 	}
-	log.want(t, "publish of a published volume", "lvm lvs", "lvm lvcreate", "lvm lvs", "blkid", "lvm lvs")
-	if ok, _ := fm.IsMountPoint(req.TargetPath); !ok {
-		t.Error("publish of a published volume lost its mount")
+	log.want(t, "publish of a published volume", "lvm lvs", "lvm lvcreate", "lvm lvs", "superblock", "lvm lvs")
+	if ok, _ := fm.IsMountPoint(req.TargetPath); !ok || fm.unmounts != 0 {
+		t.Errorf("publish of a published volume: mounted %v after %d unmounts; want its mount kept", ok, fm.unmounts)
 	}
 
 	a.answer("lvs", exectest.Response{Stdout: tagged})
 	a.answer("lvcreate", existsResponse(id))
 	a.answer("lvs", exectest.Response{Stdout: tagged})
-	a.answer("blkid", exectest.Response{Hook: func(context.Context) error { return errors.New("signal: killed") }})
+	sb.answer(nil, errors.New("read superblock of /dev/carvevg/x: input/output error"))
 	if _, err := n.NodePublishVolume(ctx, req); err == nil {
-		t.Fatal("publish whose probe was killed succeeded")
+		t.Fatal("publish whose device read failed succeeded")
 	}
-	log.want(t, "publish whose probe was killed", "lvm lvs", "lvm lvcreate", "lvm lvs", "blkid")
-	if ok, _ := fm.IsMountPoint(req.TargetPath); !ok {
-		t.Error("publish whose probe was killed unmounted the pod's volume")
+	log.want(t, "publish whose device read failed", "lvm lvs", "lvm lvcreate", "lvm lvs", "superblock")
+	if ok, _ := fm.IsMountPoint(req.TargetPath); !ok || fm.unmounts != 0 {
+		t.Errorf("publish whose device read failed: mounted %v after %d unmounts; want the pod's mount kept", ok, fm.unmounts)
 	}
 	a.answer("lvremove", removedOut(id))
 	if _, err := n.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: finishHandle, TargetPath: req.TargetPath}); err != nil {
@@ -201,14 +249,14 @@ func TestInlinePublishRetryKeepsFormatted(t *testing.T) {
 	}
 }
 
-// An earlier build dropped carve.zeroing=pending with an lvchange after the
-// mount; killed in between, it left the target mounted on an LV with the tag
-// alone. The retry unmounts it before its create zeroes the volume again
-// (blkdiscard opens the device exclusively: under the mount it fails with
-// EBUSY at every retry, util-linux 2.38), and the tag is then dropped as for
-// a persistent volume.
+// An earlier build tagged inline LVs carve.zeroing=pending and dropped the
+// tag with an lvchange after the mount; killed in between, it left the
+// target mounted on an LV with that tag. The retry unmounts it before its
+// create zeroes the volume again (blkdiscard opens the device exclusively:
+// under the mount it fails with EBUSY at every retry, util-linux 2.38), and
+// the tag is then dropped as for a persistent volume.
 func TestInlinePublishRetryUnmountsUnzeroed(t *testing.T) {
-	log, a, fm, n, req := finishRig(t)
+	log, a, _, fm, n, req := finishRig(t)
 	ctx := context.Background()
 	id := names.VolumeID(finishHandle)
 	if err := fm.FormatAndMountUUID("/dev/loop-fake", req.TargetPath, "ext4", "", nil); err != nil { // the killed publish's mount

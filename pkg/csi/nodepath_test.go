@@ -275,7 +275,7 @@ func TestInlineNodePathToolCalls(t *testing.T) {
 // publish + unpublish, the bare steps' count. The zeroing is a correctness
 // step. What lets a retry after a crash tell a zeroed LV from one that is
 // not is the filesystem made after it, with the UUID lvcreate recorded
-// (carve.fsuuid=<uuid> beside carve.zeroing=pending): issue 13 measured the
+// (carve.fsuuid=<uuid>, in place of carve.zeroing=pending): issue 13 measured the
 // lvchange that dropped the tag instead at 300-500 ms under TCG, a second
 // lvm metadata commit per publish. The order: lvcreate < blkdiscard < blkid
 // < mkfs < mount, and the filesystem carries the recorded UUID.
@@ -308,8 +308,8 @@ func TestInlineNodePathToolCallsZeroing(t *testing.T) {
 				t.Errorf("NodePublishVolume ran %q, want %q", calls, want)
 			}
 			create := a.argv[0]
-			if !slices.Contains(create, lvm.TagZeroing) {
-				t.Errorf("lvcreate argv %q lacks --addtag %s", create, lvm.TagZeroing)
+			if slices.Contains(create, lvm.TagZeroing) {
+				t.Errorf("lvcreate argv %q tags the LV %s, which would need an lvchange", create, lvm.TagZeroing)
 			}
 			var uuid string
 			for _, arg := range create {

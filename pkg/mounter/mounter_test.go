@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/carve-csi/carve/pkg/superblock"
 )
 
 const (
@@ -726,5 +728,41 @@ func TestOtherMountsListsBindMountsOfTheSameFilesystem(t *testing.T) {
 		if err := e.m.Unmount(p); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// FormatAndMountUUID gives the filesystem it makes the UUID asked for (an
+// inline volume's proof that its zeroing finished: issue 13), read back by
+// the superblock reader the lvm backend uses; an existing filesystem is
+// mounted as it is, not reformatted.
+func TestFormatAndMountUUID(t *testing.T) {
+	for _, tc := range []struct {
+		fs   string
+		size int64
+	}{{"ext4", 64 << 20}, {"xfs", xfsSize}} {
+		t.Run(tc.fs, func(t *testing.T) {
+			e := newEnv(t)
+			dev := e.loop(tc.size)
+			target := e.path("inline", tc.fs)
+			const u = "0b7c9d2e-1111-4222-8333-444455556666"
+			if err := e.m.FormatAndMountUUID(dev, target, tc.fs, u, nil); err != nil {
+				t.Fatalf("FormatAndMountUUID: %v", err)
+			}
+			if got, err := superblock.UUIDs(dev); err != nil || !slices.Equal(got, []string{u}) {
+				t.Fatalf("filesystem UUIDs %q, %v; want [%s]", got, err, u)
+			}
+			if err := e.m.Unmount(target); err != nil {
+				t.Fatal(err)
+			}
+			if err := e.m.FormatAndMountUUID(dev, target, tc.fs, "5f0e6a1c-2222-4333-9444-555566667777", nil); err != nil {
+				t.Fatalf("FormatAndMountUUID of a formatted device: %v", err)
+			}
+			if got, err := superblock.UUIDs(dev); err != nil || !slices.Equal(got, []string{u}) {
+				t.Fatalf("after a second FormatAndMountUUID: UUIDs %q, %v; want the first, [%s]", got, err, u)
+			}
+			if err := e.m.Unmount(target); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }

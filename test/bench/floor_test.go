@@ -49,13 +49,14 @@ func BenchmarkNodeImportFloor(b *testing.B) {
 		b.Fatalf("go list ./cmd/carve-csi: %v", err)
 	}
 	programs := append(floorPrograms, floorProgram{"everything carve-csi's main imports (carve's packages included)", strings.Fields(string(out))})
-	var carve int64
+	rss := make([]int64, len(programs))
 	for i, p := range programs {
 		bin := buildFloor(b, dir, fmt.Sprintf("p%d", i), p.imports)
-		rss, size := initRSS(b, bin)
-		fmt.Printf("import floor: %s: binary %.1f MB, resident after init %.1f MiB\n", p.name, float64(size)/1e6, float64(rss)/mib)
-		carve = rss
+		var size int64
+		rss[i], size = initRSS(b, bin)
+		fmt.Printf("import floor: %s: binary %.1f MB, resident after init %.1f MiB\n", p.name, float64(size)/1e6, float64(rss[i])/mib)
 	}
+	carve := rss[len(programs)-1] // everything main imports
 	fmt.Printf("import floor: carve-node's goal with 100 volumes (issue 13) is %.0f MiB; the inits alone take %.2fx that\n",
 		footprintGoal/mib, float64(carve)/footprintGoal)
 	b.ReportMetric(float64(carve)/mib, "MiB-carve-init")

@@ -8,6 +8,11 @@
 //	carve.name=<base64url(CSI name)>   the CSI volume name (RawURLEncoding)
 //	carve.ephemeral=true               CSI inline ephemeral volumes only
 //	carve.target=<base64url(path)>     inline volumes: the pod's target path
+//	carve.source=<id>                  what a snapshot or a copy was made from
+//	carve.zeroing=pending              Create's zeroing has not finished
+//	carve.fsuuid=<uuid>                inline volumes on zeroing pools: zeroed
+//	                                   once a filesystem of this UUID is on it
+//	carve.restoring=pending            a copy (lvm-thin) not finished yet
 //
 // A value whose tag would exceed LVM's documented 1024-character tag limit is
 // split into carve.name.0=..., carve.name.1=... (likewise carve.target.N=).
@@ -20,10 +25,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math"
 	"os"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -35,6 +42,7 @@ import (
 	"github.com/carve-csi/carve/pkg/backend/report"
 	"github.com/carve-csi/carve/pkg/exec"
 	"github.com/carve-csi/carve/pkg/names"
+	"github.com/carve-csi/carve/pkg/superblock"
 )
 
 // Type is what Backend.Type returns.
@@ -53,11 +61,13 @@ const (
 	// TagZeroing marks an LV whose zeroing has not finished (see
 	// EnableZeroing): Create removes it only after the LV reads as zeros.
 	TagZeroing = "carve.zeroing=pending"
-	// TagFormatUUID=<uuid> records CreateRequest.FormatUUID: on an LV that
-	// also carries TagZeroing, a filesystem with this UUID on its device is
-	// the proof that its zeroing finished (the caller's mkfs ran after it),
-	// and the tag TagZeroing stays until the LV is removed (issue 13: one
-	// lvm metadata commit less per inline publish).
+	// TagFormatUUID=<uuid> records CreateRequest.FormatUUID in place of
+	// TagZeroing: the LV's zeroing finished once its device holds a complete
+	// filesystem with this UUID (the caller's mkfs runs only after the
+	// zeroing), and the tag stays until the LV is removed (issue 13: no
+	// second lvm metadata commit per inline publish). A build that predates
+	// it ignores the tag, so it never zeroes such an LV again (a rollback
+	// cannot wipe a pod's inline volume).
 	TagFormatUUID = "carve.fsuuid"
 
 	// MaxTagLen is LVM's documented limit on one tag (lvm(8), "Tags").
@@ -97,6 +107,8 @@ type Backend struct {
 	devExists func(string) bool
 	// zero: Create zeroes each new LV before returning it (EnableZeroing).
 	zero bool
+	// readUUIDs reads the filesystem UUIDs on a device (superblock.UUIDs).
+	readUUIDs func(device string) ([]string, error)
 	// thinPool, when set (Thin), limits Get and List to the thin LVs of
 	// that thin pool.
 	thinPool string
@@ -110,7 +122,7 @@ type Backend struct {
 // tags the LV TagZeroing and an lvchange that removes the tag; a create
 // killed in between leaves the tag, and the retry (lvcreate: exists) zeroes
 // again before the volume is handed out. With CreateRequest.FormatUUID the
-// lvcreate also tags the LV TagFormatUUID and there is no lvchange: the
+// lvcreate tags the LV TagFormatUUID instead and there is no lvchange: the
 // caller's filesystem of that UUID tells a finished zeroing (finishZeroing).
 // It needs the LV active with its device node (lvm's default; not with
 // activation = 0).
@@ -142,6 +154,7 @@ func New(ctx context.Context, runner exec.Runner, pool, vg, ownerTag string) (*B
 		vg:        vg,
 		owner:     TagOwner + "=" + ownerTag,
 		devExists: fileExists,
+		readUUIDs: superblock.UUIDs,
 	}
 	row, err := b.vgs(ctx, vgColumns)
 	if err != nil {
@@ -183,15 +196,15 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 	size := backend.AlignUp(req.SizeBytes, align)
 	tags := Tags(b.owner, req.Name, req.Ephemeral, req.TargetPath)
 	formatUUID := ""
-	if b.zero {
-		tags = append(tags, TagZeroing)
-		if req.FormatUUID != "" {
-			if !uuidPattern.MatchString(req.FormatUUID) {
-				return nil, fmt.Errorf("lvm: create %s: format UUID %q is not a canonical lowercase UUID", req.ID, req.FormatUUID)
-			}
-			formatUUID = req.FormatUUID
-			tags = append(tags, TagFormatUUID+"="+formatUUID)
+	switch {
+	case b.zero && req.FormatUUID != "":
+		if !uuidPattern.MatchString(req.FormatUUID) {
+			return nil, fmt.Errorf("lvm: create %s: format UUID %q is not a canonical lowercase UUID", req.ID, req.FormatUUID)
 		}
+		formatUUID = req.FormatUUID
+		tags = append(tags, TagFormatUUID+"="+formatUUID)
+	case b.zero:
+		tags = append(tags, TagZeroing)
 	}
 	args := []string{"lvcreate", "-n", req.ID, "-L", strconv.FormatInt(size, 10) + "b", "-W", "y", "-y"}
 	if req.Stripes > 1 {
@@ -209,7 +222,7 @@ func (b *Backend) Create(ctx context.Context, req backend.CreateRequest) (*backe
 		if errors.Is(err, backend.ErrExists) && b.zero {
 			// A retry: finish an earlier create's zeroing before the
 			// caller looks at the LV and hands it out.
-			if zerr := b.finishZeroing(ctx, req.ID, req.Name); zerr != nil {
+			if zerr := b.finishZeroing(ctx, req); zerr != nil {
 				// Not ErrExists: callers take that for "found again" and
 				// hand the volume out, still unzeroed and still tagged (a
 				// later retry would zero what its user wrote).
@@ -354,8 +367,7 @@ func (b *Backend) zeroDevice(ctx context.Context, id string) error {
 // changes only the VG's metadata: lvchange --deltag commits the metadata
 // without suspending or reloading the LV's device-mapper table (lvm2's
 // tools/lvchange.c: a tag change asks for MR_COMMIT, "No need to suspend LV
-// for this change"), so it can run while the device is being formatted and
-// mounted.
+// for this change").
 func (b *Backend) dropZeroingTag(ctx context.Context, id string) error {
 	if _, err := b.runner.Run(ctx, "lvm", "lvchange", "--deltag", TagZeroing, b.vg+"/"+id); err != nil {
 		return b.mapError("create", id, err)
@@ -363,14 +375,16 @@ func (b *Backend) dropZeroingTag(ctx context.Context, id string) error {
 	return nil
 }
 
-// finishZeroing zeroes LV id if it is carve's volume of CSI name and still
-// carries TagZeroing (an earlier create died before it was zeroed). An LV
-// tagged TagFormatUUID keeps TagZeroing: it is zeroed again (and only the
-// device written) unless its device holds a filesystem of that UUID
-// (formatted).
-func (b *Backend) finishZeroing(ctx context.Context, id, name string) error {
+// finishZeroing zeroes the LV of req (a retried Create: lvcreate found it)
+// if it is carve's volume of req's CSI name and target and its zeroing may
+// not have finished (an earlier create died first): tagged TagZeroing
+// (zeroed, then the tag dropped), or tagged TagFormatUUID without a
+// complete filesystem of that UUID on its device (zeroed, the tag kept). An
+// LV of another target is left alone: it may be in use there.
+func (b *Backend) finishZeroing(ctx context.Context, req backend.CreateRequest) error {
+	id := req.ID
 	args := append([]string{"lvs", "-o", lvColumns}, reportArgs...)
-	out, err := b.runner.Run(ctx, "lvm", append(args, "-S", "lv_name="+id+" && lv_tags={"+b.owner+","+TagZeroing+"}", b.vg)...)
+	out, err := b.runner.Run(ctx, "lvm", append(args, "-S", "lv_name="+id+" && lv_tags={"+b.owner+"}", b.vg)...)
 	if err != nil {
 		return b.mapError("create", id, err)
 	}
@@ -380,40 +394,51 @@ func (b *Backend) finishZeroing(ctx context.Context, id, name string) error {
 	}
 	for _, r := range rows {
 		info, _ := ParseTags(r.Tags)
-		if r.Name != id || r.VG != b.vg || info.Name != name {
+		if r.Name != id || r.VG != b.vg || info.Name != req.Name || info.TargetPath != req.TargetPath {
 			continue
 		}
-		if info.FormatUUID == "" {
+		switch {
+		case hasTag(r.Tags, TagZeroing):
 			klog.InfoS("Zeroing a volume an earlier create left unzeroed", "vg", b.vg, "lv", id)
 			return b.zeroLV(ctx, id)
+		case info.FormatUUID != "":
+			done, err := b.formatted(ctx, id, info.FormatUUID)
+			if err != nil || done {
+				return err
+			}
+			klog.InfoS("Zeroing a volume an earlier create left unformatted", "vg", b.vg, "lv", id, "formatUUID", info.FormatUUID)
+			return b.zeroDevice(ctx, id)
 		}
-		done, err := b.formatted(ctx, id, info.FormatUUID)
-		if err != nil || done {
-			return err
-		}
-		klog.InfoS("Zeroing a volume an earlier create left unformatted", "vg", b.vg, "lv", id, "formatUUID", info.FormatUUID)
-		return b.zeroDevice(ctx, id)
 	}
 	return nil
 }
 
-// formatted reports whether LV id's device holds a filesystem with UUID
-// uuid: `blkid -p -s UUID -o value <device>` (blkid(8): exit 2 when it finds
-// nothing). Any other failure is an error, never "not formatted": zeroing a
-// volume whose filesystem a pod uses would destroy its data.
+// formatted reports whether LV id's device holds a complete filesystem with
+// UUID uuid, read from its superblock (superblock.UUIDs; it activates the LV
+// first if its device node is missing, as when an lvcreate died before it
+// activated the LV). A device it cannot read is an error, never "not
+// formatted": zeroing a volume whose filesystem a pod uses would destroy its
+// data. (blkid exits 2 both when it finds nothing and when it cannot open or
+// read the device.)
 func (b *Backend) formatted(ctx context.Context, id, uuid string) (bool, error) {
-	// blkid exits 2 for a missing device too; the zeroing that follows then
-	// fails on it, with nothing written.
 	dev := b.devicePath(id)
-	out, err := b.runner.Run(ctx, "blkid", "-p", "-s", "UUID", "-o", "value", dev)
-	switch {
-	case exec.ExitCode(err) == 2:
-		return false, nil
-	case err != nil:
-		return false, fmt.Errorf("lvm: create %s/%s: probing %s for its filesystem: %w", b.vg, id, dev, err)
+	found, err := b.readUUIDs(dev)
+	if errors.Is(err, fs.ErrNotExist) {
+		if _, err := b.Activate(ctx, id); err != nil {
+			return false, err
+		}
+		found, err = b.readUUIDs(dev)
 	}
-	return strings.TrimSpace(string(out)) == uuid, nil
+	if err != nil {
+		return false, fmt.Errorf("lvm: create %s/%s: %w", b.vg, id, err)
+	}
+	return slices.Contains(found, uuid), nil
 }
+
+// SetSuperblockReader replaces how a retried Create reads the filesystem
+// UUIDs on an LV's device (superblock.UUIDs): for tests whose LVs have no
+// device.
+func (b *Backend) SetSuperblockReader(f func(device string) ([]string, error)) { b.readUUIDs = f }
 
 func (b *Backend) removeHalfMade(ctx context.Context, id string, tags []string) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
@@ -857,7 +882,7 @@ func (b *Backend) volume(r lvRow) (*backend.Volume, error) {
 		TargetPath: info.TargetPath,
 		Source:     info.Source,
 		Incomplete: hasTag(r.Tags, TagRestoring),
-		Unzeroed:   hasTag(r.Tags, TagZeroing) && info.FormatUUID == "",
+		Unzeroed:   hasTag(r.Tags, TagZeroing),
 		FormatUUID: info.FormatUUID,
 	}
 	if r.Health != "" {

@@ -3,6 +3,7 @@ package lvm
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"strings"
 	"sync"
 	"testing"
@@ -21,25 +22,36 @@ type zeroRunner struct {
 	mu     sync.Mutex
 	zeroed []string
 	fail   bool
-	// probes answers blkid for a device: its stdout, or its error when
-	// ExitCode is not 0 (the filesystem a caller made, or none).
-	probes map[string]probe
 	// counts counts lvm subcommands and other tools by name.
 	counts map[string]int
+	// superblocks answers Backend.SetSuperblockReader: the filesystem UUIDs
+	// on a device, or the error reading it.
+	superblocks map[string]superblockAnswer
 }
 
-type probe struct {
-	err exec.Error
-	out string
+type superblockAnswer struct {
+	uuids []string
+	err   error
 }
 
-func (z *zeroRunner) setProbe(dev string, err exec.Error, out string) {
+func (z *zeroRunner) setSuperblock(dev string, uuids []string, err error) {
 	z.mu.Lock()
 	defer z.mu.Unlock()
-	if z.probes == nil {
-		z.probes = map[string]probe{}
+	if z.superblocks == nil {
+		z.superblocks = map[string]superblockAnswer{}
 	}
-	z.probes[dev] = probe{err, out}
+	z.superblocks[dev] = superblockAnswer{uuids, err}
+}
+
+func (z *zeroRunner) readSuperblock(dev string) ([]string, error) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.counts["superblock"]++
+	a, ok := z.superblocks[dev]
+	if !ok {
+		return nil, errors.New("zeroRunner: no superblock answer for " + dev)
+	}
+	return a.uuids, a.err
 }
 
 func (z *zeroRunner) calls(name string) int {
@@ -59,23 +71,6 @@ func (z *zeroRunner) Run(ctx context.Context, name string, args ...string) ([]by
 		z.counts[name]++
 	}
 	z.mu.Unlock()
-	if name == "blkid" {
-		z.mu.Lock()
-		p, ok := z.probes[args[len(args)-1]]
-		z.mu.Unlock()
-		switch {
-		case !ok:
-			return nil, errors.New("zeroRunner: no blkid answer for " + args[len(args)-1])
-		case p.err.ExitCode != 0:
-			e := p.err
-			e.Cmd = append([]string{name}, args...)
-			if e.Err == nil {
-				e.Err = errors.New("exit status")
-			}
-			return nil, &e
-		}
-		return []byte(p.out), nil
-	}
 	if name != "blkdiscard" {
 		return z.Runner.Run(ctx, name, args...)
 	}
@@ -186,21 +181,24 @@ func TestRealZeroing(t *testing.T) {
 }
 
 // TestRealZeroingFormatUUID: with CreateRequest.FormatUUID, Create zeroes
-// the new LV and returns with its tags TagZeroing and carve.fsuuid=<uuid>
-// and no lvchange (issue 13: one lvm metadata commit less per inline
-// publish). A retry zeroes the LV again unless its device holds a filesystem
-// of that UUID (blkid); a probe that fails otherwise is an error, with
-// nothing zeroed: the filesystem may be a pod's. The UUID is the first
-// create's, whatever a retry asks. Without FormatUUID, Create drops the tag.
+// the new LV and returns with the tag carve.fsuuid=<uuid> in place of
+// carve.zeroing=pending, and no lvchange (issue 13: one lvm metadata commit
+// less per inline publish). A retry zeroes the LV again (keeping the tag)
+// unless its device holds a complete filesystem of that UUID; a device it
+// cannot read is an error, with nothing zeroed: the filesystem may be a
+// pod's. The UUID is the first create's, whatever a retry asks; a retry for
+// another target never touches the LV. Without FormatUUID, Create drops
+// carve.zeroing=pending itself.
 func TestRealZeroingFormatUUID(t *testing.T) {
 	v := lvmtest.NewVGInfo(t, 256<<20, "")
 	ctx := context.Background()
-	z := &zeroRunner{Runner: v.Runner}
+	z := &zeroRunner{Runner: v.Runner, counts: map[string]int{}}
 	b, err := New(ctx, z, "p", v.Name, capOwner)
 	if err != nil {
 		t.Fatal(err)
 	}
 	b.EnableZeroing()
+	b.SetSuperblockReader(z.readSuperblock)
 	tags := func(id string) string {
 		t.Helper()
 		out, err := v.Runner.Run(ctx, "lvm", "lvs", "--noheadings", "-o", "lv_tags", v.Name+"/"+id)
@@ -210,11 +208,24 @@ func TestRealZeroingFormatUUID(t *testing.T) {
 		return strings.TrimSpace(string(out))
 	}
 	const u1, u2, old = "0b7c9d2e-1111-4222-8333-444455556666", "5f0e6a1c-2222-4333-9444-555566667777", "9a8b7c6d-3333-4444-a555-666677778888"
+	const target = "/var/lib/kubelet/pods/p/volumes/kubernetes.io~csi/v/mount"
 	req := func(name, uuid string) backend.CreateRequest {
 		return backend.CreateRequest{ID: names.VolumeID(name), Name: name, SizeBytes: 8 << 20, Ephemeral: true,
-			TargetPath: "/var/lib/kubelet/pods/p/volumes/kubernetes.io~csi/v/mount", FormatUUID: uuid}
+			TargetPath: target, FormatUUID: uuid}
 	}
 	dev := func(r backend.CreateRequest) string { return "/dev/" + v.Name + "/" + r.ID }
+	retry := func(what string, r backend.CreateRequest, wantZeroed bool) {
+		t.Helper()
+		if _, err := b.Create(ctx, r); !errors.Is(err, backend.ErrExists) {
+			t.Fatalf("%s: %v, want ErrExists", what, err)
+		}
+		if got := z.take(); wantZeroed != (len(got) == 1 && got[0] == "-z "+dev(r)) || len(got) > 1 {
+			t.Fatalf("%s zeroed %q; want it zeroed: %v", what, got, wantZeroed)
+		}
+		if tg := tags(r.ID); !strings.Contains(tg, TagFormatUUID+"="+u1) || strings.Contains(tg, u2) || strings.Contains(tg, "carve.zeroing") {
+			t.Fatalf("tags after %s: %s, want %s=%s and no carve.zeroing", what, tg, TagFormatUUID, u1)
+		}
+	}
 
 	a := req("csi-a", u1)
 	vol, err := b.Create(ctx, a)
@@ -227,8 +238,8 @@ func TestRealZeroingFormatUUID(t *testing.T) {
 	if got := z.calls("lvchange"); got != 0 {
 		t.Fatalf("create with a format UUID ran lvchange %d times, want 0", got)
 	}
-	if tg := tags(a.ID); !strings.Contains(tg, TagZeroing) || !strings.Contains(tg, TagFormatUUID+"="+u1) {
-		t.Fatalf("tags after create: %s, want %s and %s=%s", tg, TagZeroing, TagFormatUUID, u1)
+	if tg := tags(a.ID); strings.Contains(tg, "carve.zeroing") || !strings.Contains(tg, TagFormatUUID+"="+u1) {
+		t.Fatalf("tags after create: %s, want %s=%s and no carve.zeroing", tg, TagFormatUUID, u1)
 	}
 	if vol.FormatUUID != u1 || vol.Unzeroed {
 		t.Fatalf("create returned FormatUUID %q, Unzeroed %v; want %q, false", vol.FormatUUID, vol.Unzeroed, u1)
@@ -237,45 +248,44 @@ func TestRealZeroingFormatUUID(t *testing.T) {
 		t.Fatalf("Get: %+v, %v; want FormatUUID %q and not Unzeroed", got, err, u1)
 	}
 
-	// Killed before its mkfs: no filesystem (blkid exit 2), zeroed again;
-	// the UUID stays the first create's.
-	z.setProbe(dev(a), exec.Error{ExitCode: 2}, "")
-	if _, err := b.Create(ctx, req("csi-a", u2)); !errors.Is(err, backend.ErrExists) {
-		t.Fatalf("retry: %v, want ErrExists", err)
+	// Killed before its mkfs: no filesystem, zeroed again; the UUID stays
+	// the first create's.
+	z.setSuperblock(dev(a), nil, nil)
+	retry("a retry over a blank device", req("csi-a", u2), true)
+	// An earlier tenant's filesystem (an lvcreate killed before its own
+	// signature wipe): another UUID, zeroed.
+	z.setSuperblock(dev(a), []string{old}, nil)
+	retry("a retry over another filesystem", req("csi-a", u2), true)
+	// Formatted (kubelet publishes again): nothing zeroed, also beside an
+	// earlier superblock of the other type.
+	z.setSuperblock(dev(a), []string{u1}, nil)
+	retry("a retry over the recorded filesystem", req("csi-a", u2), false)
+	z.setSuperblock(dev(a), []string{old, u1}, nil)
+	retry("a retry over the recorded filesystem and an old one", req("csi-a", u2), false)
+	// Another target's request for the same name: the LV is not touched
+	// (it may be in use there), whatever its device holds.
+	z.setSuperblock(dev(a), nil, nil)
+	other := req("csi-a", u2)
+	other.TargetPath = target + "-other"
+	reads := z.calls("superblock")
+	retry("another target's request", other, false)
+	if z.calls("superblock") != reads {
+		t.Fatal("another target's request read the LV's device")
 	}
-	if got := z.take(); len(got) != 1 || got[0] != "-z "+dev(a) {
-		t.Fatalf("retry of an unformatted LV zeroed %q, want it", got)
+	// The device cannot be read: an error that is not ErrExists (callers
+	// take that for "found again"), and nothing zeroed.
+	z.setSuperblock(dev(a), nil, errors.New("read superblock: input/output error"))
+	if _, err := b.Create(ctx, req("csi-a", u2)); err == nil || errors.Is(err, backend.ErrExists) {
+		t.Fatalf("retry whose device read failed: %v, want an error that is not ErrExists", err)
 	}
-	if tg := tags(a.ID); !strings.Contains(tg, TagFormatUUID+"="+u1) || strings.Contains(tg, u2) || !strings.Contains(tg, TagZeroing) {
-		t.Fatalf("tags after the retry: %s, want %s=%s and %s", tg, TagFormatUUID, u1, TagZeroing)
-	}
-	// An old tenant's filesystem (lvcreate killed before its signature
-	// wipe): another UUID, zeroed.
-	z.setProbe(dev(a), exec.Error{}, old+"\n")
-	if _, err := b.Create(ctx, req("csi-a", u2)); !errors.Is(err, backend.ErrExists) {
-		t.Fatalf("retry: %v, want ErrExists", err)
-	}
-	if got := z.take(); len(got) != 1 {
-		t.Fatalf("retry over another filesystem zeroed %q, want the LV", got)
-	}
-	// Formatted (kubelet publishes again): nothing zeroed.
-	z.setProbe(dev(a), exec.Error{}, u1+"\n")
-	if _, err := b.Create(ctx, req("csi-a", u2)); !errors.Is(err, backend.ErrExists) {
-		t.Fatalf("retry: %v, want ErrExists", err)
+	// Its device node is missing: the LV is activated first (here, where
+	// lvm activates nothing, that fails), and nothing is zeroed.
+	z.setSuperblock(dev(a), nil, fs.ErrNotExist)
+	if _, err := b.Create(ctx, req("csi-a", u2)); !errors.Is(err, backend.ErrUnavailable) {
+		t.Fatalf("retry whose device is missing: %v, want the activation's ErrUnavailable", err)
 	}
 	if got := z.take(); len(got) != 0 {
-		t.Fatalf("a retry of a formatted LV zeroed %q", got)
-	}
-	// The probe fails (killed, or blkid's "ambivalent result" 8): an error
-	// that is not ErrExists, and nothing zeroed.
-	for _, pe := range []exec.Error{{ExitCode: -1, Err: errors.New("signal: killed")}, {ExitCode: 8, Stderr: "ambivalent result"}} {
-		z.setProbe(dev(a), pe, "")
-		if _, err := b.Create(ctx, req("csi-a", u2)); err == nil || errors.Is(err, backend.ErrExists) {
-			t.Fatalf("retry whose probe failed (%d): %v, want an error that is not ErrExists", pe.ExitCode, err)
-		}
-		if got := z.take(); len(got) != 0 {
-			t.Fatalf("a retry whose probe failed zeroed %q", got)
-		}
+		t.Fatalf("retries that could not read the device zeroed %q", got)
 	}
 
 	// Not a UUID: refused before lvcreate.
@@ -286,7 +296,7 @@ func TestRealZeroingFormatUUID(t *testing.T) {
 		t.Fatalf("a refused format UUID left an LV: %v", err)
 	}
 
-	// Not asked for: the tag is gone when Create returns.
+	// Not asked for: carve.zeroing=pending is gone when Create returns.
 	s := req("pvc-sync", "")
 	s.Ephemeral, s.TargetPath = false, ""
 	vol, err = b.Create(ctx, s)
