@@ -263,3 +263,34 @@ func TestToolRunsAreLogged(t *testing.T) {
 		t.Errorf("logged tool runs %q, want %q; log:\n%s", ran, want, logs.String())
 	}
 }
+
+// blkid exits 2 both when it finds nothing and when it cannot open or read
+// the device, and mount-utils takes either for "unformatted". A device whose
+// superblock says ext4 (blkid could not read it a moment before) or that
+// cannot be read is never formatted: mkfs would destroy a volume's data.
+func TestFormatRefusesUnreadOrFormatted(t *testing.T) {
+	e := newEnv(t)
+	dev := e.loop(64 << 20)
+	if err := e.m.FormatAndMount(dev, e.path("first"), FSTypeExt4, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Unmount(e.path("first")); err != nil {
+		t.Fatal(err)
+	}
+	r := &recorder{}
+	fe := &testingexec.FakeExec{CommandScript: []testingexec.FakeCommandAction{fakeTool("", 2), fakeTool("", 0)}} // blkid: "nothing"; a mkfs that must not run
+	m := NewWith(recExec{fe, r}, recMount{mount.NewFakeMounter(nil), r})
+	err := m.FormatAndMount(dev, e.path("second"), FSTypeExt4, nil)
+	if err == nil || !strings.Contains(err.Error(), "refusing to format") {
+		t.Fatalf("FormatAndMount of an ext4 device blkid did not read: %v, want a refusal", err)
+	}
+	r.want(t, "FormatAndMount of an ext4 device blkid did not read", "blkid")
+
+	if err := checkBlank(filepath.Join(t.TempDir(), "gone")); err == nil {
+		t.Fatal("checkBlank of a device it cannot open: nil")
+	}
+	blank := e.loop(64 << 20)
+	if err := checkBlank(blank); err != nil {
+		t.Fatalf("checkBlank of a blank device: %v", err)
+	}
+}

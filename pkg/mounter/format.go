@@ -10,6 +10,8 @@ import (
 
 	"k8s.io/klog/v2"
 	utilexec "k8s.io/utils/exec"
+
+	"github.com/carve-csi/carve/pkg/superblock"
 )
 
 // Smallest devices (bytes) that mkfs accepts for the filesystems carve makes,
@@ -66,6 +68,23 @@ func (m *Mounter) format(device, fsType string, formatOptions []string) error {
 	out, err := m.sfm.Exec.Command("mkfs."+fsType, args...).CombinedOutput()
 	if err != nil {
 		return toolError("mkfs."+fsType+" "+device, err, out)
+	}
+	return nil
+}
+
+// checkBlank refuses to format device when its first bytes cannot be read or
+// hold an ext4 or xfs superblock, though blkid reported nothing: blkid exits
+// 2 both when it finds nothing and when it cannot open or read the device
+// (mount-utils takes either for "unformatted"), and mkfs over a volume that
+// was only unreadable for a moment would destroy its data (issue 13's
+// review found the same confusion in inline volumes' retries).
+func checkBlank(device string) error {
+	found, err := superblock.UUIDs(device)
+	if err != nil {
+		return fmt.Errorf("blkid found no filesystem on %s, but %w: refusing to format it", device, err)
+	}
+	if len(found) > 0 {
+		return fmt.Errorf("blkid found no filesystem on %s, but it holds an ext4 or xfs superblock (UUID %s): refusing to format it", device, strings.Join(found, ", "))
 	}
 	return nil
 }

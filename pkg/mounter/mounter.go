@@ -230,6 +230,9 @@ func (m *Mounter) FormatAndMountUUID(device, target, fsType, uuid string, option
 		// Formatted here, also for a read-only mount: a new volume (an inline
 		// one, or a PVC staged read-only first) has nothing on it to protect,
 		// and mount-utils would refuse it as "unformatted ... read-only mode".
+		if err := checkBlank(device); err != nil {
+			return err
+		}
 		var formatOptions []string
 		if dax {
 			formatOptions = daxFormatOptions(fsType)
