@@ -76,7 +76,7 @@ type Volume struct {
 	// carve.restoring=pending); it is never handed out as made.
 	Incomplete bool `json:",omitempty"`
 	// Unzeroed: Create's zeroing of it has not finished (lvm:
-	// carve.zeroing=pending), so the next Create of it zeroes it again. No
+	// carve.zeroing=pending without carve.fsuuid), so the next Create of it zeroes it again. No
 	// caller hands such a volume out, nor keeps it mounted. A volume with a
 	// FormatUUID is never Unzeroed here: whether its zeroing finished is on
 	// its device (CreateRequest.FormatUUID).

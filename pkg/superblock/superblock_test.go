@@ -61,7 +61,7 @@ func TestUUIDs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.WriteAt([]byte{1}, xfsInProgress); err != nil {
+	if _, err := f.WriteAt([]byte{1}, 126); err != nil { // struct xfs_dsb's sb_inprogress, as xfs_db shows it
 		t.Fatal(err)
 	}
 	f.Close()

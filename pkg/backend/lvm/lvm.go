@@ -397,8 +397,10 @@ func (b *Backend) finishZeroing(ctx context.Context, req backend.CreateRequest) 
 		if r.Name != id || r.VG != b.vg || info.Name != req.Name || info.TargetPath != req.TargetPath {
 			continue
 		}
+		// TagFormatUUID first: an LV that also carries TagZeroing (both were
+		// set by one development build) may be mounted by a pod.
 		switch {
-		case hasTag(r.Tags, TagZeroing):
+		case info.FormatUUID == "" && hasTag(r.Tags, TagZeroing):
 			klog.InfoS("Zeroing a volume an earlier create left unzeroed", "vg", b.vg, "lv", id)
 			return b.zeroLV(ctx, id)
 		case info.FormatUUID != "":
@@ -882,7 +884,7 @@ func (b *Backend) volume(r lvRow) (*backend.Volume, error) {
 		TargetPath: info.TargetPath,
 		Source:     info.Source,
 		Incomplete: hasTag(r.Tags, TagRestoring),
-		Unzeroed:   hasTag(r.Tags, TagZeroing),
+		Unzeroed:   hasTag(r.Tags, TagZeroing) && info.FormatUUID == "",
 		FormatUUID: info.FormatUUID,
 	}
 	if r.Health != "" {

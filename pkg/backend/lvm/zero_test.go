@@ -288,6 +288,22 @@ func TestRealZeroingFormatUUID(t *testing.T) {
 		t.Fatalf("retries that could not read the device zeroed %q", got)
 	}
 
+	// Both tags (one development build set both): read as formatted, never
+	// zeroed on the strength of carve.zeroing=pending alone, nor Unzeroed.
+	if _, err := v.Runner.Run(ctx, "lvm", "lvchange", "--addtag", TagZeroing, v.Name+"/"+a.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.Get(ctx, a.ID); err != nil || got.Unzeroed || got.FormatUUID != u1 {
+		t.Fatalf("Get of an LV with both tags: %+v, %v; want FormatUUID %q and not Unzeroed", got, err, u1)
+	}
+	z.setSuperblock(dev(a), []string{u1}, nil)
+	if _, err := b.Create(ctx, req("csi-a", u2)); !errors.Is(err, backend.ErrExists) {
+		t.Fatalf("retry of an LV with both tags: %v, want ErrExists", err)
+	}
+	if got := z.take(); len(got) != 0 {
+		t.Fatalf("a retry of a formatted LV with both tags zeroed %q", got)
+	}
+
 	// Not a UUID: refused before lvcreate.
 	if _, err := b.Create(ctx, req("csi-bad", "0B7C9D2E-1111-4222-8333-444455556666")); err == nil {
 		t.Fatal("create with an uppercase format UUID succeeded")
