@@ -32,6 +32,11 @@ var (
 	ErrNoRoom = errors.New("no node has room")
 	// ErrNoPool: the pool exists on none of the candidate nodes.
 	ErrNoPool = errors.New("pool exists on no candidate node")
+	// ErrNotPublished: no candidate node shows the pool, and some of them
+	// (their Node exists) publish no NodeStorage yet: carve-node is starting
+	// there, or the controller's cache has not seen it. Retryable
+	// (Unavailable), unlike ErrNoPool.
+	ErrNotPublished = errors.New("candidate nodes publish no storage yet")
 	// ErrOldSchema: the API server dropped a field carve wrote (a CRD older
 	// than the controller: Helm never upgrades CRDs).
 	ErrOldSchema = errors.New("the LocalVolume CRD predates this controller")
@@ -344,7 +349,7 @@ func compatible(lv *v1alpha1.LocalVolume, req CreateRequest) error {
 func (v *Volumes) place(ctx context.Context, id string, req CreateRequest, size int64) (string, error) {
 	pl := v.placed.begin()
 	defer v.placed.end(pl)
-	byNode, err := v.liveNodeStorages(ctx)
+	byNode, live, err := v.liveNodeStorages(ctx)
 	if err != nil {
 		return "", err
 	}
@@ -367,9 +372,13 @@ func (v *Volumes) place(ctx context.Context, id string, req CreateRequest, size 
 	defer v.placed.mu.Unlock()
 	havePool, canStripe := false, false
 	var pending int64
+	var unpublished []string
 	for _, n := range candidates {
 		ns, ok := byNode[n]
 		if !ok {
+			if live[n] {
+				unpublished = append(unpublished, n)
+			}
 			continue
 		}
 		p := poolOf(ns, req.Pool)
@@ -398,6 +407,8 @@ func (v *Volumes) place(ctx context.Context, id string, req CreateRequest, size 
 		pool = "(default)"
 	}
 	switch {
+	case !havePool && len(unpublished) > 0:
+		return "", fmt.Errorf("%w: pool %s: nodes %v have no NodeStorage yet (carve-node starting there, or not running)", ErrNotPublished, pool, unpublished)
 	case !havePool:
 		return "", fmt.Errorf("%w: pool %s on nodes %v", ErrNoPool, pool, candidates)
 	case !canStripe:
@@ -613,7 +624,7 @@ func (v *Volumes) CapacityFor(ctx context.Context, node, pool string, s volume.S
 		}
 		return poolCapacity(poolOf(ns, pool), s), nil
 	}
-	byNode, err := v.liveNodeStorages(ctx)
+	byNode, _, err := v.liveNodeStorages(ctx)
 	if err != nil {
 		return backend.Capacity{}, err
 	}
@@ -680,16 +691,17 @@ func (v *Volumes) nodeExists(ctx context.Context, name string) (bool, error) {
 	return true, nil
 }
 
-// liveNodeStorages returns the NodeStorages whose Node exists, by node name.
-func (v *Volumes) liveNodeStorages(ctx context.Context) (map[string]*v1alpha1.NodeStorage, error) {
+// liveNodeStorages returns the NodeStorages whose Node exists, by node name,
+// and the names of the Nodes that exist.
+func (v *Volumes) liveNodeStorages(ctx context.Context) (map[string]*v1alpha1.NodeStorage, map[string]bool, error) {
 	var list v1alpha1.NodeStorageList
 	if err := v.nodeStorages().List(ctx, &list); err != nil {
-		return nil, fmt.Errorf("list NodeStorage: %w", err)
+		return nil, nil, fmt.Errorf("list NodeStorage: %w", err)
 	}
 	nodes := &metav1.PartialObjectMetadataList{}
 	nodes.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("NodeList"))
 	if err := v.nodes().List(ctx, nodes); err != nil {
-		return nil, fmt.Errorf("list Nodes: %w", err)
+		return nil, nil, fmt.Errorf("list Nodes: %w", err)
 	}
 	live := map[string]bool{}
 	for _, n := range nodes.Items {
@@ -703,7 +715,7 @@ func (v *Volumes) liveNodeStorages(ctx context.Context) (map[string]*v1alpha1.No
 			klog.V(4).InfoS("Ignoring NodeStorage of a node that does not exist", "node", name)
 		}
 	}
-	return byNode, nil
+	return byNode, live, nil
 }
 
 func contains(s []string, x string) bool {

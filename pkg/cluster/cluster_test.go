@@ -145,7 +145,8 @@ func TestCreatePlacesOnPreferredNodeWithRoomAndIsIdempotent(t *testing.T) {
 }
 
 func TestCreateErrors(t *testing.T) {
-	c := newClient(t, nodeStorage("n1", gib), nodeStorage("n2", 2*gib))
+	c := newClient(t, nodeStorage("n1", gib), nodeStorage("n2", 2*gib),
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n3"}}) // carve-node not up on n3 yet
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var mu sync.Mutex
@@ -160,6 +161,10 @@ func TestCreateErrors(t *testing.T) {
 	}
 	if _, err := v.Create(ctx, CreateRequest{Name: "x", Requisite: []string{"n9"}}); !errors.Is(err, ErrNoPool) {
 		t.Fatalf("topology without carve nodes: %v", err)
+	}
+	// A Node whose NodeStorage is not there (yet): retryable, not ErrNoPool.
+	if _, err := v.Create(ctx, CreateRequest{Name: "x", Requisite: []string{"n3"}}); !errors.Is(err, ErrNotPublished) || errors.Is(err, ErrNoPool) {
+		t.Fatalf("topology of a node that publishes no storage yet: %v, want ErrNotPublished", err)
 	}
 	_, err := v.Create(ctx, CreateRequest{Name: "stale", Range: volume.Range{RequiredBytes: 2 * gib}, Requisite: []string{"n2"}})
 	var nf *NodeFailure

@@ -53,6 +53,11 @@ func clusterStatus(ctx context.Context, err error) error {
 		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, cluster.ErrNoPool):
 		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, cluster.ErrNotPublished):
+		// A node still starting: external-provisioner retries Unavailable as
+		// a call still in progress, InvalidArgument as an infeasible request
+		// ("Retries will be delayed").
+		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, cluster.ErrOldSchema), errors.Is(err, cluster.ErrNoSnapshotCRD):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, cluster.ErrSourcePool):

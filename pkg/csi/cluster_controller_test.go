@@ -58,7 +58,8 @@ func TestClusterController(t *testing.T) {
 	}
 	c := fake.NewClientBuilder().WithScheme(s).WithObjects(ns("n1", 6*gib), ns("n2", 2*gib),
 		// Nodes that exist: the controller ignores NodeStorage of others.
-		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n2"}}).
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n2"}},
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n3"}}). // carve-node not up on n3 yet
 		WithStatusSubresource(&v1alpha1.LocalVolume{}).Build()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -86,6 +87,8 @@ func TestClusterController(t *testing.T) {
 		{"unknown pool", &csi.CreateVolumeRequest{Name: "c", VolumeCapabilities: caps, Parameters: map[string]string{"pool": "gold"}}, codes.InvalidArgument},
 		{"node without a carve driver", &csi.CreateVolumeRequest{Name: "d", VolumeCapabilities: caps, AccessibilityRequirements: &csi.TopologyRequirement{
 			Requisite: []*csi.Topology{seg("n9")}}}, codes.InvalidArgument},
+		{"node that publishes no storage yet", &csi.CreateVolumeRequest{Name: "d3", VolumeCapabilities: caps, AccessibilityRequirements: &csi.TopologyRequirement{
+			Requisite: []*csi.Topology{seg("n3")}}}, codes.Unavailable},
 		{"node refuses", &csi.CreateVolumeRequest{Name: "e", VolumeCapabilities: caps, CapacityRange: &csi.CapacityRange{RequiredBytes: 5*gib + 1},
 			AccessibilityRequirements: &csi.TopologyRequirement{Requisite: []*csi.Topology{seg("n1")}}}, codes.ResourceExhausted},
 		{"limit below required", &csi.CreateVolumeRequest{Name: "f", VolumeCapabilities: caps, CapacityRange: &csi.CapacityRange{RequiredBytes: 2, LimitBytes: 1}}, codes.OutOfRange},

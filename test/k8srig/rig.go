@@ -30,6 +30,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
@@ -269,6 +272,7 @@ func New(t T, cfg Config) *Rig {
 	r.Controller = r.NewProc("carve-controller", false, nil, r.Carve,
 		"--mode=controller", "--endpoint=unix://"+r.CtrlSock, "--kubeconfig="+r.CtrlKC, "--v=2")
 	r.StartAndWait(t, r.Controller, r.CtrlSock)
+	r.waitControllerSeesNodes(t)
 	// The sidecars exit when they lose the CSI connection; like containers
 	// with restartPolicy Always they are restarted.
 	r.Provisioner = r.NewProc("csi-provisioner", true, []string{"NAMESPACE=" + CarveNS},
@@ -454,6 +458,37 @@ func (r *Rig) StartAndWait(t T, p *Proc, sock string) {
 			t.Fatalf("%s does not listen on %s after 60s:\n%s", p.Name, sock, p.Tail(30))
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitControllerSeesNodes waits until the controller offers capacity in
+// PoolName on every node: each carve-node has published its NodeStorage and
+// the controller's caches hold it and the Node. Until then a CreateVolume
+// for a node is Unavailable (cluster.ErrNotPublished), which a test calling
+// the controller at once took for a failure.
+func (r *Rig) waitControllerSeesNodes(t T) {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+r.CtrlSock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("dial the controller: %v", err)
+	}
+	defer conn.Close()
+	c := csi.NewControllerClient(conn)
+	deadline := time.Now().Add(60 * time.Second)
+	for _, n := range r.Nodes {
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			resp, err := c.GetCapacity(ctx, &csi.GetCapacityRequest{Parameters: map[string]string{"pool": PoolName},
+				AccessibleTopology: &csi.Topology{Segments: map[string]string{TopologyKey: n.Name}}})
+			cancel()
+			if err == nil && resp.GetAvailableCapacity() > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the controller offers no capacity on %s after 60s (last: %v, %v):\n%s", n.Name, resp, err, n.Proc.Tail(30))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
 }
 
